@@ -1,0 +1,30 @@
+# Two commands do everything: `make run` (the main job, end to end) and `make test`.
+# Both create .venv and install the exact versions of requirements.lock on first use.
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= configs/citeulike.yaml
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# --no-deps: the lock file is the whole dependency closure, so nothing unpinned sneaks in.
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/coldllm run --config $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/backbones.py
+
+clean:
+	rm -rf $(VENV) runs cache

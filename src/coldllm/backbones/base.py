@@ -1,0 +1,67 @@
+"""What every collaborative backbone shares: embedding tables, the BPR loss, a registry."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import scipy.sparse as sp
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..config import BackboneConfig
+
+BACKBONES: dict[str, type["Backbone"]] = {}
+
+
+def register(name: str) -> Callable[[type["Backbone"]], type["Backbone"]]:
+    def wrap(cls: type["Backbone"]) -> type["Backbone"]:
+        BACKBONES[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+class Backbone(nn.Module):
+    """User/item ID embeddings, possibly propagated over the interaction graph.
+
+    ``propagate()`` returns the final user and item representations used for scoring; the BPR
+    regulariser acts on the *ego* (layer-0) embeddings of the batch, as in LightGCN and NGCF.
+    """
+
+    name = "backbone"
+
+    def __init__(self, n_users: int, n_items: int, cfg: BackboneConfig, train: sp.csr_matrix):
+        super().__init__()
+        self.n_users, self.n_items, self.cfg = n_users, n_items, cfg
+        self.user = nn.Embedding(n_users, cfg.dim)
+        self.item = nn.Embedding(n_items, cfg.dim)
+        nn.init.normal_(self.user.weight, std=0.1)
+        nn.init.normal_(self.item.weight, std=0.1)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        user_all, item_all = self.propagate()
+        u, p, n = user_all[users], item_all[pos], item_all[neg]
+        margin = (u * p).sum(-1) - (u * n).sum(-1)
+        loss = F.softplus(-margin).mean()  # = -log sigmoid(margin), numerically stable
+        ego = self.user(users).pow(2).sum() + self.item(pos).pow(2).sum() + self.item(neg).pow(2).sum()
+        return loss + self.cfg.reg * ego / (2 * len(users))
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item representations for scoring (eval mode, no dropout)."""
+        was_training = self.training
+        self.eval()
+        out = self.propagate()
+        self.train(was_training)
+        return out[0].detach(), out[1].detach()
+
+    def to(self, *args, **kwargs):  # keep the sparse adjacency on the model's device
+        module = super().to(*args, **kwargs)
+        if getattr(self, "adj", None) is not None:
+            self.adj = self.adj.to(*args, **kwargs)
+        return module

@@ -1,0 +1,153 @@
+"""The one training loop every backbone shares: BPR epochs, validation, early stopping, resume.
+
+The checkpoint is one safetensors file (weights, optimiser moments, torch RNG) whose metadata holds
+the trainer state (epoch, best score, history, the sampler's RNG state). It is replaced atomically
+once per epoch, so a run killed at any moment resumes from its last finished epoch and reproduces
+the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..config import BackboneConfig, RunConfig
+from ..data import BPRSampler, ColdStartData
+from ..evaluate import Evaluator, embedding_scorer
+from ..utils import resolve_device, write_json
+from .base import Backbone
+
+log = logging.getLogger(__name__)
+# The backbone never sees a cold item, so it is selected on the warm validation set.
+SELECT_SETTING = "warm"
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int = -1
+    best_score: float = -1.0
+    epoch: int = 0  # epochs finished
+    bad_rounds: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    sampler_state: dict | None = None
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = opt.state_dict()
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    state_dict["state"] = state
+    opt.load_state_dict(state_dict)
+
+
+def save_backbone(model: Backbone, folder: Path, name: str = "best") -> None:
+    _atomic_save(dict(model.state_dict()), folder / f"{name}.safetensors")
+    meta = {"model": model.name, **asdict(model.cfg), "n_users": model.n_users, "n_items": model.n_items}
+    write_json(folder / "backbone.json", meta)
+
+
+def load_backbone(folder: Path, data: ColdStartData, name: str = "best") -> Backbone:
+    """Rebuild a trained backbone from ``<folder>/backbone.json`` and its safetensors weights."""
+    from . import build_backbone
+
+    meta = json.loads((folder / "backbone.json").read_text())
+    if (meta["n_users"], meta["n_items"]) != (data.n_users, data.n_items):
+        raise ValueError(f"{folder}: checkpoint is for {meta['n_users']}x{meta['n_items']}, "
+                         f"data is {data.n_users}x{data.n_items}")
+    cfg = BackboneConfig(**{k: v for k, v in meta.items() if k not in ("n_users", "n_items")})
+    model = build_backbone(cfg, data.matrix("train"))
+    weights = load_file(str(folder / f"{name}.safetensors"))
+    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("optim.")})
+    return model
+
+
+def train_backbone(
+    model: Backbone, data: ColdStartData, cfg: RunConfig, folder: Path, resume: bool = True
+) -> TrainResult:
+    """Train ``model`` with BPR on ``data``'s training part; the best weights go to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.backbone.device)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.backbone.lr)
+    sampler = BPRSampler(data.matrix("train"), candidates=data.warm_items, seed=cfg.seed)
+    validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(SELECT_SETTING,))
+    metric = cfg.eval.metric
+    last_path = folder / "last.safetensors"
+
+    result = TrainResult()
+    if resume and last_path.exists():
+        with safe_open(str(last_path), "pt") as fh:
+            result = TrainResult(**json.loads(fh.metadata()["trainer_state"]))
+        tensors = load_file(str(last_path))
+        model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))})
+        _load_optimizer(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")})
+        torch.set_rng_state(tensors["rng.torch"])
+        sampler.rng.bit_generator.state = result.sampler_state
+        log.info("resumed from epoch %d (best %s=%.4f at %d)", result.epoch, metric,
+                 result.best_score, result.best_epoch)
+    else:
+        torch.manual_seed(cfg.seed)
+
+    bcfg = cfg.backbone
+    bar = tqdm(range(result.epoch, bcfg.epochs), desc=f"train {model.name}", unit="epoch",
+               initial=result.epoch, total=bcfg.epochs)
+    for epoch in bar:
+        if result.bad_rounds >= bcfg.patience:
+            break
+        start = time.perf_counter()
+        model.train()
+        total, batches = 0.0, 0
+        for users, pos, neg in sampler.epoch(bcfg.batch_size):
+            loss = model.bpr_loss(*(torch.from_numpy(a).to(device) for a in (users, pos, neg)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, batches = total + loss.item(), batches + 1
+        record = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
+        if (epoch + 1) % bcfg.eval_every == 0 or epoch + 1 == bcfg.epochs:
+            user_emb, item_emb = model.embeddings()
+            score = validator.evaluate(embedding_scorer(user_emb, item_emb), device)[SELECT_SETTING][metric]
+            record[f"val_{SELECT_SETTING}_{metric}"] = score
+            if score > result.best_score:
+                result.best_score, result.best_epoch, result.bad_rounds = score, epoch + 1, 0
+                save_backbone(model, folder, "best")
+            else:
+                result.bad_rounds += 1
+        result.seconds += time.perf_counter() - start
+        result.epoch = epoch + 1
+        result.history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+        result.sampler_state = sampler.rng.bit_generator.state
+        _atomic_save({**model.state_dict(), **_optimizer_tensors(opt), "rng.torch": torch.get_rng_state()},
+                     last_path, metadata={"trainer_state": json.dumps(asdict(result))})
+    bar.close()
+    if result.best_epoch < 0:  # no validation ran (e.g. epochs < eval_every): keep the last weights
+        save_backbone(model, folder, "best")
+    return result

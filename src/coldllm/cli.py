@@ -1,0 +1,70 @@
+"""The ``coldllm`` command line: one command per stage plus ``run`` for all of them.
+
+Every command takes ``--config configs/<preset>.yaml`` and any number of ``--key.sub=value``
+overrides, e.g. ``coldllm train -c configs/citeulike.yaml --backbone.model=mf --name=mf``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import pipeline
+from .config import ConfigError, RunConfig, load_config
+from .data import DataError
+from .utils import setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML preset under configs/.")
+
+
+def _setup(ctx: typer.Context, config: Optional[Path]) -> pipeline.Run:
+    cfg: RunConfig = load_config(config, ctx.args)
+    setup_logging(cfg.run_dir / "log.txt")
+    return pipeline.Run(cfg)
+
+
+@app.command(context_settings=EXTRA)
+def prepare(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
+    """Read the raw data, split it and cache the prepared dataset."""
+    pipeline.prepare(_setup(ctx, config))
+
+
+@app.command(context_settings=EXTRA)
+def train(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
+          fresh: bool = typer.Option(False, help="Ignore an existing checkpoint.")) -> None:
+    """Train the collaborative backbone with BPR (resumes from runs/<name>/backbone/last.safetensors)."""
+    pipeline.train(_setup(ctx, config), resume=not fresh)
+
+
+@app.command(context_settings=EXTRA)
+def evaluate(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
+             split: str = typer.Option("test", help="val or test.")) -> None:
+    """Full-ranking Recall/NDCG on the overall, cold and warm settings."""
+    pipeline.evaluate(_setup(ctx, config), split)
+
+
+@app.command(context_settings=EXTRA)
+def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
+        force: bool = typer.Option(False, help="Redo stages already done.")) -> None:
+    """Every stage in order, skipping the finished ones."""
+    run_ = _setup(ctx, config)
+    pipeline.run_all(run_.cfg, force=force)
+
+
+def main() -> None:
+    try:
+        app()
+    except (ConfigError, DataError) as err:
+        logging.getLogger("coldllm").error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

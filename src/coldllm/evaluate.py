@@ -1,0 +1,114 @@
+"""Full-ranking evaluation for cold-start recommendation: overall, cold and warm settings.
+
+For each setting the held-out pairs are ranked against every candidate item (no sampled negatives):
+*overall* ranks all items, *cold* only cold items, *warm* only warm items. A user's training items
+are always masked. Every user with at least one held-out item in the setting is evaluated.
+
+Recall@K = hits in the top K / |held-out items|; NDCG@K uses binary gains 1/log2(rank + 1) and an
+ideal DCG truncated at min(|held-out items|, K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .data import ColdStartData
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]  # user indices -> (batch, n_items) scores
+SETTINGS = ("overall", "cold", "warm")
+PARTS = {
+    "val": {"overall": ("warm_val", "cold_val"), "cold": ("cold_val",), "warm": ("warm_val",)},
+    "test": {"overall": ("warm_test", "cold_test"), "cold": ("cold_test",), "warm": ("warm_test",)},
+}
+
+
+def ranking_metrics(
+    scores: torch.Tensor, truth: torch.Tensor, ks: list[int]
+) -> dict[str, torch.Tensor]:
+    """Per-user Recall@K and NDCG@K.
+
+    ``scores``: (users, items) with masked items already at -inf; ``truth``: (users, items) bool of
+    held-out items. Returns ``{"recall@K": (users,), "ndcg@K": (users,)}``.
+    """
+    k_max = min(max(ks), scores.shape[1])
+    top = scores.topk(k_max, dim=1).indices
+    hits = truth.gather(1, top).float()
+    n_true = truth.sum(1).float()
+    discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float32, device=scores.device))
+    out = {}
+    for k in ks:
+        kk = min(k, k_max)
+        out[f"recall@{k}"] = hits[:, :kk].sum(1) / n_true.clamp(min=1)
+        dcg = (hits[:, :kk] * discount[:kk]).sum(1)
+        ideal_len = n_true.clamp(max=kk).long()
+        idcg = torch.cumsum(discount[:kk], 0)[(ideal_len - 1).clamp(min=0)]
+        out[f"ndcg@{k}"] = dcg / idcg
+    return out
+
+
+@dataclass
+class _Setting:
+    truth: sp.csr_matrix
+    users: np.ndarray
+    candidates: np.ndarray  # bool per item
+
+
+class Evaluator:
+    """Evaluates a scorer on the ``val`` or ``test`` parts of a dataset in user batches."""
+
+    def __init__(self, data: ColdStartData, split: str = "test", ks: list[int] | None = None,
+                 batch_size: int = 1024, settings: tuple[str, ...] = SETTINGS):
+        if split not in PARTS:
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        self.ks = list(ks or [20])
+        self.batch_size = batch_size
+        self.exclude = data.matrix("train")
+        all_items = np.ones(data.n_items, dtype=bool)
+        candidates = {"overall": all_items, "cold": data.is_cold, "warm": ~data.is_cold}
+        self.settings = {}
+        for name in settings:
+            truth = data.matrix(*PARTS[split][name])
+            users = np.flatnonzero(np.diff(truth.indptr) > 0)
+            self.settings[name] = _Setting(truth, users, candidates[name])
+
+    @torch.no_grad()
+    def evaluate(self, scorer: Scorer, device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+        results = {}
+        for name, setting in self.settings.items():
+            if not len(setting.users):
+                results[name] = {m: float("nan") for k in self.ks for m in (f"recall@{k}", f"ndcg@{k}")}
+                results[name]["users"] = 0
+                continue
+            blocked = torch.from_numpy(~setting.candidates).to(device)
+            sums: dict[str, float] = {}
+            for start in range(0, len(setting.users), self.batch_size):
+                users = setting.users[start : start + self.batch_size]
+                scores = scorer(torch.from_numpy(users).to(device)).float().clone()
+                scores[:, blocked] = -torch.inf
+                seen = self.exclude[users].tocoo()
+                scores[torch.from_numpy(seen.row).to(device), torch.from_numpy(seen.col).to(device)] = -torch.inf
+                truth = torch.from_numpy(setting.truth[users].toarray() > 0).to(device)
+                for metric, values in ranking_metrics(scores, truth, self.ks).items():
+                    sums[metric] = sums.get(metric, 0.0) + float(values.sum())
+            n = len(setting.users)
+            results[name] = {metric: total / n for metric, total in sums.items()}
+            results[name]["users"] = n
+        return results
+
+
+def embedding_scorer(user_emb: torch.Tensor, item_emb: torch.Tensor) -> Scorer:
+    """Inner-product scores of fixed user and item representations."""
+    return lambda users: user_emb[users] @ item_emb.T
+
+
+def format_results(results: dict[str, dict[str, float]]) -> str:
+    lines = []
+    for name, metrics in results.items():
+        body = "  ".join(f"{m}={v:.4f}" for m, v in metrics.items() if m != "users")
+        lines.append(f"{name:<8} {body}  (users={metrics.get('users', 0)})")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from coldllm.config import DataConfig
+from coldllm.data import DataError, build_dataset, load_dataset, read_raw
+from coldllm.data.readers import PUBLISHED_FILES
+
+
+def write_citeulike(root, users_lines, titles):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "users.dat").write_text("\n".join(users_lines) + "\n")
+    (root / "titles.txt").write_text("\n".join(titles) + "\n")
+    return DataConfig(path=str(root), split="random", cache_dir=str(root / "cache"))
+
+
+def test_citeulike_reader(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", ["2 0 2", "1 1", "3 0 1 2"], ["A", "B", "C"])
+    raw = read_raw(cfg)
+    assert raw.interactions.shape == (6, 2)
+    assert list(raw.items["text"]) == ["A", "B", "C"]
+    assert set(map(tuple, raw.interactions.to_numpy())) >= {("0", "0"), ("1", "1"), ("2", "2")}
+
+
+def test_citeulike_bad_count_names_file_and_line(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", ["2 0 2", "3 1"], ["A", "B", "C"])
+    with pytest.raises(DataError, match=r"users\.dat:2: count says 3"):
+        read_raw(cfg)
+
+
+def test_citeulike_non_integer_names_line(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", ["1 0", "2 1 x"], ["A", "B"])
+    with pytest.raises(DataError, match=r"users\.dat:2: expected integers, found 'x'"):
+        read_raw(cfg)
+
+
+def test_citeulike_item_without_title(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", ["1 5"], ["A"])
+    with pytest.raises(DataError, match=r"users\.dat:1: item 5 has no title"):
+        read_raw(cfg)
+
+
+def test_missing_directory_is_clear(tmp_path):
+    with pytest.raises(DataError, match="COLDLLM_DATA"):
+        read_raw(DataConfig(path=str(tmp_path / "nope")))
+
+
+def test_published_split_is_loaded_as_is(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", ["2 0 1", "2 1 2", "1 3"], ["A", "B", "C", "D"])
+    split = tmp_path / "c" / "split"
+    split.mkdir()
+    parts = {"train": [(0, 0), (1, 1), (0, 1)], "warm_val": [], "warm_test": [], "cold_val": [(1, 2)],
+             "cold_test": [(2, 3)]}
+    for part, rows in parts.items():
+        pd.DataFrame(rows, columns=["user", "item"]).to_csv(split / PUBLISHED_FILES[part], index=False)
+    cfg.split = "published"
+    data = build_dataset(read_raw(cfg), cfg)
+    assert data.is_cold.tolist() == [False, False, True, True]
+    assert sorted(map(tuple, data.parts["train"].tolist())) == [(0, 0), (0, 1), (1, 1)]
+    assert data.parts["cold_test"].tolist() == [[2, 3]]
+
+
+def test_published_split_rejects_cold_item_with_training_pairs(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", ["2 0 1"], ["A", "B"])
+    split = tmp_path / "c" / "split"
+    split.mkdir()
+    rows = {"train": [(0, 0), (0, 1)], "cold_val": [(0, 1)]}
+    for part, name in PUBLISHED_FILES.items():
+        pd.DataFrame(rows.get(part, []), columns=["user", "item"]).to_csv(split / name, index=False)
+    cfg.split = "published"
+    with pytest.raises(DataError, match="cold_val"):
+        build_dataset(read_raw(cfg), cfg)
+
+
+def _tabular(tmp_path, fmt):
+    inter = pd.DataFrame({"uid": ["a", "a", "b", "c"], "iid": [1, 2, 2, 3], "ts": [1, 2, 3, 4]})
+    items = pd.DataFrame({"iid": [1, 2, 3], "title": ["x", "y", "z"], "genre": ["g1", "g2", None]})
+    if fmt == "csv":
+        inter.to_csv(tmp_path / "inter.csv", index=False)
+        items.to_csv(tmp_path / "items.csv", index=False)
+    else:
+        inter.to_parquet(tmp_path / "inter.parquet")
+        items.to_parquet(tmp_path / "items.parquet")
+    return DataConfig(format=fmt, path=str(tmp_path), interactions=f"inter.{fmt}", items=f"items.{fmt}",
+                      user_field="uid", item_field="iid", timestamp_field="ts",
+                      text_fields=["title", "genre"], split="random")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_tabular_reader(tmp_path, fmt):
+    raw = read_raw(_tabular(tmp_path, fmt))
+    assert list(raw.interactions.columns) == ["user", "item", "timestamp"]
+    assert raw.interactions["item"].tolist() == ["1", "2", "2", "3"]
+    assert raw.items["text"].tolist() == ["x. g1", "y. g2", "z."]
+
+
+def test_csv_ragged_row_names_line(tmp_path):
+    cfg = _tabular(tmp_path, "csv")
+    (tmp_path / "inter.csv").write_text("uid,iid,ts\na,1,1\nb,2,2,9\n")
+    with pytest.raises(DataError, match=r"inter\.csv:3"):
+        read_raw(cfg)
+
+
+def test_csv_empty_id_names_line(tmp_path):
+    cfg = _tabular(tmp_path, "csv")
+    (tmp_path / "inter.csv").write_text("uid,iid,ts\na,1,1\n,2,2\n")
+    with pytest.raises(DataError, match=r"inter\.csv:3: empty 'uid'"):
+        read_raw(cfg)
+
+
+def test_missing_text_field_is_named(tmp_path):
+    cfg = _tabular(tmp_path, "csv")
+    cfg.text_fields = ["abstract"]
+    with pytest.raises(DataError, match=r"items\.csv: text field\(s\) \['abstract'\]"):
+        read_raw(cfg)
+
+
+def test_unknown_item_id_is_an_error(tmp_path):
+    cfg = _tabular(tmp_path, "csv")
+    (tmp_path / "inter.csv").write_text("uid,iid,ts\na,1,1\nb,99,2\n")
+    with pytest.raises(DataError, match="'99' is not in the item table"):
+        build_dataset(read_raw(cfg), cfg)
+
+
+def test_recbole_atomic_files(tmp_path):
+    (tmp_path / "toy.inter").write_text("user_id:token\titem_id:token\trating:float\n1\t10\t5\n2\t11\t3\n")
+    (tmp_path / "toy.item").write_text("item_id:token\ttitle:token_seq\n10\tA film\n11\tB film\n")
+    cfg = DataConfig(name="toy", format="recbole", path=str(tmp_path), user_field="user_id",
+                     item_field="item_id", split="random")
+    raw = read_raw(cfg)
+    assert raw.interactions.values.tolist() == [["1", "10"], ["2", "11"]]
+    assert raw.items["text"].tolist() == ["A film", "B film"]
+    (tmp_path / "toy.inter").write_text("user_id:token\titem_id:token\n1\t10\n2\n")
+    with pytest.raises(DataError, match=r"toy\.inter:3: expected 2 fields, found 1"):
+        read_raw(cfg)
+    (tmp_path / "toy.inter").write_text("user_id\titem_id:token\n1\t10\n")
+    with pytest.raises(DataError, match=r"toy\.inter:1: header field 'user_id'"):
+        read_raw(cfg)
+
+
+def test_dataset_cache_round_trip(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", [f"3 {u % 5} {(u + 1) % 5} {(u + 2) % 5}" for u in range(20)],
+                          ["t0", "t1", "t2", "t3", "t4"])
+    first = load_dataset(cfg)
+    (tmp_path / "c" / "users.dat").write_text("garbage\n")  # a cache hit must not re-read raw files
+    again = load_dataset(cfg)
+    assert again.summary() == first.summary()
+    for part in first.parts:
+        np.testing.assert_array_equal(again.parts[part], first.parts[part])
+    np.testing.assert_array_equal(again.is_cold, first.is_cold)
+    assert list(again.item_text) == list(first.item_text)
