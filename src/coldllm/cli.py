@@ -6,8 +6,8 @@ overrides, e.g. ``coldllm train -c configs/citeulike.yaml --backbone.model=mf --
 
 from __future__ import annotations
 
+import functools
 import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -29,13 +29,30 @@ def _setup(ctx: typer.Context, config: Optional[Path]) -> pipeline.Run:
     return pipeline.Run(cfg)
 
 
+def friendly(fn):
+    """Bad input ends the command with one clear line and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError) as err:
+            logging.getLogger("coldllm").debug("bad input", exc_info=True)
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
 @app.command(context_settings=EXTRA)
+@friendly
 def prepare(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
     """Read the raw data, split it and cache the prepared dataset."""
     pipeline.prepare(_setup(ctx, config))
 
 
 @app.command(context_settings=EXTRA)
+@friendly
 def train(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
           fresh: bool = typer.Option(False, help="Ignore an existing checkpoint.")) -> None:
     """Train the collaborative backbone with BPR (resumes from runs/<name>/backbone/last.safetensors)."""
@@ -43,6 +60,7 @@ def train(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
 
 
 @app.command(context_settings=EXTRA)
+@friendly
 def evaluate(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
              split: str = typer.Option("test", help="val or test.")) -> None:
     """Full-ranking Recall/NDCG on the overall, cold and warm settings."""
@@ -50,20 +68,15 @@ def evaluate(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
 
 
 @app.command(context_settings=EXTRA)
+@friendly
 def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
         force: bool = typer.Option(False, help="Redo stages already done.")) -> None:
     """Every stage in order, skipping the finished ones."""
-    run_ = _setup(ctx, config)
-    pipeline.run_all(run_.cfg, force=force)
+    pipeline.run_all(_setup(ctx, config), force=force)
 
 
 def main() -> None:
-    try:
-        app()
-    except (ConfigError, DataError) as err:
-        logging.getLogger("coldllm").error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

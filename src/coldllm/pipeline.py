@@ -33,6 +33,11 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.dir / "manifest.json"
         old = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        # Artifacts made under another config are stale: forget them rather than mix two settings.
+        self.config_changed = bool(old) and old.get("config") != to_dict(cfg)
+        if self.config_changed:
+            log.warning("%s: config differs from the one its stages ran with; redoing them", self.dir)
+            old = {}
         self.manifest: dict[str, Any] = {
             "name": cfg.name,
             "created": old.get("created", now_iso()),
@@ -88,7 +93,8 @@ def train(run: Run, resume: bool = True) -> None:
     with run.stage("train") as rec:
         data = run.data
         model = build_backbone(run.cfg.backbone, data.matrix("train"), seed=run.cfg.seed)
-        result = train_backbone(model, data, run.cfg, run.dir / "backbone", resume=resume)
+        result = train_backbone(model, data, run.cfg, run.dir / "backbone",
+                                resume=resume and not run.config_changed)
         rec.update(best_epoch=result.best_epoch, best_val=result.best_score, epochs=result.epoch,
                    train_seconds=round(result.seconds, 2))
 
@@ -109,9 +115,8 @@ def evaluate(run: Run, split: str = "test") -> dict[str, dict[str, float]]:
 STAGES: dict[str, Callable[[Run], Any]] = {"prepare": prepare, "train": train, "evaluate_test": evaluate}
 
 
-def run_all(cfg: RunConfig, force: bool = False) -> dict[str, Any]:
+def run_all(run: Run, force: bool = False) -> dict[str, Any]:
     """Run every stage in order, skipping those already done in this run folder."""
-    run = Run(cfg)
     for name, fn in STAGES.items():
         if run.done(name) and not force:
             log.info("stage %s: done, skipped", name)

@@ -6,6 +6,8 @@ exist: a dense (n_users + n_items)^2 matrix is what makes graph recommenders run
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -27,7 +29,9 @@ def normalized_adjacency(train: sp.csr_matrix, self_loops: bool = False) -> torc
     values = inv_sqrt[rows] * inv_sqrt[cols]
     index = torch.from_numpy(np.stack([rows, cols])).long()
     adj = torch.sparse_coo_tensor(index, torch.from_numpy(values).float(), (n, n), check_invariants=True)
-    return adj.coalesce().to_sparse_csr()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": CSR is what makes A @ X fast
+        warnings.simplefilter("ignore", UserWarning)
+        return adj.coalesce().to_sparse_csr()
 
 
 class _SymmetricSpMM(torch.autograd.Function):

@@ -1,0 +1,68 @@
+"""Train every backbone on the published CiteULike split and record its full-ranking results.
+
+    python benchmarks/backbones.py [--backbones mf lightgcn ngcf] [--preset configs/citeulike.yaml]
+
+Each backbone runs as ``coldllm run`` in its own process (so its peak memory is its own) under
+``runs/bench-citeulike-<backbone>/``; a finished run is not redone, an interrupted one resumes.
+Results go to ``results/citeulike/<backbone>.json`` and the generated ``results/citeulike/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from coldllm.config import load_config, to_dict
+from coldllm.results import record_method, render_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def preset_for(backbone: str, default: Path) -> Path:
+    """configs/citeulike-<backbone>.yaml when it exists (per-backbone tuning), else the default."""
+    specific = default.with_name(f"{default.stem}-{backbone}.yaml")
+    return specific if specific.exists() else default
+
+
+def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
+    name = f"bench-{preset.stem.split('-')[0]}-{backbone}"
+    overrides = [f"--name={name}", f"--backbone.model={backbone}", *extra]
+    cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset), *overrides]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    cfg = load_config(preset, overrides)
+    manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
+    stages = manifest["stages"]
+    metrics = stages["evaluate_test"]["metrics"]
+    out = ROOT / "results" / cfg.data.name / f"{backbone}.json"
+    record_method(
+        out, dataset=cfg.data.name, split=cfg.data.split, backbone=backbone, method="backbone",
+        metrics=metrics, config=to_dict(cfg),
+        extra={
+            "seconds": round(sum(s["seconds"] for s in stages.values()), 1),
+            "peak_memory_mb": max(s["peak_memory_mb"] for s in stages.values()),
+            "best_epoch": stages["train"]["best_epoch"],
+            "epochs": stages["train"]["epochs"],
+            "run_commit": manifest["commit"],
+        },
+    )
+    print(f"wrote {out}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", default=["mf", "lightgcn", "ngcf"])
+    parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
+    parser.add_argument("overrides", nargs="*", help="extra --key=value overrides for every run")
+    args, unknown = parser.parse_known_args()
+    for backbone in args.backbones:
+        run_backbone(backbone, preset_for(backbone, args.preset), args.overrides + unknown)
+    reference = json.loads((ROOT / "benchmarks" / "reference.json").read_text())
+    print(render_table(ROOT / "results" / "citeulike", reference))
+
+
+if __name__ == "__main__":
+    main()

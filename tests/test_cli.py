@@ -1,0 +1,77 @@
+"""A tiny end-to-end run through the command line: prepare, train, evaluate, run (skips)."""
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from coldllm.cli import app
+from conftest import community_raw
+
+
+def write_project(tmp_path):
+    raw = community_raw()
+    raw.interactions.to_csv(tmp_path / "inter.csv", index=False)
+    raw.items.rename(columns={"text": "title"}).to_csv(tmp_path / "items.csv", index=False)
+    (tmp_path / "tiny.yaml").write_text(f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+data:
+  name: tiny
+  format: csv
+  path: {tmp_path}
+  interactions: inter.csv
+  items: items.csv
+  split: random
+  cache_dir: {tmp_path / 'cache'}
+backbone: {{model: lightgcn, dim: 16, layers: 2, lr: 0.01, batch_size: 64, epochs: 10, eval_every: 5}}
+eval: {{ks: [10, 20]}}
+""")
+    return tmp_path / "tiny.yaml"
+
+
+def test_stages_end_to_end(tmp_path):
+    cfg = str(write_project(tmp_path))
+    runner = CliRunner()
+    for cmd in (["prepare"], ["train"], ["evaluate"], ["evaluate", "--split", "val"]):
+        result = runner.invoke(app, [*cmd, "-c", cfg])
+        assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {"prepare", "train", "evaluate_test", "evaluate_val"} <= set(manifest["stages"])
+    assert all(s["status"] == "done" and s["seconds"] >= 0 for s in manifest["stages"].values())
+    assert manifest["config"]["backbone"]["dim"] == 16 and manifest["commit"]
+    metrics = json.loads((run_dir / "metrics_test.json").read_text())
+    assert set(metrics) == {"overall", "cold", "warm"}
+    assert 0.0 <= metrics["warm"]["recall@20"] <= 1.0 and "ndcg@10" in metrics["cold"]
+    assert (run_dir / "backbone" / "best.safetensors").exists() and (run_dir / "log.txt").exists()
+
+    before = (run_dir / "backbone" / "best.safetensors").stat().st_mtime_ns
+    result = runner.invoke(app, ["run", "-c", cfg])  # every stage is done: nothing is redone
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "backbone" / "best.safetensors").stat().st_mtime_ns == before
+
+
+def test_bad_config_key_exits_cleanly(tmp_path):
+    cfg = str(write_project(tmp_path))
+    result = CliRunner().invoke(app, ["prepare", "-c", cfg, "--backbone.dimm=3"])
+    assert result.exit_code == 2
+    assert "unknown config key 'backbone.dimm'" in result.output
+
+
+def test_bad_data_file_exits_cleanly(tmp_path):
+    cfg = str(write_project(tmp_path))
+    pd.DataFrame({"user": ["a"], "wrong": [1]}).to_csv(tmp_path / "inter.csv", index=False)
+    result = CliRunner().invoke(app, ["prepare", "-c", cfg])
+    assert result.exit_code == 2
+    assert "inter.csv" in result.output and "'item'" in result.output
+
+
+def test_changed_config_redoes_stages(tmp_path):
+    cfg = str(write_project(tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", "-c", cfg]).exit_code == 0
+    result = runner.invoke(app, ["run", "-c", cfg, "--backbone.dim=8"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "runs" / "tiny" / "backbone" / "backbone.json").read_text())
+    assert meta["dim"] == 8
