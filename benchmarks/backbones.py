@@ -46,8 +46,8 @@ def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
             "peak_memory_mb": max(s["peak_memory_mb"] for s in stages.values()),
             "best_epoch": stages["train"]["best_epoch"],
             "epochs": stages["train"]["epochs"],
-            "run_commit": manifest["commit"],
         },
+        commit=manifest["commit"],
     )
     print(f"wrote {out}", flush=True)
 

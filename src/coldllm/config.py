@@ -71,6 +71,16 @@ class BackboneConfig:
 
 
 @dataclass
+class ContentConfig:
+    encoder: str = _help("minilm (sentence encoder) | llm (mean-pooled causal-LM states).", "minilm")
+    model: str = _help("'' = the packaged default; else a local model folder (or smollm2-135m).", "")
+    batch_size: int = _help("Texts per forward pass.", 64)
+    max_length: int = _help("Tokens kept per text (longer texts are truncated).", 128)
+    cache_dir: str = _help("Where converted models and text vectors are cached.", "cache")
+    device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = _help("Cut-offs for Recall@K / NDCG@K.", factory=lambda: [20])
     batch_size: int = _help("Users scored per matrix product.", 1024)
@@ -84,6 +94,7 @@ class RunConfig:
     seed: int = _help("Seed of model initialisation and sampling.", 2023)
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

