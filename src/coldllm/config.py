@@ -81,6 +81,16 @@ class ContentConfig:
 
 
 @dataclass
+class BaselineConfig:
+    methods: list[str] = _help(
+        "Cold-start methods to fit and evaluate.",
+        factory=lambda: ["random", "knn", "deepmusic", "dropoutnet", "metaemb", "mtpr", "clcrec", "gar", "aldi"],
+    )
+    params: dict = _help("Per-method hyper-parameters: {method: {key: value}}.", factory=dict)
+    device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = _help("Cut-offs for Recall@K / NDCG@K.", factory=lambda: [20])
     batch_size: int = _help("Users scored per matrix product.", 1024)
@@ -95,6 +105,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
@@ -154,6 +165,10 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}' is a section; give it a mapping")
             _apply(current, value, prefix=f"{full}.")
+        elif isinstance(current, dict):  # free-form mappings (per-method params) merge, not replace
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' expects a mapping, got {value!r}")
+            setattr(obj, key, _merge(current, value))
         else:
             setattr(obj, key, _coerce(value, hints[key], full))
 
