@@ -26,6 +26,8 @@ data:
   cache_dir: {tmp_path / 'cache'}
 backbone: {{model: lightgcn, dim: 16, layers: 2, lr: 0.01, batch_size: 64, epochs: 10, eval_every: 5}}
 eval: {{ks: [10, 20]}}
+content: {{cache_dir: {tmp_path / 'cache'}}}
+baselines: {{methods: [random, knn, aldi], params: {{aldi: {{epochs: 2, hidden: 16}}}}}}
 """)
     return tmp_path / "tiny.yaml"
 
@@ -47,9 +49,15 @@ def test_stages_end_to_end(tmp_path):
     assert (run_dir / "backbone" / "best.safetensors").exists() and (run_dir / "log.txt").exists()
 
     before = (run_dir / "backbone" / "best.safetensors").stat().st_mtime_ns
-    result = runner.invoke(app, ["run", "-c", cfg])  # every stage is done: nothing is redone
+    result = runner.invoke(app, ["run", "-c", cfg])  # adds content + baselines, redoes nothing else
     assert result.exit_code == 0, result.output
     assert (run_dir / "backbone" / "best.safetensors").stat().st_mtime_ns == before
+    report = json.loads((run_dir / "baselines" / "aldi.json").read_text())
+    assert set(report["test"]) == {"overall", "cold", "warm"} and len(report["history"]) <= 2
+    assert report["params"]["hidden"] == 16
+    stamp = (run_dir / "baselines" / "aldi.json").stat().st_mtime_ns
+    assert runner.invoke(app, ["run", "-c", cfg]).exit_code == 0
+    assert (run_dir / "baselines" / "aldi.json").stat().st_mtime_ns == stamp
 
 
 def test_bad_config_key_exits_cleanly(tmp_path):
@@ -75,3 +83,15 @@ def test_changed_config_redoes_stages(tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "runs" / "tiny" / "backbone" / "backbone.json").read_text())
     assert meta["dim"] == 8
+
+
+def test_only_stages_whose_settings_changed_are_redone(tmp_path):
+    cfg = str(write_project(tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", "-c", cfg]).exit_code == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    backbone_stamp = (run_dir / "backbone" / "best.safetensors").stat().st_mtime_ns
+    result = runner.invoke(app, ["run", "-c", cfg, "--baselines.params.aldi.hidden=8"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "backbone" / "best.safetensors").stat().st_mtime_ns == backbone_stamp
+    assert json.loads((run_dir / "baselines" / "aldi.json").read_text())["params"]["hidden"] == 8

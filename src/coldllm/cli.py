@@ -69,6 +69,21 @@ def evaluate(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
 
 @app.command(context_settings=EXTRA)
 @friendly
+def content(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
+    """Encode every item's text (cached by model and text hash)."""
+    pipeline.content(_setup(ctx, config))
+
+
+@app.command(context_settings=EXTRA)
+@friendly
+def baselines(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
+              method: Optional[list[str]] = typer.Option(None, help="Only these methods (repeatable).")) -> None:
+    """Fit and evaluate the content-mapping cold-start methods on the trained backbone."""
+    pipeline.baselines(_setup(ctx, config), method)
+
+
+@app.command(context_settings=EXTRA)
+@friendly
 def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
         force: bool = typer.Option(False, help="Redo stages already done.")) -> None:
     """Every stage in order, skipping the finished ones."""

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from .backbones import build_backbone, load_backbone, train_backbone
+from .content import encode_texts, encoder_key
 from .config import RunConfig, to_dict
 from .data import ColdStartData, load_dataset
 from .data.dataset import cache_key
@@ -22,6 +26,21 @@ from .evaluate import Evaluator, embedding_scorer, format_results
 from .utils import git_commit, now_iso, package_versions, peak_memory_mb, resolve_device, write_json
 
 log = logging.getLogger(__name__)
+
+
+# The config sections each stage's artifacts depend on (a change elsewhere leaves them valid).
+STAGE_INPUTS = {
+    "prepare": ("data",),
+    "train": ("data", "backbone", "eval", "seed"),
+    "evaluate": ("data", "backbone", "eval", "seed"),
+    "content": ("data", "content"),
+    "baselines": ("data", "backbone", "eval", "seed", "content", "baselines"),
+}
+
+
+def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    keys = STAGE_INPUTS.get(stage.split("_")[0], tuple(config))
+    return {k: config.get(k) for k in keys}
 
 
 class Run:
@@ -33,19 +52,23 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.dir / "manifest.json"
         old = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
-        # Artifacts made under another config are stale: forget them rather than mix two settings.
-        self.config_changed = bool(old) and old.get("config") != to_dict(cfg)
-        if self.config_changed:
-            log.warning("%s: config differs from the one its stages ran with; redoing them", self.dir)
-            old = {}
+        config = to_dict(cfg)
+        stages = {}
+        # A stage made under other settings than it depends on is stale: forget it, redo it.
+        for stage, record in old.get("stages", {}).items():
+            if _inputs(old.get("config", {}), stage) == _inputs(config, stage):
+                stages[stage] = record
+            else:
+                log.warning("%s: settings of stage %r changed since it ran; it will be redone", self.dir, stage)
+        self.stale = set(old.get("stages", {})) - set(stages)
         self.manifest: dict[str, Any] = {
             "name": cfg.name,
             "created": old.get("created", now_iso()),
-            "config": to_dict(cfg),
+            "config": config,
             "seed": cfg.seed,
             "commit": git_commit(),
             "versions": package_versions(),
-            "stages": old.get("stages", {}),
+            "stages": stages,
         }
         self._data: ColdStartData | None = None
 
@@ -94,7 +117,7 @@ def train(run: Run, resume: bool = True) -> None:
         data = run.data
         model = build_backbone(run.cfg.backbone, data.matrix("train"), seed=run.cfg.seed)
         result = train_backbone(model, data, run.cfg, run.dir / "backbone",
-                                resume=resume and not run.config_changed)
+                                resume=resume and "train" not in run.stale)
         rec.update(best_epoch=result.best_epoch, best_val=result.best_score, epochs=result.epoch,
                    train_seconds=round(result.seconds, 2))
 
@@ -112,7 +135,50 @@ def evaluate(run: Run, split: str = "test") -> dict[str, dict[str, float]]:
     return results
 
 
-STAGES: dict[str, Callable[[Run], Any]] = {"prepare": prepare, "train": train, "evaluate_test": evaluate}
+def content_vectors(run: Run) -> np.ndarray:
+    """The item text vectors (cached by model and text hash, so this is cheap after the first call)."""
+    return encode_texts(list(run.data.item_text), run.cfg.content)
+
+
+def content(run: Run) -> None:
+    with run.stage("content") as rec:
+        vectors = content_vectors(run)
+        rec.update(encoder=encoder_key(run.cfg.content), items=len(vectors), dim=int(vectors.shape[1]))
+
+
+def baselines(run: Run, methods: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Fit and evaluate each cold-start method on the run's backbone; one JSON per method.
+
+    Methods already measured in this run folder are read back, not refitted.
+    """
+    from .baselines.runner import fit_and_evaluate, make_context
+
+    folder = run.dir / "baselines"
+    if "baselines" in run.stale:  # fitted under other settings: none of them may be reused
+        shutil.rmtree(folder, ignore_errors=True)
+    reports: dict[str, dict[str, Any]] = {}
+    with run.stage("baselines") as rec:
+        device = resolve_device(run.cfg.baselines.device)
+        ctx = None
+        for name in methods or run.cfg.baselines.methods:
+            path = folder / f"{name}.json"
+            if path.exists():
+                reports[name] = json.loads(path.read_text())
+                continue
+            if ctx is None:
+                backbone = load_backbone(run.dir / "backbone", run.data)
+                ctx = make_context(run.data, backbone, content_vectors(run), device, run.cfg.seed,
+                                   run.cfg.eval.ks, run.cfg.eval.metric)
+            _, report = fit_and_evaluate(name, run.cfg.baselines.params.get(name), ctx, ks=run.cfg.eval.ks)
+            write_json(path, report)
+            reports[name] = report
+        rec["methods"] = {name: r["test"]["cold"] for name, r in reports.items()}
+    return reports
+
+
+STAGES: dict[str, Callable[[Run], Any]] = {
+    "prepare": prepare, "train": train, "evaluate_test": evaluate, "content": content, "baselines": baselines,
+}
 
 
 def run_all(run: Run, force: bool = False) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def resolve_llm(name_or_path: str, cache_dir: str | Path = "cache") -> Path:
 
 def load_llm(name_or_path: str = DEFAULT_LLM, cache_dir: str | Path = "cache",
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer)`` in eval mode on ``device``; the tokenizer pads on the left."""
+    """``(model, tokenizer)`` in eval mode on ``device`` (a pad token is set if the model has none)."""
     offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

