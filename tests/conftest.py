@@ -61,3 +61,38 @@ def tiny_cfg(tmp_path) -> RunConfig:
     cfg.backbone.lr, cfg.backbone.batch_size = 0.01, 64
     cfg.backbone.epochs, cfg.backbone.eval_every, cfg.backbone.patience = 20, 5, 5
     return cfg
+
+
+TINY_WORDS = (
+    "<pad> <unk> <s> </s> Yes No Answer : . , ? - paper papers user saved candidate will the a you are "
+    "recommender system for scientific from has judge whether also save or graph networks protein folding "
+    "deep learning neural models of on and with in to"
+).split()
+
+
+def make_tiny_llm(seed: int = 0, hidden: int = 32, layers: int = 2):
+    """A tiny Llama and a word-level tokenizer built in-process: no files, no network."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                        bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(TINY_WORDS), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         pad_token_id=0, max_position_embeddings=512,
+                         initializer_range=0.2)  # the default 0.02 caps a 32-wide model's logits near zero
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+@pytest.fixture
+def tiny_llm_dir(tmp_path):
+    """The tiny Llama saved as a local Hugging Face folder."""
+    model, tokenizer = make_tiny_llm()
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

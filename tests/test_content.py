@@ -46,33 +46,12 @@ def test_packaged_sentence_encoder_offline(tmp_path, monkeypatch):
     np.testing.assert_array_equal(encode_texts(texts, cfg), vecs)
 
 
-@pytest.fixture
-def tiny_llm_dir(tmp_path):
-    """A tiny Llama saved as a local Hugging Face folder, with a tokenizer built in-process."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = ["<pad>", "<unk>", "<s>", "</s>", "graph", "protein", "paper", "deep", "folding", "networks"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         pad_token_id=0))
-    folder = tmp_path / "tiny-llama"
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
-
-
 def test_llm_mean_pooling_ignores_padding(tiny_llm_dir, tmp_path):
     enc = LLMEncoder(str(tiny_llm_dir), batch_size=4, cache_dir=str(tmp_path))
     short, long = "graph paper", "deep protein folding networks paper"
     together = enc.encode([short, long])  # padded into one batch
     alone = np.concatenate([enc.encode([short]), enc.encode([long])])
-    assert together.shape == (2, 16)
+    assert together.shape == (2, 32)
     np.testing.assert_allclose(together, alone, atol=1e-5)
     cfg = ContentConfig(encoder="llm", model=str(tiny_llm_dir), cache_dir=str(tmp_path), device="cpu")
     np.testing.assert_allclose(encode_texts([long, short], cfg), together[::-1], atol=1e-5)
