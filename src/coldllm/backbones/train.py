@@ -15,6 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import scipy.sparse as sp
+
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -89,15 +92,22 @@ def load_backbone(folder: Path, data: ColdStartData, name: str = "best") -> Back
 
 
 def train_backbone(
-    model: Backbone, data: ColdStartData, cfg: RunConfig, folder: Path, resume: bool = True
+    model: Backbone, data: ColdStartData, cfg: RunConfig, folder: Path, resume: bool = True,
+    train: sp.csr_matrix | None = None, select: str = SELECT_SETTING,
 ) -> TrainResult:
-    """Train ``model`` with BPR on ``data``'s training part; the best weights go to ``folder``."""
+    """Train ``model`` with BPR; the best weights (on validation setting ``select``) go to ``folder``.
+
+    ``train`` defaults to the dataset's training part; the update stage passes training plus
+    simulated interactions. Negatives are drawn from the items that have training pairs.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.backbone.device)
     model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.backbone.lr)
-    sampler = BPRSampler(data.matrix("train"), candidates=data.warm_items, seed=cfg.seed)
-    validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(SELECT_SETTING,))
+    train = data.matrix("train") if train is None else train
+    candidates = np.flatnonzero(np.diff(train.tocsc().indptr) > 0)
+    sampler = BPRSampler(train, candidates=candidates, seed=cfg.seed)
+    validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(select,))
     metric = cfg.eval.metric
     last_path = folder / "last.safetensors"
 
@@ -133,8 +143,8 @@ def train_backbone(
         record = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
         if (epoch + 1) % bcfg.eval_every == 0 or epoch + 1 == bcfg.epochs:
             user_emb, item_emb = model.embeddings()
-            score = validator.evaluate(embedding_scorer(user_emb, item_emb), device)[SELECT_SETTING][metric]
-            record[f"val_{SELECT_SETTING}_{metric}"] = score
+            score = validator.evaluate(embedding_scorer(user_emb, item_emb), device)[select][metric]
+            record[f"val_{select}_{metric}"] = score
             if score > result.best_score:
                 result.best_score, result.best_epoch, result.bad_rounds = score, epoch + 1, 0
                 save_backbone(model, folder, "best")

@@ -1,0 +1,1 @@
+"""The ColdLLM funnel: coupled filter -> LLM refiner -> simulated interactions -> update."""

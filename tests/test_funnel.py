@@ -1,0 +1,108 @@
+"""The funnel's parts on tiny data: top-K filtering, fine-tuning examples, resumable simulation, update."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+from coldllm.funnel.filter import CoupledEmbeddings, funnel_coverage, random_users, top_users
+from coldllm.funnel.refiner import auc, finetune_examples, simulate, user_histories
+from coldllm.funnel.update import augmented_train, fast_cold_update
+from coldllm.llm.judge import Judge
+from coldllm.llm.prompts import PromptEncoder, PromptTemplate
+from conftest import make_tiny_llm
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_top_users_match_brute_force(kind):
+    rng = np.random.default_rng(0)
+    emb = CoupledEmbeddings(users=rng.normal(size=(50, 8)).astype(np.float32),
+                            cold_items=rng.normal(size=(4, 8)).astype(np.float32), cold_ids=np.array([3, 9, 11, 20]))
+    top = top_users(emb, k=5, index_kind=kind)
+    assert len(top) == 20 and set(top["item"]) == {3, 9, 11, 20}
+    for row, item in enumerate(emb.cold_ids):
+        expected = np.argsort(-(emb.users @ emb.cold_items[row]))[:5]
+        got = top[top["item"] == item].sort_values("rank")["user"].to_numpy()
+        assert set(got) == set(expected) if kind == "hnsw" else list(got) == list(expected)
+
+
+def test_random_filter_gives_k_distinct_users():
+    out = random_users(30, np.array([1, 2]), k=10, seed=1)
+    assert len(out) == 20 and out.groupby("item")["user"].nunique().tolist() == [10, 10]
+
+
+def test_funnel_coverage_by_hand():
+    candidates = pd.DataFrame({"item": [5, 5, 6, 6], "user": [0, 1, 0, 2]})
+    truth = np.array([[1, 5], [2, 6], [3, 6], [0, 7]])  # item 7 was not filtered: out of scope
+    stats = funnel_coverage(candidates, truth)
+    assert stats["precision"] == pytest.approx(2 / 4)
+    assert stats["coverage"] == pytest.approx(2 / 3)
+
+
+def test_finetune_examples_use_training_pairs_only():
+    train = sp.csr_matrix(np.array([[1, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], np.float32))
+    ex = finetune_examples(train, np.arange(3), candidates=np.arange(4), max_history=5, seed=0)
+    assert set(ex["user"]) == {0, 1}  # user 2 has a single item: no history left
+    for _, row in ex.iterrows():
+        items = set(train[row["user"]].indices.tolist())
+        assert (row["item"] in items) == bool(row["label"])
+        assert row["item"] not in set(row["history"]) and set(row["history"]) <= items
+        assert row["item"] < 4  # negatives come from the candidate (warm) items only
+    assert ex.groupby("user")["label"].agg(["sum", "count"]).values.tolist() == [[1, 2], [1, 2]]
+    hard = pd.DataFrame({"user": [0, 0], "item": [1, 3]})  # item 1 is a positive of user 0: skipped
+    ex = finetune_examples(train, np.arange(1), candidates=np.arange(6), max_history=5, hard=hard)
+    assert ex[ex["label"] == 0]["item"].tolist() == [3]
+
+
+def test_auc_by_hand():
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.3, 0.1])) == pytest.approx(0.75)
+    assert auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+
+
+def test_simulation_resumes_after_a_kill(tmp_path):
+    model, tok = make_tiny_llm(seed=2)
+    judge = Judge(model, PromptEncoder(tok, PromptTemplate()), batch_size=4)
+    titles = np.array(["graph networks", "protein folding", "deep learning", "graph", "paper", "neural"])
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [1, 0, 1, 0, 0, 0],
+                                    [0, 0, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]], np.float32))
+    histories = user_histories(train, max_items=2, seed=0)
+    candidates = pd.DataFrame({"user": [0, 0, 1, 2, 2, 3, 4, 4], "item": [3, 4, 5, 3, 5, 4, 3, 5]})
+    full = simulate(judge, candidates, histories, titles, tmp_path / "full", shard_users=2)
+
+    calls = {"n": 0}
+    real = judge.p_yes_for_user
+
+    def dying(prefix, suffixes):
+        calls["n"] += 1
+        if calls["n"] == 4:  # killed while judging the second shard
+            raise KeyboardInterrupt
+        return real(prefix, suffixes)
+
+    judge.p_yes_for_user = dying
+    with pytest.raises(KeyboardInterrupt):
+        simulate(judge, candidates, histories, titles, tmp_path / "part", shard_users=2)
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["shard-00000.parquet"]
+    calls["n"] = -100
+    resumed = simulate(judge, candidates, histories, titles, tmp_path / "part", shard_users=2)
+    pd.testing.assert_frame_equal(resumed, full)
+    assert len(full) == len(candidates) and full["p_yes"].between(0, 1).all()
+
+
+def test_augmented_train_adds_only_accepted_pairs():
+    train = sp.csr_matrix(np.eye(3, 4, dtype=np.float32))
+    sim = pd.DataFrame({"user": [0, 1, 2], "item": [3, 3, 0], "accepted": [True, False, True]})
+    out = augmented_train(train, sim)
+    assert out.nnz == 5 and out[0, 3] == 1 and out[1, 3] == 0 and out[2, 0] == 1
+
+
+def test_fast_update_moves_only_cold_items_towards_their_users():
+    torch.manual_seed(0)
+    users, items = torch.randn(20, 8), torch.randn(10, 8)
+    cold = np.array([8, 9])
+    pairs = pd.DataFrame({"user": [0, 1, 2, 3], "item": [8, 8, 9, 9]})
+    out = fast_cold_update(users, items, pairs, cold, epochs=100, lr=0.05)
+    torch.testing.assert_close(out[:8], items[:8])
+    scores = users @ out.T
+    for user, item in zip(pairs["user"], pairs["item"]):
+        assert (scores[user, item] > scores[user, :8]).float().mean() > 0.8
