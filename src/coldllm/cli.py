@@ -82,6 +82,22 @@ def baselines(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
     pipeline.baselines(_setup(ctx, config), method)
 
 
+def _funnel_command(stage: str, doc: str) -> None:
+    def command(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
+        from .funnel.stages import FUNNEL_STAGES
+
+        FUNNEL_STAGES[stage](_setup(ctx, config))
+
+    command.__doc__ = doc
+    app.command(name=stage, context_settings=EXTRA)(friendly(command))
+
+
+_funnel_command("filter", "Coupled filter: the top-K users of every cold item (ALDI + LM two-tower, FAISS).")
+_funnel_command("finetune", "LoRA-fine-tune the language-model judge on warm training interactions.")
+_funnel_command("simulate", "Judge every filtered pair; accepted pairs become simulated interactions.")
+_funnel_command("update", "Retrain the backbone on real + simulated interactions, then evaluate.")
+
+
 @app.command(context_settings=EXTRA)
 @friendly
 def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,

@@ -91,6 +91,39 @@ class BaselineConfig:
 
 
 @dataclass
+class FilterConfig:
+    k: int = _help("Users kept per cold item (K).", 20)
+    towers: str = _help("coupled | collab | lm | random (the last three are ablations).", "coupled")
+    index: str = _help("FAISS index: flat (exact) | ivf | hnsw (approximate, for large user sets).", "flat")
+    text_model: str = _help("LLM whose mean-pooled states feed the language-model sub-tower.", "smollm2-135m")
+    collab: dict = _help("ALDI student hyper-parameters (baselines.aldi.ALDIParams).", factory=dict)
+    lm: dict = _help("Language-model tower hyper-parameters (funnel.filter.LMTowerParams).", factory=dict)
+
+
+@dataclass
+class RefinerConfig:
+    enabled: bool = _help("false: accept every filtered pair (the no-refiner ablation).", True)
+    model: str = _help("Causal LM to fine-tune: smollm2-135m or a local Hugging Face folder.", "smollm2-135m")
+    template: dict = _help("Prompt template fields (llm.prompts.PromptTemplate), per domain.", factory=dict)
+    train_users: int = _help("Users giving one positive + one negative fine-tuning example each.", 600)
+    eval_users: int = _help("Held-out warm users for the judge's accuracy / AUC.", 300)
+    hard_negatives: float = _help("Share of fine-tuning negatives taken from the filter's top-K.", 0.5)
+    lora: dict = _help("LoRA hyper-parameters (llm.lora.LoraParams).", factory=dict)
+    threshold: str = _help("yes: accept when P(Yes) > P(No) (the paper); tuned: best on held-out pairs.", "yes")
+    batch_size: int = _help("Candidates judged per forward pass.", 32)
+    shard_users: int = _help("Users per simulation shard (the unit of resumption).", 128)
+    device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
+
+
+@dataclass
+class UpdateConfig:
+    mode: str = _help("retrain: backbone from scratch on real + simulated pairs; fast: cold rows only.", "retrain")
+    select_on: str = _help("Validation setting that picks the retrained backbone: overall | cold | warm.", "overall")
+    fast_epochs: int = _help("fast mode: optimisation steps.", 100)
+    fast_lr: float = _help("fast mode: Adam learning rate.", 0.05)
+
+
+@dataclass
 class EvalConfig:
     ks: list[int] = _help("Cut-offs for Recall@K / NDCG@K.", factory=lambda: [20])
     batch_size: int = _help("Users scored per matrix product.", 1024)
@@ -102,10 +135,18 @@ class RunConfig:
     name: str = _help("Run name: artifacts go to <runs_dir>/<name>/.", "default")
     runs_dir: str = _help("Parent folder of runs.", "runs")
     seed: int = _help("Seed of model initialisation and sampling.", 2023)
+    stages: list[str] = _help(
+        "Stages `coldllm run` executes, in order (prepare, train, evaluate_test, content, baselines, "
+        "filter, finetune, simulate, update).",
+        factory=lambda: ["prepare", "train", "evaluate_test", "content", "baselines"],
+    )
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backbones import build_backbone, load_backbone, train_backbone
 from .content import encode_texts, encoder_key
-from .config import RunConfig, to_dict
+from .config import ConfigError, RunConfig, to_dict
 from .data import ColdStartData, load_dataset
 from .data.dataset import cache_key
 from .evaluate import Evaluator, embedding_scorer, format_results
@@ -35,11 +35,18 @@ STAGE_INPUTS = {
     "evaluate": ("data", "backbone", "eval", "seed"),
     "content": ("data", "content"),
     "baselines": ("data", "backbone", "eval", "seed", "content", "baselines"),
+    "filter": ("data", "backbone", "eval", "seed", "content", "filter"),
+    "finetune": ("data", "backbone", "eval", "seed", "content", "filter", "refiner"),
+    "simulate": ("data", "backbone", "eval", "seed", "content", "filter", "refiner"),
+    "update": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
+    "evaluate_coldllm": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
 }
 
 
 def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    keys = STAGE_INPUTS.get(stage.split("_")[0], tuple(config))
+    """The config sections ``stage`` depends on (the longest matching stage name wins)."""
+    key = max((k for k in STAGE_INPUTS if stage.startswith(k)), key=len, default=None)
+    keys = STAGE_INPUTS[key] if key else tuple(config)
     return {k: config.get(k) for k in keys}
 
 
@@ -181,11 +188,21 @@ STAGES: dict[str, Callable[[Run], Any]] = {
 }
 
 
+def all_stages() -> dict[str, Callable[[Run], Any]]:
+    from .funnel.stages import FUNNEL_STAGES  # the funnel builds on this module
+
+    return {**STAGES, **FUNNEL_STAGES}
+
+
 def run_all(run: Run, force: bool = False) -> dict[str, Any]:
-    """Run every stage in order, skipping those already done in this run folder."""
-    for name, fn in STAGES.items():
+    """Run the configured stages in order, skipping those already done in this run folder."""
+    stages = all_stages()
+    unknown = [s for s in run.cfg.stages if s not in stages]
+    if unknown:
+        raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(stages)}")
+    for name in run.cfg.stages:
         if run.done(name) and not force:
             log.info("stage %s: done, skipped", name)
             continue
-        fn(run)
+        stages[name](run)
     return run.manifest

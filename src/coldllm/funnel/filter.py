@@ -102,19 +102,21 @@ class CoupledEmbeddings:
     cold_ids: np.ndarray  # item indices
 
 
-def coupled_embeddings(collab: ALDI | None, lm: LanguageTower | None, cold: torch.Tensor) -> CoupledEmbeddings:
+def coupled_embeddings(collab: ALDI | None, lm: LanguageTower | None, ctx: FitContext,
+                       item_ids: torch.Tensor) -> CoupledEmbeddings:
+    """Concatenate the sub-towers' user embeddings and their embeddings of ``item_ids``."""
     users, items = [], []
-    if collab is not None:
-        users.append(collab.user_student)
-        items.append(collab.cold_student)
-    if lm is not None:
-        users.append(lm.user_out)
-        items.append(lm.item_out[cold])
+    with torch.no_grad():
+        if collab is not None:
+            users.append(collab.user_student)
+            items.append(collab.item_tower(ctx.content[item_ids]))
+        if lm is not None:
+            users.append(lm.user_out)
+            items.append(lm.item_out[item_ids])
     if not users:
         raise ValueError("the coupled filter needs at least one sub-tower")
-    to_np = lambda parts: torch.cat(parts, dim=1).detach().float().cpu().numpy()  # noqa: E731
-    return CoupledEmbeddings(users=np.ascontiguousarray(to_np(users)), cold_items=np.ascontiguousarray(to_np(items)),
-                             cold_ids=cold.cpu().numpy())
+    to_np = lambda parts: np.ascontiguousarray(torch.cat(parts, 1).float().cpu().numpy())  # noqa: E731
+    return CoupledEmbeddings(users=to_np(users), cold_items=to_np(items), cold_ids=item_ids.cpu().numpy())
 
 
 def build_index(vectors: np.ndarray, kind: str = "flat", nlist: int = 256, nprobe: int = 16,

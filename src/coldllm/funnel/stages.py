@@ -1,0 +1,192 @@
+"""The ColdLLM stages of a run: filter -> finetune -> simulate -> update (-> evaluate).
+
+Each stage reads the artifacts of the previous ones from the run folder and writes its own:
+
+    filter/    candidates.parquet (cold items' top-K users), warm_candidates.parquet, report.json
+    refiner/   adapter/ (LoRA weights + config), report.json (judge before/after, loss curve)
+    simulate/  shard-*.parquet, simulated.parquet, report.json
+    update/    the retrained backbone, report.json; metrics in metrics_coldllm_<split>.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..backbones import build_backbone, load_backbone, train_backbone
+from ..baselines.aldi import ALDI
+from ..baselines.runner import make_context
+from ..config import ConfigError, ContentConfig, _apply
+from ..content import encode_texts
+from ..evaluate import Evaluator, embedding_scorer
+from ..llm.judge import Judge
+from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
+from ..llm.models import load_llm
+from ..llm.prompts import PromptEncoder, PromptTemplate
+from ..pipeline import Run, content_vectors
+from ..utils import peak_memory_mb, resolve_device, write_json
+from .filter import LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, top_users
+from .refiner import best_threshold, example_prompts, finetune_examples, judge_examples, judge_report, \
+    simulate, user_histories
+from .update import augmented_train
+
+log = logging.getLogger(__name__)
+
+
+def _params(cls: type, values: dict[str, Any], where: str):
+    """A hyper-parameter dataclass filled from a config mapping; unknown keys name ``where``."""
+    obj = cls()
+    _apply(obj, values, prefix=f"{where}.")
+    return obj
+
+
+def llm_text_vectors(run: Run) -> np.ndarray:
+    cfg = ContentConfig(encoder="llm", model=run.cfg.filter.text_model, cache_dir=run.cfg.content.cache_dir,
+                        device=run.cfg.content.device, batch_size=32)
+    return encode_texts(list(run.data.item_text), cfg)
+
+
+def filter_stage(run: Run) -> dict[str, Any]:
+    cfg, data = run.cfg, run.data
+    folder = run.dir / "filter"
+    if cfg.filter.towers not in ("coupled", "collab", "lm", "random"):
+        raise ConfigError(f"filter.towers {cfg.filter.towers!r} must be coupled, collab, lm or random")
+    with run.stage("filter") as rec:
+        device = resolve_device(cfg.baselines.device)
+        backbone = load_backbone(run.dir / "backbone", data)
+        ctx = make_context(data, backbone, content_vectors(run), device, cfg.seed, cfg.eval.ks, cfg.eval.metric)
+        towers = cfg.filter.towers
+        collab = lm = None
+        if towers in ("coupled", "collab"):
+            collab = ALDI(cfg.filter.collab).fit(ctx)
+        if towers in ("coupled", "lm"):
+            lm = LanguageTower(_params(LMTowerParams, cfg.filter.lm, "filter.lm")).fit(ctx, llm_text_vectors(run))
+        if towers == "random":
+            candidates = random_users(data.n_users, data.cold_items, cfg.filter.k, cfg.seed)
+            warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
+        else:
+            candidates = top_users(coupled_embeddings(collab, lm, ctx, ctx.cold), cfg.filter.k, cfg.filter.index)
+            # the same filter on warm items gives on-topic non-interacted users: hard negatives
+            warm = top_users(coupled_embeddings(collab, lm, ctx, ctx.warm), cfg.filter.k, cfg.filter.index)
+        folder.mkdir(parents=True, exist_ok=True)
+        candidates.to_parquet(folder / "candidates.parquet")
+        warm.to_parquet(folder / "warm_candidates.parquet")
+        report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
+                  "val": funnel_coverage(candidates, data.parts["cold_val"]),
+                  "test": funnel_coverage(candidates, data.parts["cold_test"])}
+        write_json(folder / "report.json", report)
+        rec.update(report)
+    return report
+
+
+def _prompt_encoder(run: Run, tokenizer) -> PromptEncoder:
+    return PromptEncoder(tokenizer, _params(PromptTemplate, run.cfg.refiner.template, "refiner.template"))
+
+
+def _split_users(run: Run, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    train = run.data.matrix("train")
+    eligible = np.flatnonzero(np.diff(train.indptr) >= 2)
+    chosen = rng.permutation(eligible)
+    n_train, n_eval = run.cfg.refiner.train_users, run.cfg.refiner.eval_users
+    return np.sort(chosen[:n_train]), np.sort(chosen[n_train : n_train + n_eval])
+
+
+def finetune_stage(run: Run) -> dict[str, Any]:
+    cfg, data = run.cfg, run.data
+    folder = run.dir / "refiner"
+    with run.stage("finetune") as rec:
+        if not cfg.refiner.enabled:
+            rec["skipped"] = "refiner.enabled is false"
+            return {}
+        device = resolve_device(cfg.refiner.device)
+        model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
+        prompts = _prompt_encoder(run, tokenizer)
+        titles = data.item_text
+        train = data.matrix("train")
+        rng = np.random.default_rng(cfg.seed)
+        train_users, eval_users = _split_users(run, rng)
+        warm_candidates = pd.read_parquet(run.dir / "filter" / "warm_candidates.parquet")
+        hard_users = train_users[rng.random(len(train_users)) < cfg.refiner.hard_negatives]
+        hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
+        max_history = prompts.template.max_history
+        examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard)
+        held_out = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1)
+        report: dict[str, Any] = {"train_examples": len(examples), "eval_examples": len(held_out)}
+        report["before"] = judge_report(held_out["label"].to_numpy(), judge_examples(Judge(model, prompts), held_out, titles))
+        lora = _params(LoraParams, cfg.refiner.lora, "refiner.lora")
+        peft_model = add_lora(model, lora)
+        _, history = train_lora(peft_model, example_prompts(prompts, examples, titles), examples["label"].to_numpy(),
+                                prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, lora,
+                                out_dir=folder / "adapter")
+        p_after = judge_examples(Judge(peft_model, prompts, cfg.refiner.batch_size), held_out, titles)
+        labels = held_out["label"].to_numpy()
+        report["after"] = judge_report(labels, p_after)
+        report["threshold"] = best_threshold(labels, p_after) if cfg.refiner.threshold == "tuned" else 0.5
+        report["lora"] = dataclasses.asdict(lora)
+        report["loss_history"] = history
+        report["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        write_json(folder / "report.json", report)
+        rec.update({k: report[k] for k in ("train_examples", "before", "after", "threshold")})
+    return report
+
+
+def simulate_stage(run: Run) -> dict[str, Any]:
+    cfg, data = run.cfg, run.data
+    folder = run.dir / "simulate"
+    with run.stage("simulate") as rec:
+        candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
+        if cfg.refiner.enabled:
+            device = resolve_device(cfg.refiner.device)
+            model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
+            model = load_adapter(model, run.dir / "refiner" / "adapter")
+            prompts = _prompt_encoder(run, tokenizer)
+            threshold = json.loads((run.dir / "refiner" / "report.json").read_text())["threshold"]
+            histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
+            judge = Judge(model, prompts, cfg.refiner.batch_size)
+            simulated = simulate(judge, candidates, histories, data.item_text, folder / "shards", threshold,
+                                 cfg.refiner.shard_users)
+        else:  # the no-refiner ablation: every filtered pair becomes an interaction
+            simulated = candidates[["user", "item"]].assign(p_yes=1.0, accepted=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        simulated.to_parquet(folder / "simulated.parquet")
+        accepted = simulated[simulated["accepted"]]
+        report = {"pairs": len(simulated), "accepted": len(accepted),
+                  "accept_rate": float(simulated["accepted"].mean()) if len(simulated) else 0.0,
+                  "refined_test": funnel_coverage(accepted, data.parts["cold_test"]),
+                  "refined_val": funnel_coverage(accepted, data.parts["cold_val"])}
+        write_json(folder / "report.json", report)
+        rec.update(report)
+    return report
+
+
+def update_stage(run: Run) -> dict[str, Any]:
+    cfg, data = run.cfg, run.data
+    folder = run.dir / "update"
+    with run.stage("update") as rec:
+        simulated = pd.read_parquet(run.dir / "simulate" / "simulated.parquet")
+        train = augmented_train(data.matrix("train"), simulated)
+        model = build_backbone(cfg.backbone, train, seed=cfg.seed)
+        result = train_backbone(model, data, cfg, folder, train=train, select=cfg.update.select_on)
+        rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz))
+    return evaluate_coldllm(run)
+
+
+def evaluate_coldllm(run: Run, split: str = "test") -> dict[str, Any]:
+    with run.stage(f"evaluate_coldllm_{split}") as rec:
+        device = resolve_device(run.cfg.backbone.device)
+        model = load_backbone(run.dir / "update", run.data).to(device)
+        evaluator = Evaluator(run.data, split, run.cfg.eval.ks, run.cfg.eval.batch_size)
+        metrics = evaluator.evaluate(embedding_scorer(*model.embeddings()), device)
+        write_json(run.dir / f"metrics_coldllm_{split}.json", metrics)
+        rec["metrics"] = metrics
+    return metrics
+
+
+FUNNEL_STAGES = {"filter": filter_stage, "finetune": finetune_stage, "simulate": simulate_stage,
+                 "update": update_stage}
