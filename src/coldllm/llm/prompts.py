@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 class PromptTemplate:
     instruction: str = field(
         default="You are a recommender system for scientific papers. From the papers a user has saved, "
-        "judge whether the user will also save a candidate paper.",
-        metadata={"help": "First line of every prompt."},
+        "judge whether the user will also save the candidate paper. Answer Yes or No.",
+        metadata={"help": "First line of every prompt (it carries the question, so it is in the prefix)."},
     )
     history_header: str = field(default="Papers the user saved:", metadata={"help": "Heads the history."})
     history_item: str = field(default="- {title}", metadata={"help": "One history line; {title} is filled."})
     candidate: str = field(default="Candidate paper: {title}", metadata={"help": "The candidate line."})
     question: str = field(
-        default="Will the user save the candidate paper? Answer Yes or No.\nAnswer:",
-        metadata={"help": "Ends the prompt; the next token is the answer."},
+        default="Answer:",
+        metadata={"help": "Ends the prompt; the next token is the answer. Kept short: it is paid per pair."},
     )
     yes: str = field(default=" Yes", metadata={"help": "Answer text for a positive (with its leading space)."})
     no: str = field(default=" No", metadata={"help": "Answer text for a negative."})
