@@ -40,3 +40,31 @@ def test_unknown_stage_is_named(tmp_path):
     cfg = str(write_project(tmp_path))
     result = CliRunner().invoke(app, ["run", "-c", cfg, "--stages=[prepare, simulat]"])
     assert result.exit_code == 2 and "simulat" in result.output
+
+
+def test_fast_update_mode_reuses_the_funnel(tmp_path, tiny_llm_dir):
+    """The fast mode keeps warm items' backbone scores and only fits the cold rows."""
+    cfg = str(write_project(tmp_path))
+    base = ["--stages=[prepare, train, filter, simulate, update]", f"--filter.text_model={tiny_llm_dir}",
+            "--filter.k=5", "--filter.collab={epochs: 1, hidden: 16}", "--filter.lm={epochs: 1, hidden: 16}",
+            "--refiner.enabled=false", "--update.mode=fast", "--update.fast_epochs=20"]
+    result = CliRunner().invoke(app, ["run", "-c", cfg, *base])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    simulated = pd.read_parquet(run_dir / "simulate" / "simulated.parquet")
+    assert simulated["accepted"].all()  # no refiner: every filtered pair is accepted
+    metrics = json.loads((run_dir / "metrics_coldllm_test.json").read_text())
+    before = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert before["update"]["accepted_pairs"] == len(simulated)
+    assert 0.0 <= metrics["cold"]["recall@20"] <= 1.0
+    from safetensors.torch import load_file
+
+    from coldllm.backbones import load_backbone
+    from coldllm.config import load_config
+    from coldllm.data import load_dataset
+
+    data = load_dataset(load_config(cfg).data)
+    _, items = load_backbone(run_dir / "backbone", data).embeddings()
+    updated = load_file(str(run_dir / "update" / "embeddings.safetensors"))["item"]
+    warm = data.warm_items
+    assert (updated[warm] == items[warm]).all() and not (updated[data.cold_items] == items[data.cold_items]).all()

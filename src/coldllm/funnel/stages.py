@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..backbones import build_backbone, load_backbone, train_backbone
 from ..baselines.aldi import ALDI
@@ -34,7 +35,7 @@ from ..utils import peak_memory_mb, resolve_device, write_json
 from .filter import LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, top_users
 from .refiner import best_threshold, example_prompts, finetune_examples, judge_examples, judge_report, \
     simulate, user_histories
-from .update import augmented_train
+from .update import augmented_train, fast_cold_update
 
 log = logging.getLogger(__name__)
 
@@ -168,21 +169,41 @@ def simulate_stage(run: Run) -> dict[str, Any]:
 def update_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
     folder = run.dir / "update"
+    if cfg.update.mode not in ("retrain", "fast"):
+        raise ConfigError(f"update.mode {cfg.update.mode!r} must be retrain or fast")
     with run.stage("update") as rec:
         simulated = pd.read_parquet(run.dir / "simulate" / "simulated.parquet")
-        train = augmented_train(data.matrix("train"), simulated)
-        model = build_backbone(cfg.backbone, train, seed=cfg.seed)
-        result = train_backbone(model, data, cfg, folder, train=train, select=cfg.update.select_on)
-        rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz))
+        if cfg.update.mode == "retrain":
+            train = augmented_train(data.matrix("train"), simulated)
+            model = build_backbone(cfg.backbone, train, seed=cfg.seed)
+            result = train_backbone(model, data, cfg, folder, train=train, select=cfg.update.select_on)
+            rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz))
+        else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
+            user_emb, item_emb = load_backbone(run.dir / "backbone", data).embeddings()
+            accepted = simulated[simulated["accepted"]]
+            item_emb = fast_cold_update(user_emb, item_emb, accepted, data.cold_items, epochs=cfg.update.fast_epochs,
+                                        lr=cfg.update.fast_lr, seed=cfg.seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({"user": user_emb.contiguous(), "item": item_emb.contiguous()}, str(folder / "embeddings.safetensors"))
+            rec.update(accepted_pairs=len(accepted))
     return evaluate_coldllm(run)
+
+
+def updated_embeddings(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """User and item representations after the update (either mode)."""
+    folder = run.dir / "update"
+    if run.cfg.update.mode == "fast":
+        tensors = load_file(str(folder / "embeddings.safetensors"))
+        return tensors["user"], tensors["item"]
+    return load_backbone(folder, run.data).embeddings()
 
 
 def evaluate_coldllm(run: Run, split: str = "test") -> dict[str, Any]:
     with run.stage(f"evaluate_coldllm_{split}") as rec:
         device = resolve_device(run.cfg.backbone.device)
-        model = load_backbone(run.dir / "update", run.data).to(device)
+        user_emb, item_emb = (t.to(device) for t in updated_embeddings(run))
         evaluator = Evaluator(run.data, split, run.cfg.eval.ks, run.cfg.eval.batch_size)
-        metrics = evaluator.evaluate(embedding_scorer(*model.embeddings()), device)
+        metrics = evaluator.evaluate(embedding_scorer(user_emb, item_emb), device)
         write_json(run.dir / f"metrics_coldllm_{split}.json", metrics)
         rec["metrics"] = metrics
     return metrics
