@@ -6,6 +6,8 @@ from typing import Any
 
 # Each module registers its methods on import.
 from . import aldi, controls, deepmusic  # noqa: F401
+from . import dropoutnet, metaemb, mtpr  # noqa: F401
+from . import clcrec, gar  # noqa: F401
 from .base import METHODS, ColdStartMethod, EmbeddingMethod, FitContext, TrainParams, register
 
 

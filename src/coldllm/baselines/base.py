@@ -138,15 +138,18 @@ def fit_with_early_stopping(
     modules: nn.Module,
     step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     params: TrainParams,
+    optimize: bool = True,
 ) -> None:
     """Epochs of BPR triples over warm training pairs; ``step(users, pos, neg)`` returns the loss.
 
     After each epoch the method is validated on the cold validation set; the best state of
-    ``modules`` is restored at the end (early stopping with ``params.patience``).
+    ``modules`` is restored at the end (early stopping with ``params.patience``). With
+    ``optimize=False`` ``step`` updates the weights itself (methods with several optimizers, such
+    as adversarial ones) and returns a detached loss, only recorded.
     """
     torch.manual_seed(ctx.seed)
     sampler = BPRSampler(ctx.data.matrix("train"), candidates=ctx.data.warm_items, seed=ctx.seed)
-    opt = torch.optim.Adam(modules.parameters(), lr=params.lr)
+    opt = torch.optim.Adam(modules.parameters(), lr=params.lr) if optimize else None
     best, best_state, bad = -1.0, None, 0
     bar = tqdm(range(params.epochs), desc=f"fit {method.name}", unit="epoch")
     for epoch in bar:
@@ -155,9 +158,10 @@ def fit_with_early_stopping(
         for users, pos, neg in sampler.epoch(params.batch_size):
             batch = [torch.from_numpy(a).to(ctx.device) for a in (users, pos, neg)]
             loss = step(*batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             total, n = total + loss.item(), n + 1
         modules.eval()
         record = {"epoch": epoch + 1, "loss": total / max(n, 1), "seconds": time.perf_counter() - start}
