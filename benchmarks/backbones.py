@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from coldllm.config import load_config, to_dict
-from coldllm.results import record_method, render_table
+from coldllm.results import record_method
+from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,8 +61,7 @@ def main() -> None:
     args, unknown = parser.parse_known_args()
     for backbone in args.backbones:
         run_backbone(backbone, preset_for(backbone, args.preset), args.overrides + unknown)
-    reference = json.loads((ROOT / "benchmarks" / "reference.json").read_text())
-    print(render_table(ROOT / "results" / "citeulike", reference))
+    print(render("citeulike"))
 
 
 if __name__ == "__main__":

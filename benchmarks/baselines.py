@@ -25,7 +25,8 @@ from coldllm.baselines.runner import fit_and_evaluate, make_context
 from coldllm.config import load_config, to_dict
 from coldllm.data import load_dataset
 from coldllm.pipeline import Run, content_vectors
-from coldllm.results import record_method, render_table
+from coldllm.results import record_method
+from render import render
 from coldllm.utils import git_commit, peak_memory_mb, resolve_device, setup_logging, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +88,7 @@ def main() -> None:
             print(f"{backbone_name} {name}: test cold {best['test']['cold']}", flush=True)
         del ctx
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    reference = json.loads((ROOT / "benchmarks" / "reference.json").read_text())
-    print(render_table(ROOT / "results" / "citeulike", reference))
+    print(render("citeulike"))
 
 
 if __name__ == "__main__":
