@@ -79,3 +79,22 @@ def test_frequency_weights_by_hand():
     train = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 0]], dtype=np.float32))
     w = frequency_weights(train, max_weight=4.0)
     np.testing.assert_allclose(w, np.tanh(4.0 * np.array([1.5, 0.5, 0.0])), rtol=1e-6)
+
+
+def test_deepmusic_regression_beats_the_mean_on_warm_items(ctx):
+    """When content determines the embedding, the regressor must learn the map, not the mean item."""
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(0)
+    content = ctx.item_emb @ torch.randn(ctx.item_emb.shape[1], 24, generator=gen)  # a linear view
+    informative = dataclasses.replace(ctx, content=content / content.norm(dim=1, keepdim=True).mean(),
+                                      validator=None)  # judge the fit itself, not early stopping
+    method = build_method("deepmusic", {"epochs": 60, "batch_size": 64, "hidden": 64, "lr": 0.01})
+    method.fit(informative)
+    warm = ctx.warm
+    target = ctx.item_emb[warm]
+    with torch.no_grad():
+        pred = method.net(informative.content[warm])
+    mse = (pred - target).pow(2).mean()
+    baseline = (target - target.mean(0)).pow(2).mean()
+    assert mse < 0.3 * baseline, (float(mse), float(baseline))

@@ -24,7 +24,7 @@ class DeepMusic(EmbeddingMethod):
         def step(users, pos, neg):
             pred = self.net(ctx.content[pos])
             decay = sum(w.pow(2).sum() for w in self.net.parameters())
-            return F.mse_loss(pred, ctx.item_emb[pos]) + p.reg * decay
+            return F.mse_loss(pred, ctx.item_emb[pos]) + p.reg * decay / len(users)
 
         fit_with_early_stopping(self, ctx, self.net, step, p)
 
