@@ -30,7 +30,7 @@ def preset_for(backbone: str, default: Path) -> Path:
 
 def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
     name = f"bench-{preset.stem.split('-')[0]}-{backbone}"
-    overrides = [f"--name={name}", f"--backbone.model={backbone}", *extra]
+    overrides = [f"--name={name}", f"--backbone.model={backbone}", "--stages=[prepare, train, evaluate_test]", *extra]
     cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset), *overrides]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)

@@ -95,3 +95,25 @@ def test_only_stages_whose_settings_changed_are_redone(tmp_path):
     assert result.exit_code == 0, result.output
     assert (run_dir / "backbone" / "best.safetensors").stat().st_mtime_ns == backbone_stamp
     assert json.loads((run_dir / "baselines" / "aldi.json").read_text())["params"]["hidden"] == 8
+
+
+def test_a_new_epoch_budget_resumes_instead_of_retraining(tmp_path, monkeypatch):
+    from coldllm.backbones import train as train_module
+
+    cfg = str(write_project(tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", "-c", cfg, "--backbone.epochs=4", "--backbone.eval_every=2"]).exit_code == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    epochs_run = []
+    original = train_module.BPRSampler.epoch
+    monkeypatch.setattr(train_module.BPRSampler, "epoch", lambda self, b: epochs_run.append(1) or original(self, b))
+    result = runner.invoke(app, ["train", "-c", cfg, "--backbone.epochs=6", "--backbone.eval_every=2"])
+    assert result.exit_code == 0, result.output
+    assert len(epochs_run) == 2  # only epochs 5 and 6 ran
+    stage = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]
+    assert stage["epochs"] == 6
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "backbone" / "last.safetensors"), "pt") as fh:
+        history = json.loads(fh.metadata()["trainer_state"])["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]  # epochs 1-4 were not redone

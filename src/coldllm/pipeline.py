@@ -43,11 +43,20 @@ STAGE_INPUTS = {
 }
 
 
+# Budgets, not settings: raising or lowering them resumes a training instead of redoing it (the
+# trainer continues from its last epoch, or stops at once when the new budget is already spent).
+BUDGET_KEYS = {"backbone": ("epochs", "patience")}
+
+
 def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The config sections ``stage`` depends on (the longest matching stage name wins)."""
     key = max((k for k in STAGE_INPUTS if stage.startswith(k)), key=len, default=None)
     keys = STAGE_INPUTS[key] if key else tuple(config)
-    return {k: config.get(k) for k in keys}
+    out = {k: config.get(k) for k in keys}
+    for section, budget in BUDGET_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in budget}
+    return out
 
 
 class Run:
