@@ -43,12 +43,15 @@ def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
         out, dataset=cfg.data.name, split=cfg.data.split, backbone=backbone, method="backbone",
         metrics=metrics, config=to_dict(cfg),
         extra={
-            "seconds": round(sum(s["seconds"] for s in stages.values()), 1),
+            # training time accumulates over resumed sessions; the stage's own seconds would not
+            "seconds": round(stages["prepare"]["seconds"] + stages["train"]["train_seconds"]
+                             + stages["evaluate_test"]["seconds"], 1),
+            "train_seconds": stages["train"]["train_seconds"],
             "peak_memory_mb": max(s["peak_memory_mb"] for s in stages.values()),
             "best_epoch": stages["train"]["best_epoch"],
             "epochs": stages["train"]["epochs"],
         },
-        commit=manifest["commit"],
+        commit=stages["train"].get("commit", manifest["commit"]),
     )
     print(f"wrote {out}", flush=True)
 

@@ -100,7 +100,7 @@ class Run:
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
         """Time a stage and record it in the manifest; a failure is recorded, then re-raised."""
-        record: dict[str, Any] = {"status": "running", "started": now_iso()}
+        record: dict[str, Any] = {"status": "running", "started": now_iso(), "commit": self.manifest["commit"]}
         self.manifest["stages"][name] = record
         self.save()
         start = time.perf_counter()
