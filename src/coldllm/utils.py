@@ -12,12 +12,26 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 PACKAGES = ("torch", "numpy", "scipy", "pandas", "pyarrow", "transformers", "peft", "faiss-cpu",
             "sentence-transformers", "safetensors")
+
+
+def registrar(table: dict[str, type]) -> Callable[[str], Callable[[type], type]]:
+    """A ``@register(name)`` decorator that files a class in ``table`` under ``name`` and names it."""
+
+    def register(name: str) -> Callable[[type], type]:
+        def wrap(cls: type) -> type:
+            table[name] = cls
+            cls.name = name
+            return cls
+
+        return wrap
+
+    return register
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import scipy.sparse as sp
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from ..config import BackboneConfig
+from ..utils import registrar
 
 BACKBONES: dict[str, type["Backbone"]] = {}
-
-
-def register(name: str) -> Callable[[type["Backbone"]], type["Backbone"]]:
-    def wrap(cls: type["Backbone"]) -> type["Backbone"]:
-        BACKBONES[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+register = registrar(BACKBONES)
 
 
 class Backbone(nn.Module):

@@ -24,18 +24,11 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, _apply
 from ..data import BPRSampler, ColdStartData
 from ..evaluate import Evaluator, Scorer
+from ..utils import registrar
 
 log = logging.getLogger(__name__)
 METHODS: dict[str, type["ColdStartMethod"]] = {}
-
-
-def register(name: str) -> Callable[[type["ColdStartMethod"]], type["ColdStartMethod"]]:
-    def wrap(cls: type["ColdStartMethod"]) -> type["ColdStartMethod"]:
-        METHODS[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+register = registrar(METHODS)
 
 
 @dataclass
