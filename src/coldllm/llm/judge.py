@@ -74,6 +74,7 @@ class Judge:
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i], device=self.device)
                 mask[row, width - len(prompts[i]) :] = 1
             position = (mask.cumsum(1) - 1).clamp(min=0)  # left padding must not shift positions
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position).logits[:, -1]
+            # only the last position is read: skip the (batch x length x vocab) logits of the others
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, logits_to_keep=1).logits[:, -1]
             out[idx] = _yes_probability(logits, self.prompts.yes_id, self.prompts.no_id).cpu().numpy()
         return out
