@@ -9,7 +9,6 @@ from coldllm.baselines import METHODS, build_method
 from coldllm.baselines.aldi import frequency_weights
 from coldllm.baselines.runner import fit_and_evaluate, make_context
 from coldllm.config import ConfigError
-from conftest import community_auc
 
 FAST = {"epochs": 3, "batch_size": 128, "hidden": 32}
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from coldllm.config import ContentConfig
 from coldllm.content import LLMEncoder, VectorCache, encode_texts, encoder_key

@@ -95,9 +95,6 @@ class ALDI(ColdStartMethod):
         self.user_student = self.user_tower(ctx.user_emb)
         self.cold_student = self.item_tower(ctx.content[ctx.cold])
 
-    def cold_item_embeddings(self) -> torch.Tensor:
-        return self.cold_student
-
     def scorer(self) -> Scorer:
         def score(users: torch.Tensor) -> torch.Tensor:
             scores = self.user_emb[users] @ self.item_emb.T

@@ -32,7 +32,7 @@ from ..llm.models import load_llm
 from ..llm.prompts import PromptEncoder, PromptTemplate
 from ..pipeline import Run, content_vectors
 from ..utils import peak_memory_mb, resolve_device, write_json
-from .filter import LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, top_users
+from .filter import TOWERS, LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, top_users
 from .refiner import best_threshold, example_prompts, finetune_examples, judge_examples, judge_report, \
     simulate, user_histories
 from .update import augmented_train, fast_cold_update
@@ -56,8 +56,8 @@ def llm_text_vectors(run: Run) -> np.ndarray:
 def filter_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
     folder = run.dir / "filter"
-    if cfg.filter.towers not in ("coupled", "collab", "lm", "random"):
-        raise ConfigError(f"filter.towers {cfg.filter.towers!r} must be coupled, collab, lm or random")
+    if cfg.filter.towers not in TOWERS:
+        raise ConfigError(f"filter.towers {cfg.filter.towers!r} must be one of {TOWERS}")
     with run.stage("filter") as rec:
         device = resolve_device(cfg.baselines.device)
         backbone = load_backbone(run.dir / "backbone", data)
