@@ -71,15 +71,15 @@ def test_simulation_resumes_after_a_kill(tmp_path):
     full = simulate(judge, candidates, histories, titles, tmp_path / "full", shard_users=2)
 
     calls = {"n": 0}
-    real = judge.p_yes_for_user
+    real = judge.p_yes_grouped
 
-    def dying(prefix, suffixes):
+    def dying(prefixes, suffixes, owner):
         calls["n"] += 1
-        if calls["n"] == 4:  # killed while judging the second shard
+        if calls["n"] == 2:  # killed while judging the second shard
             raise KeyboardInterrupt
-        return real(prefix, suffixes)
+        return real(prefixes, suffixes, owner)
 
-    judge.p_yes_for_user = dying
+    judge.p_yes_grouped = dying
     with pytest.raises(KeyboardInterrupt):
         simulate(judge, candidates, histories, titles, tmp_path / "part", shard_users=2)
     assert sorted(p.name for p in (tmp_path / "part").iterdir()) == ["shard-00000.parquet"]
@@ -106,3 +106,20 @@ def test_fast_update_moves_only_cold_items_towards_their_users():
     scores = users @ out.T
     for user, item in zip(pairs["user"], pairs["item"]):
         assert (scores[user, item] > scores[user, :8]).float().mean() > 0.8
+
+
+def test_cosine_judge_and_candidate_aucs_by_hand():
+    from coldllm.funnel.report import cosine_judge, judges_on_candidates
+
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
+    histories = [np.array([0, 3]), np.array([1]), np.array([], dtype=np.int64)]
+    cos = cosine_judge(np.array([0, 1, 0, 2]), np.array([3, 2, 1, 0]), histories, vectors)
+    np.testing.assert_allclose(cos, [1.0, np.sqrt(0.5), 0.0, 0.0], atol=1e-6)
+    candidates = pd.DataFrame({"user": [0, 1, 0, 1], "item": [3, 3, 2, 2], "score": [0.9, 0.1, 0.5, 0.6]})
+    simulated = candidates[["user", "item"]].assign(p_yes=[0.8, 0.3, 0.6, 0.2], accepted=[True, False, True, False])
+    truth = np.array([[0, 3], [1, 2]])  # real pairs: (0, 3) and (1, 2)
+    out = judges_on_candidates(simulated, candidates, truth, histories, vectors)
+    # positives (0,3) p=.8 and (1,2) p=.2 against negatives (1,3) p=.3 and (0,2) p=.6: 2 of 4 orderings
+    assert out["auc_llm"] == pytest.approx(0.5) and out["auc_filter_score"] == pytest.approx(1.0)
+    assert out["precision_accepted"] == pytest.approx(0.5) and out["accept_rate"] == pytest.approx(0.5)
+    assert out["pairs"] == 4 and out["real"] == 2

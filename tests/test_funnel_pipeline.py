@@ -25,7 +25,11 @@ def test_funnel_end_to_end(tmp_path, tiny_llm_dir):
     n_cold = candidates["item"].nunique()
     assert len(candidates) == 5 * n_cold and candidates.groupby("item")["user"].nunique().eq(5).all()
     refiner = json.loads((run_dir / "refiner" / "report.json").read_text())
-    assert refiner["train_examples"] > 0 and {"auc", "accuracy"} <= set(refiner["after"])
+    assert refiner["train_examples"] > 0
+    for when in ("before", "after"):  # both held-out sets: random and the filter's hard negatives
+        assert set(refiner[when]) == {"random", "hard"} and {"auc", "accuracy"} <= set(refiner[when]["hard"])
+    held = pd.read_parquet(run_dir / "refiner" / "held_out_hard.parquet")
+    assert {"p_before", "p_after", "label"} <= set(held.columns) and held["label"].sum() == len(held) / 2
     assert (run_dir / "refiner" / "adapter" / "adapter_config.json").exists()
     simulated = pd.read_parquet(run_dir / "simulate" / "simulated.parquet")
     assert len(simulated) == len(candidates) and simulated["p_yes"].between(0, 1).all()
@@ -68,3 +72,50 @@ def test_fast_update_mode_reuses_the_funnel(tmp_path, tiny_llm_dir):
     updated = load_file(str(run_dir / "update" / "embeddings.safetensors"))["item"]
     warm = data.warm_items
     assert (updated[warm] == items[warm]).all() and not (updated[data.cold_items] == items[data.cold_items]).all()
+
+
+def test_variants_reuse_a_backbone_and_a_judge(tmp_path, tiny_llm_dir):
+    """An ablation run links the stages it shares with another run instead of recomputing them."""
+    cfg = str(write_project(tmp_path))
+    common = [f"--filter.text_model={tiny_llm_dir}", "--filter.k=5", "--filter.collab={epochs: 1, hidden: 16}",
+              "--filter.lm={epochs: 1, hidden: 16}", f"--refiner.model={tiny_llm_dir}",
+              "--refiner.train_users=8", "--refiner.eval_users=4", "--refiner.lora={epochs: 1, batch_size: 4}"]
+    first = CliRunner().invoke(app, ["run", "-c", cfg, "--stages=[prepare, train, filter, finetune]", *common])
+    assert first.exit_code == 0, first.output
+    variant = ["--name=variant", "--filter.towers=lm", "--reuse={train: tiny, finetune: tiny}",
+               "--stages=[prepare, train, filter, finetune, simulate, update]", "--update.init=backbone"]
+    result = CliRunner().invoke(app, ["run", "-c", cfg, *common, *variant])
+    assert result.exit_code == 0, result.output
+    runs = tmp_path / "runs"
+    assert (runs / "variant" / "backbone").is_symlink() and (runs / "variant" / "refiner").is_symlink()
+    stages = json.loads((runs / "variant" / "manifest.json").read_text())["stages"]
+    assert stages["train"]["reused_from"] == "tiny" and stages["train"]["differs"] == []
+    assert stages["finetune"]["differs"] == ["filter"]  # the judge was tuned with another filter's negatives
+    assert not (runs / "variant" / "filter" / "cold_init.safetensors").exists()  # lm tower only: no mapping
+    assert stages["update"]["status"] == "done"
+    # a backbone trained under other settings is never taken silently
+    other = CliRunner().invoke(app, ["run", "-c", cfg, *common, "--name=v2", "--backbone.dim=8",
+                                     "--reuse={train: tiny}", "--stages=[prepare, train]"])
+    assert other.exit_code == 2 and "reuse.train" in other.output
+
+
+def test_warm_start_puts_the_mapping_into_cold_rows(tmp_path, tiny_llm_dir):
+    from safetensors.torch import load_file
+
+    from coldllm.backbones import build_backbone
+    from coldllm.config import load_config
+    from coldllm.funnel.stages import warm_start
+    from coldllm.pipeline import Run
+
+    cfg_path = str(write_project(tmp_path))
+    args = ["--stages=[prepare, train, filter]", f"--filter.text_model={tiny_llm_dir}", "--filter.towers=collab",
+            "--filter.collab={epochs: 1, hidden: 16}"]
+    assert CliRunner().invoke(app, ["run", "-c", cfg_path, *args]).exit_code == 0
+    run = Run(load_config(cfg_path, args))
+    model = build_backbone(run.cfg.backbone, run.data.matrix("train"), seed=1)
+    warm_start(model, run)
+    init = load_file(str(run.dir / "filter" / "cold_init.safetensors"))
+    trained = load_file(str(run.dir / "backbone" / "best.safetensors"))
+    assert (model.item.weight[init["ids"]] == init["items"]).all()
+    warm = run.data.warm_items
+    assert (model.item.weight[warm] == trained["item.weight"][warm]).all()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from coldllm.llm.judge import Judge
+from coldllm.llm.judge import Judge, owner_batches
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate, answer_token_ids, prefix_text, suffix_text
 from conftest import make_tiny_llm
 
@@ -43,6 +43,27 @@ def test_prefix_cache_matches_whole_prompts():
     np.testing.assert_allclose(cached, plain, atol=1e-4)
     np.testing.assert_allclose(plain, one_by_one, atol=1e-4)  # padding changes nothing
     assert np.ptp(cached) > 0  # different candidates, different answers
+
+
+def test_grouped_prefix_cache_matches_whole_prompts():
+    """Several users' prefixes of different lengths in one batch, candidates split across batches."""
+    model, tok = make_tiny_llm(seed=4)
+    prompts = PromptEncoder(tok, PromptTemplate())
+    judge = Judge(model, prompts, batch_size=3)
+    prefixes = [prompts.prefix(h) for h in (["graph neural networks"], ["deep learning models", "protein folding",
+                                                                         "a very long title about many things"], [])]
+    titles = ["protein folding", "graph networks", "a", "deep learning of protein folding", "b", "c", "d"]
+    owner = np.array([2, 0, 1, 1, 0, 1, 1])  # unsorted; user 1 alone has more than one batch
+    suffixes = [prompts.suffix(t) for t in titles]
+    grouped = judge.p_yes_grouped(prefixes, suffixes, owner)
+    plain = judge.p_yes_uncached([prefixes[o] + s for o, s in zip(owner, suffixes)])
+    np.testing.assert_allclose(grouped, plain, atol=1e-4)
+    assert np.ptp(grouped) > 0
+
+
+def test_owner_batches_keep_users_whole():
+    batches = owner_batches(np.array([0, 0, 1, 2, 2, 2, 2, 2, 3]), 4)
+    assert [b.tolist() for b in batches] == [[0, 1, 2], [3, 4, 5, 6, 7], [8]]
 
 
 def test_empty_candidate_list():

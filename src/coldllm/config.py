@@ -117,7 +117,12 @@ class RefinerConfig:
 
 @dataclass
 class UpdateConfig:
-    mode: str = _help("retrain: backbone from scratch on real + simulated pairs; fast: cold rows only.", "retrain")
+    mode: str = _help("retrain: the backbone trained again on real + simulated pairs; fast: cold rows only.",
+                      "retrain")
+    init: str = _help(
+        "retrain mode: scratch (fresh weights, the paper) | backbone (start from the trained backbone, "
+        "cold rows from the filter's collaborative mapping).", "scratch",
+    )
     select_on: str = _help("Validation setting that picks the retrained backbone: overall | cold | warm.", "overall")
     fast_epochs: int = _help("fast mode: optimisation steps.", 100)
     fast_lr: float = _help("fast mode: Adam learning rate.", 0.05)
@@ -139,6 +144,11 @@ class RunConfig:
         "Stages `coldllm run` executes, in order (prepare, train, evaluate_test, content, baselines, "
         "filter, finetune, simulate, update).",
         factory=lambda: ["prepare", "train", "evaluate_test", "content", "baselines"],
+    )
+    reuse: dict = _help(
+        "Stages taken from another finished run instead of recomputed: {stage: run name}, e.g. "
+        "{train: my-backbone-run}. Only train, filter, finetune and simulate can be reused.",
+        factory=dict,
     )
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

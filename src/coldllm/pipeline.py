@@ -43,9 +43,13 @@ STAGE_INPUTS = {
 }
 
 
-# Budgets, not settings: raising or lowering them resumes a training instead of redoing it (the
-# trainer continues from its last epoch, or stops at once when the new budget is already spent).
-BUDGET_KEYS = {"backbone": ("epochs", "patience")}
+# Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
+# where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
+# from its last epoch, or stops it at once when the new budget is already spent).
+NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"), "refiner": ("batch_size", "shard_users")}
+
+# The folder each stage writes, for the stages a run may take from another run (``reuse``).
+STAGE_FOLDERS = {"train": "backbone", "filter": "filter", "finetune": "refiner", "simulate": "simulate"}
 
 
 def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -53,9 +57,10 @@ def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     key = max((k for k in STAGE_INPUTS if stage.startswith(k)), key=len, default=None)
     keys = STAGE_INPUTS[key] if key else tuple(config)
     out = {k: config.get(k) for k in keys}
-    for section, budget in BUDGET_KEYS.items():
-        if isinstance(out.get(section), dict):
-            out[section] = {k: v for k, v in out[section].items() if k not in budget}
+    for section, value in out.items():
+        if isinstance(value, dict):
+            skip = NOT_INPUTS["*"] + NOT_INPUTS.get(section, ())
+            out[section] = {k: v for k, v in value.items() if k not in skip}
     return out
 
 
@@ -203,15 +208,51 @@ def all_stages() -> dict[str, Callable[[Run], Any]]:
     return {**STAGES, **FUNNEL_STAGES}
 
 
+def reuse_stage(run: Run, stage: str, source: str) -> dict[str, Any]:
+    """Take ``stage``'s artifacts from the finished run ``source`` (a link, not a copy).
+
+    Ablations share what they do not vary: every variant of a benchmark reuses one trained
+    backbone, and the filter ablations reuse one fine-tuned judge. The record names the source and
+    the config sections in which the two runs differ; a backbone is only ever taken from a run with
+    the same data, backbone, evaluation and seed settings.
+    """
+    if stage not in STAGE_FOLDERS:
+        raise ConfigError(f"reuse.{stage}: only {sorted(STAGE_FOLDERS)} can be reused")
+    src = Path(run.cfg.runs_dir) / source
+    manifest_path = src / "manifest.json"
+    if not manifest_path.exists():
+        raise ConfigError(f"reuse.{stage}: {manifest_path} not found")
+    manifest = json.loads(manifest_path.read_text())
+    record = manifest["stages"].get(stage, {})
+    if record.get("status") != "done":
+        raise ConfigError(f"reuse.{stage}: run {source!r} has no finished {stage!r} stage")
+    theirs, ours = _inputs(manifest["config"], stage), _inputs(to_dict(run.cfg), stage)
+    differs = sorted(k for k in ours if ours[k] != theirs.get(k))
+    if stage == "train" and differs:
+        raise ConfigError(f"reuse.train: run {source!r} trained its backbone under other {differs} settings")
+    target = run.dir / STAGE_FOLDERS[stage]
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    target.symlink_to(Path("..") / source / STAGE_FOLDERS[stage], target_is_directory=True)
+    run.manifest["stages"][stage] = {**record, "reused_from": source, "differs": differs}
+    run.save()
+    log.info("stage %s: reused from run %s (settings that differ: %s)", stage, source, differs or "none")
+    return record
+
+
 def run_all(run: Run, force: bool = False) -> dict[str, Any]:
     """Run the configured stages in order, skipping those already done in this run folder."""
     stages = all_stages()
-    unknown = [s for s in run.cfg.stages if s not in stages]
+    unknown = [s for s in [*run.cfg.stages, *run.cfg.reuse] if s not in stages]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(stages)}")
     for name in run.cfg.stages:
         if run.done(name) and not force:
             log.info("stage %s: done, skipped", name)
-            continue
-        stages[name](run)
+        elif name in run.cfg.reuse:
+            reuse_stage(run, name, run.cfg.reuse[name])
+        else:
+            stages[name](run)
     return run.manifest

@@ -46,14 +46,17 @@ def peak_memory_mb() -> float:
 
 
 def git_commit(cwd: Path | None = None) -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files differ from it."""
+    """The checked-out commit, with ``-dirty`` when tracked files differ from it.
+
+    A copy of the tree without its git folder (a remote machine) gives ``$COLDLLM_COMMIT`` if set.
+    """
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("COLDLLM_COMMIT", "unknown")
     return f"{sha}-dirty" if dirty else sha
 
 

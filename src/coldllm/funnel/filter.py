@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -120,8 +119,10 @@ def coupled_embeddings(collab: ALDI | None, lm: LanguageTower | None, ctx: FitCo
 
 
 def build_index(vectors: np.ndarray, kind: str = "flat", nlist: int = 256, nprobe: int = 16,
-                hnsw_m: int = 32) -> faiss.Index:
+                hnsw_m: int = 32):
     """A FAISS inner-product index over ``vectors``: exact, or approximate for large user sets."""
+    import faiss  # here, not at the top: the refiner's stages run where only torch is installed
+
     dim = vectors.shape[1]
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)

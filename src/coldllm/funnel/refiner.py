@@ -83,18 +83,15 @@ def example_prompts(prompts: PromptEncoder, examples: pd.DataFrame, titles: np.n
 
 
 def judge_examples(judge: Judge, examples: pd.DataFrame, titles: np.ndarray) -> np.ndarray:
-    """P(Yes) of each example row, grouping rows by (user, history) to share prefixes."""
-    p = np.zeros(len(examples), dtype=np.float32)
+    """P(Yes) of each example row; rows with the same (user, history) share one prefix."""
     keys = [hash((u, tuple(h))) for u, h in zip(examples["user"], examples["history"])]
-    groups: dict[int, list[int]] = {}
-    for row, key in enumerate(keys):
-        groups.setdefault(key, []).append(row)
-    for rows in tqdm(groups.values(), desc="judge", unit="user", disable=len(groups) < 50):
-        history = examples["history"].iloc[rows[0]]
-        prefix = judge.prompts.prefix([titles[i] for i in history])
-        suffixes = [judge.prompts.suffix(titles[examples["item"].iloc[r]]) for r in rows]
-        p[rows] = judge.p_yes_for_user(prefix, suffixes)
-    return p
+    first: dict[int, int] = {}
+    owner = np.array([first.setdefault(key, len(first)) for key in keys], dtype=np.int64)
+    rows_of = {o: r for r, o in reversed(list(enumerate(owner)))}  # a row holding each owner's history
+    prefixes = [judge.prompts.prefix([titles[i] for i in examples["history"].iloc[rows_of[o]]])
+                for o in range(len(first))]
+    suffixes = [judge.prompts.suffix(titles[i]) for i in examples["item"]]
+    return judge.p_yes_grouped(prefixes, suffixes, owner)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -124,8 +121,9 @@ def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray]
              out_dir: Path, threshold: float = 0.5, shard_users: int = 128) -> pd.DataFrame:
     """Judge every candidate pair; returns columns user, item, p_yes, accepted (all shards).
 
-    Users are processed in a fixed order, ``shard_users`` per shard; a shard is written to a
-    temporary name and renamed when complete, so a restart skips exactly the finished shards.
+    Users are processed in a fixed order, ``shard_users`` per shard (each user's history prefix is
+    encoded once per shard); a shard is written to a temporary name and renamed when complete, so
+    a restart skips exactly the finished shards.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     by_user = candidates.sort_values(["user", "item"]).groupby("user", sort=True)["item"].apply(np.asarray)
@@ -138,14 +136,13 @@ def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray]
         if path.exists():
             bar.update(int(sum(len(by_user[u]) for u in shard)))
             continue
-        rows = []
-        for u in shard:
-            items = by_user[u]
-            prefix = judge.prompts.prefix([titles[i] for i in histories[u]])
-            p = judge.p_yes_for_user(prefix, [judge.prompts.suffix(titles[i]) for i in items])
-            rows.append(pd.DataFrame({"user": u, "item": items, "p_yes": p}))
-            bar.update(len(items))
-        frame = pd.concat(rows, ignore_index=True)
+        prefixes = [judge.prompts.prefix([titles[i] for i in histories[u]]) for u in shard]
+        items = [by_user[u] for u in shard]
+        owner = np.repeat(np.arange(len(shard)), [len(i) for i in items])
+        flat = np.concatenate(items)
+        p = judge.p_yes_grouped(prefixes, [judge.prompts.suffix(titles[i]) for i in flat], owner)
+        bar.update(len(flat))
+        frame = pd.DataFrame({"user": np.repeat(shard, [len(i) for i in items]), "item": flat, "p_yes": p})
         tmp = path.with_suffix(".tmp")
         frame.to_parquet(tmp)
         os.replace(tmp, path)

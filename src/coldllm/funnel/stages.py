@@ -76,6 +76,10 @@ def filter_stage(run: Run) -> dict[str, Any]:
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
             warm = top_users(coupled_embeddings(collab, lm, ctx, ctx.warm), cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
+        if collab is not None:  # the mapping's cold embeddings: a starting point for the update
+            with torch.no_grad():
+                init = collab.item_tower(ctx.content[ctx.cold]).float().cpu().contiguous()
+            save_file({"items": init, "ids": ctx.cold.cpu().contiguous()}, str(folder / "cold_init.safetensors"))
         candidates.to_parquet(folder / "candidates.parquet")
         warm.to_parquet(folder / "warm_candidates.parquet")
         report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
@@ -87,7 +91,7 @@ def filter_stage(run: Run) -> dict[str, Any]:
 
 
 def _prompt_encoder(run: Run, tokenizer) -> PromptEncoder:
-    return PromptEncoder(tokenizer, _params(PromptTemplate, run.cfg.refiner.template, "refiner.template"))
+    return PromptEncoder(tokenizer, prompt_template(run.cfg))
 
 
 def _split_users(run: Run, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +110,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
             rec["skipped"] = "refiner.enabled is false"
             return {}
         device = resolve_device(cfg.refiner.device)
+        rec["device"] = str(device)
         model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
         prompts = _prompt_encoder(run, tokenizer)
         titles = data.item_text
@@ -117,18 +122,33 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
         max_history = prompts.template.max_history
         examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard)
-        held_out = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1)
-        report: dict[str, Any] = {"train_examples": len(examples), "eval_examples": len(held_out)}
-        report["before"] = judge_report(held_out["label"].to_numpy(), judge_examples(Judge(model, prompts), held_out, titles))
+        # The judge is measured twice on held-out users: against random negatives (mostly off-topic,
+        # an easy topic test) and against the filter's own top-ranked non-interacted items, which is
+        # the kind of pair it judges in the simulation.
+        eval_hard = warm_candidates[warm_candidates["user"].isin(eval_users)].sort_values(["user", "rank"])
+        held_out = {
+            "random": finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1),
+            "hard": finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard),
+        }
+        report: dict[str, Any] = {"train_examples": len(examples),
+                                  "eval_examples": {k: len(v) for k, v in held_out.items()}}
+        judge = Judge(model, prompts, cfg.refiner.batch_size)
+        for name, ex in held_out.items():
+            ex["p_before"] = judge_examples(judge, ex, titles)
         lora = _params(LoraParams, cfg.refiner.lora, "refiner.lora")
         peft_model = add_lora(model, lora)
         _, history = train_lora(peft_model, example_prompts(prompts, examples, titles), examples["label"].to_numpy(),
                                 prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, lora,
                                 out_dir=folder / "adapter")
-        p_after = judge_examples(Judge(peft_model, prompts, cfg.refiner.batch_size), held_out, titles)
-        labels = held_out["label"].to_numpy()
-        report["after"] = judge_report(labels, p_after)
-        report["threshold"] = best_threshold(labels, p_after) if cfg.refiner.threshold == "tuned" else 0.5
+        judge = Judge(peft_model, prompts, cfg.refiner.batch_size)
+        for name, ex in held_out.items():
+            ex["p_after"] = judge_examples(judge, ex, titles)
+            ex.to_parquet(folder / f"held_out_{name}.parquet")
+        report["before"] = {k: judge_report(ex["label"].to_numpy(), ex["p_before"].to_numpy()) for k, ex in held_out.items()}
+        report["after"] = {k: judge_report(ex["label"].to_numpy(), ex["p_after"].to_numpy()) for k, ex in held_out.items()}
+        hard_ex = held_out["hard"]
+        report["threshold"] = (best_threshold(hard_ex["label"].to_numpy(), hard_ex["p_after"].to_numpy())
+                               if cfg.refiner.threshold == "tuned" else 0.5)
         report["lora"] = dataclasses.asdict(lora)
         report["loss_history"] = history
         report["peak_memory_mb"] = round(peak_memory_mb(), 1)
@@ -144,6 +164,7 @@ def simulate_stage(run: Run) -> dict[str, Any]:
         candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
         if cfg.refiner.enabled:
             device = resolve_device(cfg.refiner.device)
+            rec["device"] = str(device)
             model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
             model = load_adapter(model, run.dir / "refiner" / "adapter")
             prompts = _prompt_encoder(run, tokenizer)
@@ -171,22 +192,50 @@ def update_stage(run: Run) -> dict[str, Any]:
     folder = run.dir / "update"
     if cfg.update.mode not in ("retrain", "fast"):
         raise ConfigError(f"update.mode {cfg.update.mode!r} must be retrain or fast")
+    if cfg.update.init not in ("scratch", "backbone"):
+        raise ConfigError(f"update.init {cfg.update.init!r} must be scratch or backbone")
     with run.stage("update") as rec:
         simulated = pd.read_parquet(run.dir / "simulate" / "simulated.parquet")
         if cfg.update.mode == "retrain":
             train = augmented_train(data.matrix("train"), simulated)
             model = build_backbone(cfg.backbone, train, seed=cfg.seed)
+            if cfg.update.init == "backbone":
+                warm_start(model, run)
             result = train_backbone(model, data, cfg, folder, train=train, select=cfg.update.select_on)
             rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz))
         else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
             user_emb, item_emb = load_backbone(run.dir / "backbone", data).embeddings()
             accepted = simulated[simulated["accepted"]]
-            item_emb = fast_cold_update(user_emb, item_emb, accepted, data.cold_items, epochs=cfg.update.fast_epochs,
-                                        lr=cfg.update.fast_lr, seed=cfg.seed)
+            start = None
+            if (init := cold_init(run)) is not None:  # rows in data.cold_items order
+                position = {int(i): r for r, i in enumerate(init[0])}
+                start = init[1][[position[int(i)] for i in data.cold_items]]
+            item_emb = fast_cold_update(user_emb, item_emb, accepted, data.cold_items, init=start,
+                                        epochs=cfg.update.fast_epochs, lr=cfg.update.fast_lr, seed=cfg.seed)
             folder.mkdir(parents=True, exist_ok=True)
             save_file({"user": user_emb.contiguous(), "item": item_emb.contiguous()}, str(folder / "embeddings.safetensors"))
             rec.update(accepted_pairs=len(accepted))
     return evaluate_coldllm(run)
+
+
+def cold_init(run: Run) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(cold item ids, their embeddings from the filter's collaborative mapping), if it has one."""
+    path = run.dir / "filter" / "cold_init.safetensors"
+    if not path.exists():
+        return None
+    tensors = load_file(str(path))
+    return tensors["ids"], tensors["items"]
+
+
+def warm_start(model, run: Run) -> None:
+    """Load the trained backbone's weights; cold rows (never trained) take the mapping's vectors."""
+    weights = load_file(str(run.dir / "backbone" / "best.safetensors"))
+    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("optim.", "rng."))})
+    init = cold_init(run)
+    if init is not None:
+        ids, items = init
+        with torch.no_grad():
+            model.item.weight[ids] = items.to(model.item.weight.dtype)
 
 
 def updated_embeddings(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,5 +258,9 @@ def evaluate_coldllm(run: Run, split: str = "test") -> dict[str, Any]:
     return metrics
 
 
+def prompt_template(cfg) -> PromptTemplate:
+    return _params(PromptTemplate, cfg.refiner.template, "refiner.template")
+
+
 FUNNEL_STAGES = {"filter": filter_stage, "finetune": finetune_stage, "simulate": simulate_stage,
-                 "update": update_stage}
+                 "update": update_stage, "evaluate_coldllm_val": lambda run: evaluate_coldllm(run, "val")}

@@ -3,7 +3,8 @@
 Each example is ``prefix_ids + suffix_ids`` and a label; the loss is the language-model
 cross-entropy of the answer token (" Yes" or " No") at the end of the prompt, nothing else, so
 the adapter learns the judgement and not the prompt's wording. Examples are batched by length to
-waste little compute on padding (the CPU is the budget). The adapter is saved with its config
+waste little compute on padding (the CPU is the budget); on CUDA the forward runs under bf16
+autocast while the adapter's weights and optimiser stay fp32. The adapter is saved with its config
 (``adapter_config.json`` + ``adapter_model.safetensors``) and reloads onto the same base model.
 """
 
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from .judge import autocast
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ def answer_loss(model, prompts: list[list[int]], answers: torch.Tensor, pad_id: 
     for row, p in enumerate(prompts):
         ids[row, : len(p)] = torch.tensor(p, device=device)
     mask = (torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    with autocast(device):
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=int(lengths.max())).logits
     last = logits[torch.arange(len(prompts), device=device), lengths - 1]
     return F.cross_entropy(last.float(), answers)
 

@@ -1,0 +1,142 @@
+"""ColdLLM and its ablations on the published CiteULike split, beside the baselines of the same backbone.
+
+    python benchmarks/coldllm.py [--backbones lightgcn mf] [--variants coldllm coldllm-random ...]
+                                 [--stages prepare train filter]   # stop early (e.g. before the LLM)
+
+Needs the backbone runs of ``benchmarks/backbones.py`` (``runs/bench-citeulike-<backbone>/``), whose
+trained backbone every variant reuses. Each variant is one ``coldllm run`` in its own process under
+``runs/bench-citeulike-<backbone>-<variant>/``, so it resumes where it stopped and its peak memory is
+its own. The ablations change one thing each and reuse what they do not change:
+
+    coldllm             coupled filter (ALDI + LM two-tower), LoRA judge, update   (the method)
+    coldllm-no-refiner  the same filter, every filtered pair accepted              (reuses its filter)
+    coldllm-collab      collaborative sub-tower only                               (reuses its judge)
+    coldllm-lm          language-model sub-tower only                              (reuses its judge)
+    coldllm-random      K random users per cold item                               (reuses its judge)
+
+Finished variants are added to ``results/citeulike/<backbone>.json`` with their funnel statistics
+(how many filtered / accepted pairs are real cold interactions, how much of the cold test set the
+filter covers, the judge's AUC before / after tuning and against the free judges) and the time and
+peak memory of every stage; ``results/citeulike/README.md`` is regenerated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from coldllm.config import load_config, to_dict
+from coldllm.funnel.refiner import user_histories
+from coldllm.funnel.stages import prompt_template
+from coldllm.funnel.report import judges_on_candidates, judges_on_held_out
+from coldllm.pipeline import Run, content_vectors
+from coldllm.results import record_method
+from render import render
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNNEL = ["prepare", "train", "filter", "finetune", "simulate", "update", "evaluate_coldllm_val"]
+# variant -> (overrides, {stage: variant it is reused from})
+VARIANTS = {
+    "coldllm": ([], {}),
+    "coldllm-no-refiner": (["--refiner.enabled=false"], {"filter": "coldllm"}),
+    "coldllm-collab": (["--filter.towers=collab"], {"finetune": "coldllm"}),
+    "coldllm-lm": (["--filter.towers=lm"], {"finetune": "coldllm"}),
+    "coldllm-random": (["--filter.towers=random"], {"finetune": "coldllm"}),
+}
+
+
+def base_name(backbone: str) -> str:
+    return f"bench-citeulike-{backbone}"
+
+
+def overrides_for(backbone: str, variant: str, stages: list[str], extra: list[str]) -> list[str]:
+    changes, shared = VARIANTS[variant]
+    reuse = {"train": base_name(backbone), **{s: f"{base_name(backbone)}-{v}" for s, v in shared.items()}}
+    return [f"--name={base_name(backbone)}-{variant}", f"--backbone.model={backbone}",
+            f"--stages=[{', '.join(stages)}]", "--reuse={" + ", ".join(f"{k}: {v}" for k, v in reuse.items()) + "}",
+            *changes, *extra]
+
+
+def run_variant(preset: Path, backbone: str, variant: str, stages: list[str], extra: list[str]) -> None:
+    cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset),
+           *overrides_for(backbone, variant, stages, extra)]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def funnel_statistics(run: Run) -> dict:
+    """Filter, refiner and judge figures of a finished variant (validation and test cold items)."""
+    folder, data = run.dir, run.data
+    stats: dict = {"filter": json.loads((folder / "filter" / "report.json").read_text()),
+                   "simulate": json.loads((folder / "simulate" / "report.json").read_text())}
+    refiner_report = folder / "refiner" / "report.json"
+    if run.cfg.refiner.enabled and refiner_report.exists():
+        report = json.loads(refiner_report.read_text())
+        stats["refiner"] = {k: report[k] for k in ("train_examples", "eval_examples", "before", "after", "threshold")}
+        vectors = content_vectors(run)
+        stats["held_out_judges"] = {
+            name: judges_on_held_out(pd.read_parquet(folder / "refiner" / f"held_out_{name}.parquet"), vectors)
+            for name in ("random", "hard")
+        }
+        histories = user_histories(data.matrix("train"), prompt_template(run.cfg).max_history, run.cfg.seed)
+        simulated = pd.read_parquet(folder / "simulate" / "simulated.parquet")
+        candidates = pd.read_parquet(folder / "filter" / "candidates.parquet")
+        stats["candidate_judges"] = {
+            split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors)
+            for split in ("val", "test")
+        }
+    return stats
+
+
+def record_variant(preset: Path, backbone: str, variant: str, extra: list[str]) -> None:
+    cfg = load_config(preset, overrides_for(backbone, variant, FUNNEL, extra))
+    run = Run(cfg)
+    if not (run.done("update") and run.done("evaluate_coldllm_val")):
+        print(f"{cfg.name}: not finished, not recorded", flush=True)
+        return
+    stages = run.manifest["stages"]
+    metrics = stages["evaluate_coldllm_test"]["metrics"]
+    own = [s for s in ("filter", "finetune", "simulate", "update") if "reused_from" not in stages[s]]
+    record_method(
+        ROOT / "results" / cfg.data.name / f"{backbone}.json", dataset=cfg.data.name, split=cfg.data.split,
+        backbone=backbone, method=variant, metrics=metrics, config=to_dict(cfg),
+        extra={
+            # the method's own cost on top of the backbone: filter + fine-tuning + simulation + update
+            "seconds": round(sum(stages[s]["seconds"] for s in ("filter", "finetune", "simulate", "update")), 1),
+            "peak_memory_mb": max(stages[s]["peak_memory_mb"] for s in ("filter", "finetune", "simulate", "update")),
+            "stages": {s: {k: stages[s].get(k) for k in ("seconds", "peak_memory_mb", "commit", "reused_from", "device")}
+                       for s in ("filter", "finetune", "simulate", "update")},
+            "own_stages": own,
+            "val": stages["evaluate_coldllm_val"]["metrics"],
+            "funnel": funnel_statistics(run),
+        },
+        commit=stages["update"].get("commit"),
+    )
+    print(f"{backbone} {variant}: test cold {metrics['cold']}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", default=["lightgcn", "mf"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--stages", nargs="+", default=FUNNEL, help="run only up to these stages")
+    parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
+    parser.add_argument("--no-record", action="store_true", help="run the stages, write no results")
+    args, extra = parser.parse_known_args()
+    for backbone in args.backbones:
+        for variant in args.variants:  # 'coldllm' first: the others reuse its stages
+            run_variant(args.preset, backbone, variant, args.stages, extra)
+            if not args.no_record:
+                record_variant(args.preset, backbone, variant, extra)
+    if not args.no_record:
+        print(render("citeulike"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""How good is the judge where it is used? AUCs on the filter's own candidates, against free judges.
+
+The refiner only sees pairs the filter already ranked on-topic, so its value is measured there: on
+the candidates of cold validation / test items, labelled by whether the pair is a real held-out
+interaction. Two free judges sit beside it: the filter's own score, and the cosine between the
+candidate's text vector and the mean text vector of the user's history as the prompt shows it.
+A language-model judge that cannot beat them does not earn its cost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .refiner import auc
+
+
+def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    return np.asarray(users, np.int64) * (1 << 32) + np.asarray(items, np.int64)
+
+
+def is_real(pairs: pd.DataFrame, truth: np.ndarray) -> np.ndarray:
+    """Whether each (user, item) row is one of the held-out pairs ``truth`` (n, 2)."""
+    return np.isin(pair_keys(pairs["user"], pairs["item"]), pair_keys(truth[:, 0], truth[:, 1]))
+
+
+def cosine_judge(users: np.ndarray, items: np.ndarray, histories: list[np.ndarray], vectors: np.ndarray) -> np.ndarray:
+    """cos(text(item), mean text of the user's history) for each pair (0 for an empty history)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    means = np.stack([unit[h].mean(0) if len(h) else np.zeros(unit.shape[1], unit.dtype) for h in histories])
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return np.einsum("nd,nd->n", means[np.asarray(users)], unit[np.asarray(items)])
+
+
+def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, truth: np.ndarray,
+                         histories: list[np.ndarray], vectors: np.ndarray) -> dict[str, float]:
+    """AUC of P(Yes), the filter score and the cosine on the candidates of the items in ``truth``."""
+    items = np.unique(truth[:, 1])
+    pairs = simulated[simulated["item"].isin(items)].merge(candidates[["user", "item", "score"]], on=["user", "item"])
+    labels = is_real(pairs, truth)
+    cosine = cosine_judge(pairs["user"].to_numpy(), pairs["item"].to_numpy(), histories, vectors)
+    accepted = pairs["accepted"].to_numpy()
+    return {
+        "pairs": int(len(pairs)), "real": int(labels.sum()),
+        "auc_llm": auc(labels, pairs["p_yes"].to_numpy()),
+        "auc_filter_score": auc(labels, pairs["score"].to_numpy()),
+        "auc_cosine": auc(labels, cosine),
+        "precision_all": float(labels.mean()) if len(labels) else 0.0,
+        "precision_accepted": float(labels[accepted].mean()) if accepted.any() else 0.0,
+        "accept_rate": float(accepted.mean()) if len(accepted) else 0.0,
+    }
+
+
+def judges_on_held_out(held_out: pd.DataFrame, vectors: np.ndarray) -> dict[str, float]:
+    """AUC of the judge before / after fine-tuning and of the cosine, on held-out warm examples."""
+    labels = held_out["label"].to_numpy()
+    histories = [np.asarray(h, np.int64) for h in held_out["history"]]
+    cosine = cosine_judge(np.arange(len(held_out)), held_out["item"].to_numpy(), histories, vectors)
+    return {"n": int(len(held_out)), "auc_before": auc(labels, held_out["p_before"].to_numpy()),
+            "auc_after": auc(labels, held_out["p_after"].to_numpy()), "auc_cosine": auc(labels, cosine)}
