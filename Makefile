@@ -2,7 +2,7 @@
 # Both create .venv and install the exact versions of requirements.lock on first use.
 PYTHON ?= python3
 VENV ?= .venv
-CONFIG ?= configs/citeulike.yaml
+CONFIG ?= configs/quickstart.yaml
 BIN := $(VENV)/bin
 
 .PHONY: install run test bench clean
@@ -26,6 +26,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/baselines.py
+	$(BIN)/python benchmarks/coldllm.py
 
 clean:
 	rm -rf $(VENV) runs cache

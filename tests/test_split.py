@@ -57,3 +57,22 @@ def test_split_rejects_bad_ratios():
         cold_start_split(users, items, n_items, cold_ratio=1.5)
     with pytest.raises(ValueError, match="warm_ratios"):
         cold_start_split(users, items, n_items, warm_ratios=(0.0, 0.5, 0.5))
+
+
+def test_user_sample_keeps_whole_users_and_their_items():
+    from coldllm.config import RunConfig
+    from coldllm.data.dataset import build_dataset
+    from conftest import community_raw
+
+    cfg = RunConfig().data
+    cfg.split, cfg.seed = "random", 7
+    full = build_dataset(community_raw(), cfg)
+    cfg.sample_users = 10
+    small = build_dataset(community_raw(), cfg)
+    assert small.n_users == 10 and set(small.user_ids) < set(full.user_ids)
+    raw = community_raw()
+    kept = raw.interactions[raw.interactions["user"].isin(small.user_ids)]
+    assert sum(len(p) for p in small.parts.values()) == len(kept.drop_duplicates())  # every pair of a kept user
+    assert set(small.item_ids) == set(kept["item"])  # only the items they touched
+    again = build_dataset(community_raw(), cfg)
+    assert list(again.user_ids) == list(small.user_ids)  # seeded

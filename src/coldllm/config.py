@@ -51,7 +51,8 @@ class DataConfig:
     warm_ratios: list[float] = _help(
         "random split: warm interactions train/val/test shares.", factory=lambda: [0.8, 0.1, 0.1]
     )
-    seed: int = _help("Seed of the random split.", 2023)
+    seed: int = _help("Seed of the random split and of the user sample.", 2023)
+    sample_users: int = _help("Keep a seeded sample of N users and the items they touched (0 = all).", 0)
     cache_dir: str = _help("Where prepared datasets are cached.", "cache")
 
 
