@@ -26,7 +26,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/baselines.py
-	$(BIN)/python benchmarks/coldllm.py
+	$(BIN)/python benchmarks/funnel.py
 
 clean:
 	rm -rf $(VENV) runs cache

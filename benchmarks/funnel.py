@@ -1,6 +1,6 @@
 """ColdLLM and its ablations on the published CiteULike split, beside the baselines of the same backbone.
 
-    python benchmarks/coldllm.py [--backbones lightgcn mf] [--variants coldllm coldllm-random ...]
+    python benchmarks/funnel.py [--backbones lightgcn mf] [--variants coldllm coldllm-random ...]
                                  [--stages prepare train filter]   # stop early (e.g. before the LLM)
 
 Needs the backbone runs of ``benchmarks/backbones.py`` (``runs/bench-citeulike-<backbone>/``), whose
