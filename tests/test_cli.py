@@ -117,3 +117,20 @@ def test_a_new_epoch_budget_resumes_instead_of_retraining(tmp_path, monkeypatch)
     with safe_open(str(run_dir / "backbone" / "last.safetensors"), "pt") as fh:
         history = json.loads(fh.metadata()["trainer_state"])["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]  # epochs 1-4 were not redone
+
+
+def test_a_new_setting_at_its_default_keeps_finished_stages(tmp_path):
+    """Settings added to the code later (absent from an old manifest) do not make stages stale."""
+    import json
+
+    from coldllm.config import load_config
+    from coldllm.pipeline import Run
+
+    cfg_path = write_project(tmp_path)
+    assert CliRunner().invoke(app, ["run", "-c", str(cfg_path), "--stages=[prepare, train]"]).exit_code == 0
+    manifest_path = tmp_path / "runs" / "tiny" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]["data"]["sample_users"]  # as written before the setting existed
+    manifest_path.write_text(json.dumps(manifest))
+    assert Run(load_config(cfg_path)).done("train")
+    assert not Run(load_config(cfg_path, ["--data.sample_users=5"])).done("train")  # a real change still counts

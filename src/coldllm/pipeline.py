@@ -64,6 +64,19 @@ def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return out
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config completed with the defaults of settings added since it was written.
+
+    A new setting whose default keeps the old behaviour must not make finished stages stale.
+    """
+    def fill(default: Any, recorded: Any) -> Any:
+        if isinstance(default, dict) and isinstance(recorded, dict):
+            return {**default, **{k: fill(default.get(k), v) for k, v in recorded.items()}} if default else recorded
+        return recorded
+
+    return fill(to_dict(RunConfig()), config)
+
+
 class Run:
     """One run folder and its manifest."""
 
@@ -77,7 +90,7 @@ class Run:
         stages = {}
         # A stage made under other settings than it depends on is stale: forget it, redo it.
         for stage, record in old.get("stages", {}).items():
-            if _inputs(old.get("config", {}), stage) == _inputs(config, stage):
+            if _inputs(_with_defaults(old.get("config", {})), stage) == _inputs(config, stage):
                 stages[stage] = record
             else:
                 log.warning("%s: settings of stage %r changed since it ran; it will be redone", self.dir, stage)
