@@ -22,3 +22,20 @@ def test_record_merges_methods_and_renders(tmp_path):
     assert "0.3000" in row and "0.2500" in row and "`def456`" in row
     assert text.index("| mf | backbone |") < text.index("| mf | knn |")
     assert (tmp_path / "recall.png").exists() and text.rstrip().endswith("why")
+
+
+def test_funnel_statistics_get_their_own_table(tmp_path):
+    path = tmp_path / "mf.json"
+    funnel = {"filter": {"test": {"precision": 0.05, "coverage": 0.1}},
+              "simulate": {"accept_rate": 0.4, "refined_test": {"precision": 0.08}},
+              "refiner": {"before": {"hard": {"auc": 0.55}}, "after": {"hard": {"auc": 0.7}}},
+              "held_out_judges": {"hard": {"auc_cosine": 0.6}},
+              "candidate_judges": {"val": {"auc_llm": 0.62, "auc_filter_score": 0.66, "auc_cosine": 0.58}}}
+    record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm", metrics=metrics(0.2),
+                  config={}, extra={"funnel": funnel}, commit="abc")
+    record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm-no-refiner",
+                  metrics=metrics(0.1), config={}, extra={"funnel": {"filter": funnel["filter"]}}, commit="abc")
+    text = render_table(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| mf | coldllm | 0.0500"))
+    assert "0.5500 → 0.7000" in row and "0.6200 / 0.6600 / 0.5800" in row and "| 0.4000 | 0.0800 |" in row
+    assert any(line.startswith("| mf | coldllm-no-refiner | 0.0500 | 0.1000 | - |") for line in text.splitlines())

@@ -83,6 +83,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
         for method, entry in reference["methods"].items():
             cells = [_fmt(entry.get(s, {}).get(m)) for s in SETTINGS for m in HEADLINE]
             lines.append(f"| {reference['backbone']} | {method} | " + " | ".join(cells) + " |")
+    lines += funnel_table(docs)
     if docs:
         _plot(docs, folder / "recall.png")
         lines += ["", "![Recall@20 per method, backbone and setting](recall.png)"]
@@ -91,6 +92,43 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
     text = "\n".join(lines) + "\n"
     (folder / "README.md").write_text(text)
     return text
+
+
+def _get(entry: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(entry, dict) or key not in entry:
+            return None
+        entry = entry[key]
+    return entry
+
+
+def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
+    """The funnel's statistics of every ColdLLM variant (rows with a ``funnel`` entry)."""
+    rows = [(doc["backbone"], m, doc["methods"][m]["funnel"]) for doc in docs for m in _methods(doc)
+            if "funnel" in doc["methods"][m]]
+    if not rows:
+        return []
+    lines = ["", "ColdLLM's funnel (cold **test** items unless marked val): *filtered*: share of the K "
+             "filtered pairs that are real interactions, and share of the real interactions the filter "
+             "keeps (coverage); *accepted*: the refiner's acceptance rate and the precision of what it "
+             "accepts; *judge AUC*: held-out warm users, the filter's top-ranked non-interacted items as "
+             "negatives (hard), before → after LoRA, and the free cosine judge on the same pairs; "
+             "*on candidates*: AUC separating real from non-real pairs among the filtered candidates of "
+             "the cold validation items, by P(Yes), by the filter's own score and by the cosine.", "",
+             "| backbone | variant | filtered precision | coverage | accept rate | accepted precision "
+             "| judge AUC hard (before → after) | cosine AUC hard | on candidates (val): P(Yes) / filter / cosine |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for backbone, method, f in rows:
+        before, after = _get(f, "refiner", "before", "hard", "auc"), _get(f, "refiner", "after", "hard", "auc")
+        cand = _get(f, "candidate_judges", "val") or {}
+        judge = f"{_fmt(before)} → {_fmt(after)}" if after is not None else "-"
+        on_cand = " / ".join(_fmt(cand.get(k)) for k in ("auc_llm", "auc_filter_score", "auc_cosine")) if cand else "-"
+        lines.append(
+            f"| {backbone} | {method} | {_fmt(_get(f, 'filter', 'test', 'precision'))} "
+            f"| {_fmt(_get(f, 'filter', 'test', 'coverage'))} | {_fmt(_get(f, 'simulate', 'accept_rate'))} "
+            f"| {_fmt(_get(f, 'simulate', 'refined_test', 'precision'))} | {judge} "
+            f"| {_fmt(_get(f, 'held_out_judges', 'hard', 'auc_cosine'))} | {on_cand} |")
+    return lines
 
 
 def _plot(docs: list[dict[str, Any]], path: Path) -> None:
