@@ -62,17 +62,21 @@ def base_name(backbone: str) -> str:
     return f"bench-citeulike-{backbone}"
 
 
-def overrides_for(backbone: str, variant: str, stages: list[str], extra: list[str]) -> list[str]:
+def overrides_for(backbone: str, variant: str, stages: list[str], extra: list[str],
+                  borrow: dict[str, str] | None = None) -> list[str]:
     changes, shared = VARIANTS[variant]
     reuse = {"train": base_name(backbone), **{s: f"{base_name(backbone)}-{v}" for s, v in shared.items()}}
+    # --borrow stage=backbone: take that stage from the same variant on another backbone
+    reuse.update({s: f"{base_name(b)}-{variant}" for s, b in (borrow or {}).items()})
     return [f"--name={base_name(backbone)}-{variant}", f"--backbone.model={backbone}",
             f"--stages=[{', '.join(stages)}]", "--reuse={" + ", ".join(f"{k}: {v}" for k, v in reuse.items()) + "}",
             *changes, *extra]
 
 
-def run_variant(preset: Path, backbone: str, variant: str, stages: list[str], extra: list[str]) -> None:
+def run_variant(preset: Path, backbone: str, variant: str, stages: list[str], extra: list[str],
+                borrow: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset),
-           *overrides_for(backbone, variant, stages, extra)]
+           *overrides_for(backbone, variant, stages, extra, borrow)]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -101,8 +105,9 @@ def funnel_statistics(run: Run) -> dict:
     return stats
 
 
-def record_variant(preset: Path, backbone: str, variant: str, extra: list[str]) -> None:
-    cfg = load_config(preset, overrides_for(backbone, variant, FUNNEL, extra))
+def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
+                   borrow: dict[str, str] | None = None) -> None:
+    cfg = load_config(preset, overrides_for(backbone, variant, FUNNEL, extra, borrow))
     run = Run(cfg)
     if not (run.done("update") and run.done("evaluate_coldllm_val")):
         print(f"{cfg.name}: not finished, not recorded", flush=True)
@@ -135,12 +140,15 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=FUNNEL, help="run only up to these stages")
     parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
     parser.add_argument("--no-record", action="store_true", help="run the stages, write no results")
+    parser.add_argument("--borrow", nargs="*", default=[], metavar="STAGE=BACKBONE",
+                        help="take a stage from the same variant on another backbone (recorded as reused)")
     args, extra = parser.parse_known_args()
+    borrow = dict(item.split("=", 1) for item in args.borrow)
     for backbone in args.backbones:
         for variant in args.variants:  # 'coldllm' first: the others reuse its stages
-            run_variant(args.preset, backbone, variant, args.stages, extra)
+            run_variant(args.preset, backbone, variant, args.stages, extra, borrow)
             if not args.no_record:
-                record_variant(args.preset, backbone, variant, extra)
+                record_variant(args.preset, backbone, variant, extra, borrow)
     if not args.no_record:
         print(render("citeulike"))
 

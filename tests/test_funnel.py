@@ -123,3 +123,21 @@ def test_cosine_judge_and_candidate_aucs_by_hand():
     assert out["auc_llm"] == pytest.approx(0.5) and out["auc_filter_score"] == pytest.approx(1.0)
     assert out["precision_accepted"] == pytest.approx(0.5) and out["accept_rate"] == pytest.approx(0.5)
     assert out["pairs"] == 4 and out["real"] == 2
+
+
+def test_known_verdicts_are_not_judged_again(tmp_path):
+    model, tok = make_tiny_llm(seed=2)
+    judge = Judge(model, PromptEncoder(tok, PromptTemplate()), batch_size=4)
+    titles = np.array(["graph networks", "protein folding", "deep learning", "graph", "paper", "neural"])
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0], [1, 0, 1, 0, 0, 0]], np.float32))
+    histories = user_histories(train, max_items=2, seed=0)
+    candidates = pd.DataFrame({"user": [0, 0, 1, 2, 2], "item": [3, 4, 5, 3, 5]})
+    full = simulate(judge, candidates, histories, titles, tmp_path / "full")
+    known = full.iloc[[0, 3]][["user", "item"]].assign(p_yes=[0.25, 0.75])  # planted values
+    judged = []
+    real = judge.p_yes_grouped
+    judge.p_yes_grouped = lambda p, s, o: judged.append(len(s)) or real(p, s, o)
+    part = simulate(judge, candidates, histories, titles, tmp_path / "part", known=known)
+    assert sum(judged) == 3  # only the pairs without a known verdict
+    assert part["p_yes"].iloc[[0, 3]].tolist() == [0.25, 0.75]
+    np.testing.assert_allclose(part["p_yes"].iloc[[1, 2, 4]], full["p_yes"].iloc[[1, 2, 4]], atol=1e-6)

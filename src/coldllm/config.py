@@ -113,6 +113,10 @@ class RefinerConfig:
     threshold: str = _help("yes: accept when P(Yes) > P(No) (the paper); tuned: best on held-out pairs.", "yes")
     batch_size: int = _help("Candidates judged per forward pass.", 32)
     shard_users: int = _help("Users per simulation shard (the unit of resumption).", 128)
+    verdicts_from: list[str] = _help(
+        "Runs with the same judge (the same refiner folder) whose verdicts are reused, not recomputed.",
+        factory=list,
+    )
     device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
 
 

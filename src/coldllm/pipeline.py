@@ -46,7 +46,7 @@ STAGE_INPUTS = {
 # Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
 # where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
 # from its last epoch, or stops it at once when the new budget is already spent).
-NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"), "refiner": ("batch_size", "shard_users")}
+NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"), "refiner": ("batch_size", "shard_users", "verdicts_from")}
 
 # The folder each stage writes, for the stages a run may take from another run (``reuse``).
 STAGE_FOLDERS = {"train": "backbone", "filter": "filter", "finetune": "refiner", "simulate": "simulate"}

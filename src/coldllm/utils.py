@@ -48,15 +48,18 @@ def peak_memory_mb() -> float:
 def git_commit(cwd: Path | None = None) -> str:
     """The checked-out commit, with ``-dirty`` when tracked files differ from it.
 
-    A copy of the tree without its git folder (a remote machine) gives ``$COLDLLM_COMMIT`` if set.
+    ``$COLDLLM_COMMIT``, when set, wins: a copy of the tree on another machine may carry no git
+    folder, or a stale one.
     """
+    if os.environ.get("COLDLLM_COMMIT"):
+        return os.environ["COLDLLM_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("COLDLLM_COMMIT", "unknown")
+        return "unknown"
     return f"{sha}-dirty" if dirty else sha
 
 

@@ -118,13 +118,17 @@ def best_threshold(labels: np.ndarray, p_yes: np.ndarray) -> float:
 
 
 def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray], titles: np.ndarray,
-             out_dir: Path, threshold: float = 0.5, shard_users: int = 128) -> pd.DataFrame:
+             out_dir: Path, threshold: float = 0.5, shard_users: int = 128,
+             known: pd.DataFrame | None = None) -> pd.DataFrame:
     """Judge every candidate pair; returns columns user, item, p_yes, accepted (all shards).
 
     Users are processed in a fixed order, ``shard_users`` per shard (each user's history prefix is
     encoded once per shard); a shard is written to a temporary name and renamed when complete, so
-    a restart skips exactly the finished shards.
+    a restart skips exactly the finished shards. ``known``: (user, item, p_yes) verdicts of the same
+    judge from another simulation; those pairs are not judged again.
     """
+    lookup = {} if known is None else dict(zip(zip(known["user"].tolist(), known["item"].tolist()),
+                                               known["p_yes"].tolist()))
     out_dir.mkdir(parents=True, exist_ok=True)
     by_user = candidates.sort_values(["user", "item"]).groupby("user", sort=True)["item"].apply(np.asarray)
     users = by_user.index.to_numpy()
@@ -139,10 +143,13 @@ def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray]
         prefixes = [judge.prompts.prefix([titles[i] for i in histories[u]]) for u in shard]
         items = [by_user[u] for u in shard]
         owner = np.repeat(np.arange(len(shard)), [len(i) for i in items])
-        flat = np.concatenate(items)
-        p = judge.p_yes_grouped(prefixes, [judge.prompts.suffix(titles[i]) for i in flat], owner)
+        flat, users = np.concatenate(items), np.repeat(shard, [len(i) for i in items])
+        p = np.array([lookup.get((int(u), int(i)), np.nan) for u, i in zip(users, flat)], dtype=np.float32)
+        todo = np.flatnonzero(np.isnan(p))
+        if len(todo):
+            p[todo] = judge.p_yes_grouped(prefixes, [judge.prompts.suffix(titles[i]) for i in flat[todo]], owner[todo])
         bar.update(len(flat))
-        frame = pd.DataFrame({"user": np.repeat(shard, [len(i) for i in items]), "item": flat, "p_yes": p})
+        frame = pd.DataFrame({"user": users, "item": flat, "p_yes": p})
         tmp = path.with_suffix(".tmp")
         frame.to_parquet(tmp)
         os.replace(tmp, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,21 @@ def finetune_stage(run: Run) -> dict[str, Any]:
     return report
 
 
+def known_verdicts(run: Run) -> pd.DataFrame | None:
+    """P(Yes) already computed by the same judge in the runs named by ``refiner.verdicts_from``."""
+    frames = []
+    mine = (run.dir / "refiner").resolve()
+    for name in run.cfg.refiner.verdicts_from:
+        other = Path(run.cfg.runs_dir) / name
+        if (other / "refiner").resolve() != mine:
+            raise ConfigError(f"refiner.verdicts_from: run {name!r} used another judge ({(other / 'refiner').resolve()})")
+        path = other / "simulate" / "simulated.parquet"
+        if not path.exists():
+            raise ConfigError(f"refiner.verdicts_from: {path} not found (run its simulate stage first)")
+        frames.append(pd.read_parquet(path, columns=["user", "item", "p_yes"]))
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["user", "item"]) if frames else None
+
+
 def simulate_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
     folder = run.dir / "simulate"
@@ -171,8 +187,11 @@ def simulate_stage(run: Run) -> dict[str, Any]:
             threshold = json.loads((run.dir / "refiner" / "report.json").read_text())["threshold"]
             histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
             judge = Judge(model, prompts, cfg.refiner.batch_size)
+            known = known_verdicts(run)
+            rec["reused_verdicts"] = 0 if known is None else int(
+                len(candidates.merge(known[["user", "item"]], on=["user", "item"])))
             simulated = simulate(judge, candidates, histories, data.item_text, folder / "shards", threshold,
-                                 cfg.refiner.shard_users)
+                                 cfg.refiner.shard_users, known=known)
         else:  # the no-refiner ablation: every filtered pair becomes an interaction
             simulated = candidates[["user", "item"]].assign(p_yes=1.0, accepted=True)
         folder.mkdir(parents=True, exist_ok=True)
