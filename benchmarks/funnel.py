@@ -44,6 +44,7 @@ from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNNEL = ["prepare", "train", "filter", "finetune", "simulate", "update", "evaluate_coldllm_val"]
+METHOD_STAGES = ("filter", "finetune", "simulate", "update")  # the method's cost on top of the backbone
 # variant -> (overrides, {stage: variant it is reused from})
 VARIANTS = {
     "coldllm": ([], {}),
@@ -114,16 +115,15 @@ def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
         return
     stages = run.manifest["stages"]
     metrics = stages["evaluate_coldllm_test"]["metrics"]
-    own = [s for s in ("filter", "finetune", "simulate", "update") if "reused_from" not in stages[s]]
+    own = [s for s in METHOD_STAGES if "reused_from" not in stages[s]]
     record_method(
         ROOT / "results" / cfg.data.name / f"{backbone}.json", dataset=cfg.data.name, split=cfg.data.split,
         backbone=backbone, method=variant, metrics=metrics, config=to_dict(cfg),
         extra={
-            # the method's own cost on top of the backbone: filter + fine-tuning + simulation + update
-            "seconds": round(sum(stages[s]["seconds"] for s in ("filter", "finetune", "simulate", "update")), 1),
-            "peak_memory_mb": max(stages[s]["peak_memory_mb"] for s in ("filter", "finetune", "simulate", "update")),
+            "seconds": round(sum(stages[s]["seconds"] for s in METHOD_STAGES), 1),
+            "peak_memory_mb": max(stages[s]["peak_memory_mb"] for s in METHOD_STAGES),
             "stages": {s: {k: stages[s].get(k) for k in ("seconds", "peak_memory_mb", "commit", "reused_from", "device")}
-                       for s in ("filter", "finetune", "simulate", "update")},
+                       for s in METHOD_STAGES},
             "own_stages": own,
             "val": stages["evaluate_coldllm_val"]["metrics"],
             "funnel": funnel_statistics(run),

@@ -85,11 +85,9 @@ def example_prompts(prompts: PromptEncoder, examples: pd.DataFrame, titles: np.n
 def judge_examples(judge: Judge, examples: pd.DataFrame, titles: np.ndarray) -> np.ndarray:
     """P(Yes) of each example row; rows with the same (user, history) share one prefix."""
     keys = [hash((u, tuple(h))) for u, h in zip(examples["user"], examples["history"])]
-    first: dict[int, int] = {}
-    owner = np.array([first.setdefault(key, len(first)) for key in keys], dtype=np.int64)
-    rows_of = {o: r for r, o in reversed(list(enumerate(owner)))}  # a row holding each owner's history
-    prefixes = [judge.prompts.prefix([titles[i] for i in examples["history"].iloc[rows_of[o]]])
-                for o in range(len(first))]
+    owner = pd.factorize(pd.Series(keys))[0]
+    first = np.unique(owner, return_index=True)[1]  # a row holding each owner's history
+    prefixes = [judge.prompts.prefix([titles[i] for i in examples["history"].iloc[row]]) for row in first]
     suffixes = [judge.prompts.suffix(titles[i]) for i in examples["item"]]
     return judge.p_yes_grouped(prefixes, suffixes, owner)
 

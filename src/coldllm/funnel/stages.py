@@ -78,9 +78,8 @@ def filter_stage(run: Run) -> dict[str, Any]:
             warm = top_users(coupled_embeddings(collab, lm, ctx, ctx.warm), cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
         if collab is not None:  # the mapping's cold embeddings: a starting point for the update
-            with torch.no_grad():
-                init = collab.item_tower(ctx.content[ctx.cold]).float().cpu().contiguous()
-            save_file({"items": init, "ids": ctx.cold.cpu().contiguous()}, str(folder / "cold_init.safetensors"))
+            save_file({"items": collab.cold_student.float().cpu().contiguous(), "ids": ctx.cold.cpu().contiguous()},
+                      str(folder / "cold_init.safetensors"))
         candidates.to_parquet(folder / "candidates.parquet")
         warm.to_parquet(folder / "warm_candidates.parquet")
         report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
@@ -225,11 +224,7 @@ def update_stage(run: Run) -> dict[str, Any]:
         else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
             user_emb, item_emb = load_backbone(run.dir / "backbone", data).embeddings()
             accepted = simulated[simulated["accepted"]]
-            start = None
-            if (init := cold_init(run)) is not None:  # rows in data.cold_items order
-                position = {int(i): r for r, i in enumerate(init[0])}
-                start = init[1][[position[int(i)] for i in data.cold_items]]
-            item_emb = fast_cold_update(user_emb, item_emb, accepted, data.cold_items, init=start,
+            item_emb = fast_cold_update(user_emb, item_emb, accepted, data.cold_items, init=cold_init(run),
                                         epochs=cfg.update.fast_epochs, lr=cfg.update.fast_lr, seed=cfg.seed)
             folder.mkdir(parents=True, exist_ok=True)
             save_file({"user": user_emb.contiguous(), "item": item_emb.contiguous()}, str(folder / "embeddings.safetensors"))
@@ -237,13 +232,16 @@ def update_stage(run: Run) -> dict[str, Any]:
     return evaluate_coldllm(run)
 
 
-def cold_init(run: Run) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(cold item ids, their embeddings from the filter's collaborative mapping), if it has one."""
+def cold_init(run: Run) -> torch.Tensor | None:
+    """The cold items' embeddings from the filter's collaborative mapping (rows in
+    ``data.cold_items`` order), if the filter has that sub-tower."""
     path = run.dir / "filter" / "cold_init.safetensors"
     if not path.exists():
         return None
     tensors = load_file(str(path))
-    return tensors["ids"], tensors["items"]
+    if not torch.equal(tensors["ids"], torch.as_tensor(run.data.cold_items)):
+        raise ValueError(f"{path}: its cold items are not this dataset's; run the filter stage again")
+    return tensors["items"]
 
 
 def warm_start(model, run: Run) -> None:
@@ -252,9 +250,8 @@ def warm_start(model, run: Run) -> None:
     model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("optim.", "rng."))})
     init = cold_init(run)
     if init is not None:
-        ids, items = init
         with torch.no_grad():
-            model.item.weight[ids] = items.to(model.item.weight.dtype)
+            model.item.weight[run.data.cold_items] = init.to(model.item.weight.dtype)
 
 
 def updated_embeddings(run: Run) -> tuple[torch.Tensor, torch.Tensor]:

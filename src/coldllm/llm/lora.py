@@ -63,7 +63,7 @@ def answer_loss(model, prompts: list[list[int]], answers: torch.Tensor, pad_id: 
         ids[row, : len(p)] = torch.tensor(p, device=device)
     mask = (torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
     with autocast(device):
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=int(lengths.max())).logits
+        logits = model(input_ids=ids, attention_mask=mask).logits
     last = logits[torch.arange(len(prompts), device=device), lengths - 1]
     return F.cross_entropy(last.float(), answers)
 
