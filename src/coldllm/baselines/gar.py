@@ -5,19 +5,22 @@ differs from the warm ones', so a recommender trained on warm embeddings ranks c
 GAR trains the content generator and the recommender against each other instead:
 
 * the generator maps content to a (fake) item embedding in the backbone's space
-  (content -> hidden -> BatchNorm -> tanh -> d);
-* the recommender (the adversary) has a user tower and an item tower (BatchNorm, tanh, dropout)
-  over backbone embeddings, scoring by the dot product of their outputs. Its step learns to rank
-  the real positive above the generated one and the negative:
-  -log sigmoid(s(u, i+) - (1 - beta) s(u, gen(i+)) - beta s(u, i-));
-* the generator's step makes the recommender score its embedding above the real one, plus a
-  small L1 pull towards the real embedding:
-  (1 - alpha) (-log sigmoid(s(u, gen(i+)) - s(u, i+))) + alpha |gen(i+) - i+|.
+  (content -> hidden -> BatchNorm -> tanh -> dropout -> d);
+* the recommender (the adversary) has a user tower and an item tower over backbone embeddings
+  (BatchNorm -> hidden -> BatchNorm -> tanh -> dropout -> hidden), scoring by the dot product of
+  their outputs. Its step ranks the real positive above a mix of a sampled negative (share beta)
+  and the generated embedding of the same item (share 1 - beta):
+  -log sigmoid(s(u, i+) - beta s(u, i-) - (1 - beta) s(u, gen(i+)));
+* the generator's step makes the recommender score its embedding above the real one, plus an L1
+  pull towards the real embedding (summed over dimensions, weight alpha):
+  (1 - alpha) (-log sigmoid(s(u, gen(i+)) - s(u, i+))) + alpha ||gen(i+) - i+||_1.
 
-The two steps alternate on every batch, each with its own Adam. When neither can win, generated
-embeddings are ranked like real ones by a recommender trained on warm data. At inference all items
-go through the item tower (warm: backbone embedding, cold: generated) and users through the user
-tower, so warm scores change too: ``keeps_warm`` is false. The towers are residual (see ``Tower``).
+The two steps alternate on every batch, each with its own Adam. The defaults are the reference
+implementation's CiteULike run: most of the recommender's loss is ordinary ranking (beta = 0.9),
+so it stays a recommender while it learns to tell generated items from real ones; with the shares
+swapped it becomes a detector of generated vectors, the game diverges and cold items rank at
+chance. At inference all items go through the item tower (warm: backbone embedding, cold:
+generated) and users through the user tower, so warm scores change too: ``keeps_warm`` is false.
 """
 
 from __future__ import annotations
@@ -34,27 +37,19 @@ from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopp
 
 @dataclass
 class GARParams(TrainParams):
-    alpha: float = field(default=0.05, metadata={"help": "Weight of the generator's L1 pull to the real item."})
-    beta: float = field(default=0.1, metadata={"help": "Share of the negative (vs generated) in the recommender."})
+    alpha: float = field(default=0.1, metadata={"help": "Weight of the generator's L1 pull to the real item."})
+    beta: float = field(default=0.9, metadata={"help": "Share of the sampled negative (vs generated) in the recommender."})
     dropout: float = field(default=0.5, metadata={"help": "Dropout in the recommender's towers."})
+    gen_dropout: float = field(default=0.1, metadata={"help": "Dropout in the generator."})
+    reg: float = field(default=1e-3, metadata={"help": "Weight decay of both players."})
 
 
-class Tower(nn.Module):
-    """x + MLP(x), the MLP's last layer starting at zero: the recommender starts as the backbone's
-    own scorer, a ranker from the first batch, and the adversarial game refines it. (From random
-    towers the recommender learns to rank only from the small beta share of its loss, while the
-    real-versus-generated share teaches it to spot generated vectors, not preferences.)"""
-
-    def __init__(self, dim: int, hidden: int, dropout: float):
-        super().__init__()
-        # the input BatchNorm puts backbone embeddings of any scale on one footing
-        self.mlp = nn.Sequential(nn.BatchNorm1d(dim), nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.Tanh(),
-                                 nn.Dropout(dropout), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(x)
+def tower(in_dim: int, hidden: int, out_dim: int, dropout: float, normalise_input: bool) -> nn.Sequential:
+    # BatchNorm before the tanh keeps it out of its flat (or linear) range whatever the scale of
+    # the inputs (L2-normalised text vectors have tiny coordinates, backbone embeddings large ones)
+    head = [nn.BatchNorm1d(in_dim)] if normalise_input else []
+    return nn.Sequential(*head, nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.Tanh(),
+                         nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
 
 @register("gar")
@@ -66,12 +61,9 @@ class GAR(ColdStartMethod):
         p = self.params
         torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         dim = ctx.item_emb.shape[1]
-        # BatchNorm before the tanh keeps it out of its flat (or linear) range whatever the scale
-        # of the content vectors (L2-normalised text vectors have tiny coordinates)
-        self.generator = nn.Sequential(nn.Linear(ctx.content.shape[1], p.hidden), nn.BatchNorm1d(p.hidden),
-                                       nn.Tanh(), nn.Linear(p.hidden, dim)).to(ctx.device)
-        self.user_tower = Tower(dim, p.hidden, p.dropout).to(ctx.device)
-        self.item_tower = Tower(dim, p.hidden, p.dropout).to(ctx.device)
+        self.generator = tower(ctx.content.shape[1], p.hidden, dim, p.gen_dropout, False).to(ctx.device)
+        self.user_tower = tower(dim, p.hidden, p.hidden, p.dropout, True).to(ctx.device)
+        self.item_tower = tower(dim, p.hidden, p.hidden, p.dropout, True).to(ctx.device)
         recommender = nn.ModuleDict({"user": self.user_tower, "item": self.item_tower})
         gen_opt = torch.optim.Adam(self.generator.parameters(), lr=p.lr, weight_decay=p.reg)
         rec_opt = torch.optim.Adam(recommender.parameters(), lr=p.lr, weight_decay=p.reg)
@@ -85,9 +77,11 @@ class GAR(ColdStartMethod):
             if len(users) < 2:  # BatchNorm needs two rows; a lone leftover triple teaches nothing
                 return torch.zeros((), device=ctx.device)
             u, real, negative = ctx.user_emb[users], ctx.item_emb[pos], ctx.item_emb[neg]
-            # recommender: the real positive above the generated one (and, a little, the negative)
-            s_real, s_fake, s_neg = self._scores(u, real, self.generator(ctx.content[pos]).detach(), negative)
-            rec_loss = -F.logsigmoid(s_real - (1 - p.beta) * s_fake - p.beta * s_neg).mean()
+            # recommender: the real positive above the sampled negative and the generated item
+            with torch.no_grad():
+                fake = self.generator(ctx.content[pos])
+            s_real, s_neg, s_fake = self._scores(u, real, negative, fake)
+            rec_loss = -F.logsigmoid(s_real - p.beta * s_neg - (1 - p.beta) * s_fake).mean()
             update(rec_opt, rec_loss)
             # generator: fool the just-updated recommender while staying near the real embedding.
             # The recommender judges in inference mode (running BatchNorm statistics, no dropout),
@@ -95,7 +89,8 @@ class GAR(ColdStartMethod):
             recommender.eval()
             fake = self.generator(ctx.content[pos])
             s_real, s_fake = self._scores(u, real, fake)
-            gen_loss = (1 - p.alpha) * -F.logsigmoid(s_fake - s_real).mean() + p.alpha * F.l1_loss(fake, real)
+            gen_loss = ((1 - p.alpha) * -F.logsigmoid(s_fake - s_real).mean()
+                        + p.alpha * (fake - real).abs().sum(1).mean())
             update(gen_opt, gen_loss)
             recommender.train()
             return (rec_loss + gen_loss).detach()
@@ -105,7 +100,8 @@ class GAR(ColdStartMethod):
         return self
 
     def _scores(self, users: torch.Tensor, *items: torch.Tensor) -> list[torch.Tensor]:
-        """Recommender scores of each user against each of the item batches (one tower pass)."""
+        """Recommender scores of each user against each of the item batches (one tower pass, so
+        real, negative and generated items share the BatchNorm statistics)."""
         u = self.user_tower(users)
         outs = self.item_tower(torch.cat(items)).split(len(users))
         return [(u * out).sum(1) for out in outs]
