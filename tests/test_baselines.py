@@ -97,3 +97,19 @@ def test_deepmusic_regression_beats_the_mean_on_warm_items(ctx):
     mse = (pred - target).pow(2).mean()
     baseline = (target - target.mean(0)).pow(2).mean()
     assert mse < 0.3 * baseline, (float(mse), float(baseline))
+
+
+def test_gar_losses_by_hand():
+    from coldllm.baselines.gar import generator_loss, recommender_loss
+
+    def nll(x):  # -log sigmoid(x)
+        return float(np.log1p(np.exp(-x)))
+
+    s_real, s_neg, s_fake = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0])
+    # margins: 2 - 0.9*1 - 0.1*0 = 1.1 and 0 - 0.9*1 - 0.1*2 = -1.1
+    expected = (nll(1.1) + nll(-1.1)) / 2
+    assert float(recommender_loss(s_real, s_neg, s_fake, beta=0.9)) == pytest.approx(expected, rel=1e-6)
+    real, fake = torch.tensor([[1.0, -1.0], [0.0, 0.0]]), torch.tensor([[0.5, 0.0], [0.0, 2.0]])
+    # adversarial: margins fake - real = -2 and 2; L1 summed per row: 1.5 and 2, mean 1.75
+    expected = 0.9 * (nll(-2.0) + nll(2.0)) / 2 + 0.1 * 1.75
+    assert float(generator_loss(s_real, s_fake, real, fake, alpha=0.1)) == pytest.approx(expected, rel=1e-6)

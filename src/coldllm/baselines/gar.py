@@ -52,6 +52,17 @@ def tower(in_dim: int, hidden: int, out_dim: int, dropout: float, normalise_inpu
                          nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
 
+def recommender_loss(s_real: torch.Tensor, s_neg: torch.Tensor, s_fake: torch.Tensor, beta: float) -> torch.Tensor:
+    """The real positive above a mix of the sampled negative (share beta) and the generated item."""
+    return -F.logsigmoid(s_real - beta * s_neg - (1 - beta) * s_fake).mean()
+
+
+def generator_loss(s_real: torch.Tensor, s_fake: torch.Tensor, real: torch.Tensor, fake: torch.Tensor,
+                   alpha: float) -> torch.Tensor:
+    """Scored above the real item by the recommender, and near it in L1 (summed over dimensions)."""
+    return (1 - alpha) * -F.logsigmoid(s_fake - s_real).mean() + alpha * (fake - real).abs().sum(1).mean()
+
+
 @register("gar")
 class GAR(ColdStartMethod):
     Params = GARParams
@@ -80,8 +91,7 @@ class GAR(ColdStartMethod):
             # recommender: the real positive above the sampled negative and the generated item
             with torch.no_grad():
                 fake = self.generator(ctx.content[pos])
-            s_real, s_neg, s_fake = self._scores(u, real, negative, fake)
-            rec_loss = -F.logsigmoid(s_real - p.beta * s_neg - (1 - p.beta) * s_fake).mean()
+            rec_loss = recommender_loss(*self._scores(u, real, negative, fake), p.beta)
             update(rec_opt, rec_loss)
             # generator: fool the just-updated recommender while staying near the real embedding.
             # The recommender judges in inference mode (running BatchNorm statistics, no dropout),
@@ -89,8 +99,7 @@ class GAR(ColdStartMethod):
             recommender.eval()
             fake = self.generator(ctx.content[pos])
             s_real, s_fake = self._scores(u, real, fake)
-            gen_loss = ((1 - p.alpha) * -F.logsigmoid(s_fake - s_real).mean()
-                        + p.alpha * (fake - real).abs().sum(1).mean())
+            gen_loss = generator_loss(s_real, s_fake, real, fake, p.alpha)
             update(gen_opt, gen_loss)
             recommender.train()
             return (rec_loss + gen_loss).detach()
