@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from coldllm.backbones import load_backbone
-from coldllm.baselines import METHODS
+from coldllm.baselines import METHODS, build_method
 from coldllm.baselines.runner import fit_and_evaluate, make_context
 from coldllm.config import load_config, to_dict
 from coldllm.data import load_dataset
@@ -37,7 +37,10 @@ def search_method(name: str, grid: list[dict], ctx, folder: Path) -> tuple[dict,
     reports = []
     for i, params in enumerate(grid):
         path = folder / f"{name}-{i}.json"
-        if path.exists() and json.loads(path.read_text())["params_given"] == params:
+        # a saved fit counts only if every setting matches, defaults included (a changed default
+        # makes it stale)
+        full = json.loads(json.dumps(vars(build_method(name, params).params)))
+        if path.exists() and json.loads(path.read_text())["params"] == full:
             reports.append(json.loads(path.read_text()))
             continue
         _, report = fit_and_evaluate(name, params, ctx, splits=("val", "test"))
