@@ -113,3 +113,15 @@ def test_gar_losses_by_hand():
     # adversarial: margins fake - real = -2 and 2; L1 summed per row: 1.5 and 2, mean 1.75
     expected = 0.9 * (nll(-2.0) + nll(2.0)) / 2 + 0.1 * 1.75
     assert float(generator_loss(s_real, s_fake, real, fake, alpha=0.1)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_fit_does_not_depend_on_what_ran_before(name, ctx):
+    """A method's fit depends on the run's seed only, not on the global RNG state left by earlier
+    fits (the benchmark fits many methods in one process)."""
+    params = trained_params(name)
+    scores = []
+    for burn in (1, 1000):
+        torch.rand(burn)  # another earlier job consumed a different amount of randomness
+        scores.append(build_method(name, params).fit(ctx).scorer()(torch.arange(ctx.data.n_users)))
+    torch.testing.assert_close(scores[0], scores[1])

@@ -63,6 +63,7 @@ class ALDI(ColdStartMethod):
 
     def fit(self, ctx: FitContext) -> "ALDI":
         p = self.params
+        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         dim = ctx.item_emb.shape[1]
         self.user_emb, self.item_emb = ctx.user_emb, ctx.item_emb
         self.item_tower = tower(ctx.content.shape[1], p.hidden, dim).to(ctx.device)

@@ -98,6 +98,7 @@ class EmbeddingMethod(ColdStartMethod):
     """
 
     def fit(self, ctx: FitContext) -> "EmbeddingMethod":
+        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         self.user_emb = ctx.user_emb
         self.item_emb = ctx.item_emb.clone()
         self.train(ctx)

@@ -52,6 +52,7 @@ class DropoutNet(ColdStartMethod):
 
     def fit(self, ctx: FitContext) -> "DropoutNet":
         p = self.params
+        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         dim = ctx.item_emb.shape[1]
         out = p.out_dim or dim
         users_seen = torch.unique(torch.from_numpy(ctx.data.matrix("train").tocoo().row).to(ctx.device))

@@ -38,6 +38,7 @@ class MTPR(ColdStartMethod):
 
     def fit(self, ctx: FitContext) -> "MTPR":
         p = self.params
+        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         gen = torch.Generator().manual_seed(ctx.seed)
         noise = torch.randn(ctx.user_emb.shape[0], p.hidden, generator=gen).to(ctx.device) * p.init_std
         item_init = ctx.item_emb.clone()

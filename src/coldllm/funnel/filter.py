@@ -59,6 +59,7 @@ class LanguageTower:
     def fit(self, ctx: FitContext, text: np.ndarray) -> "LanguageTower":
         """``text``: (n_items, d) LM embeddings of every item's text."""
         p = self.params
+        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         item_text = torch.from_numpy(text.astype(np.float32)).to(ctx.device)
         item_text = F.normalize(item_text, dim=1)  # pooled LM states vary in norm; the direction is the content
         user_text = torch.from_numpy(history_means(ctx.data.matrix("train"), item_text.cpu().numpy())).to(ctx.device)
