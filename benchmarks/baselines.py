@@ -40,8 +40,9 @@ def search_method(name: str, grid: list[dict], ctx, folder: Path) -> tuple[dict,
         # a saved fit counts only if every setting matches, defaults included (a changed default
         # makes it stale)
         full = json.loads(json.dumps(vars(build_method(name, params).params)))
-        if path.exists() and json.loads(path.read_text())["params"] == full:
-            reports.append(json.loads(path.read_text()))
+        saved = json.loads(path.read_text()) if path.exists() else None
+        if saved is not None and saved["params"] == full:
+            reports.append(saved)
             continue
         _, report = fit_and_evaluate(name, params, ctx, splits=("val", "test"))
         report["params_given"] = params

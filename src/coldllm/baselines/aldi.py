@@ -61,9 +61,8 @@ def soft_bce(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor
 class ALDI(ColdStartMethod):
     Params = ALDIParams
 
-    def fit(self, ctx: FitContext) -> "ALDI":
+    def fit_model(self, ctx: FitContext) -> None:
         p = self.params
-        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         dim = ctx.item_emb.shape[1]
         self.user_emb, self.item_emb = ctx.user_emb, ctx.item_emb
         self.item_tower = tower(ctx.content.shape[1], p.hidden, dim).to(ctx.device)
@@ -89,7 +88,6 @@ class ALDI(ColdStartMethod):
             return loss + p.reg * decay / len(users)
 
         fit_with_early_stopping(self, ctx, modules, step, p)
-        return self
 
     def finish(self, ctx: FitContext) -> None:
         self.cold = ctx.cold

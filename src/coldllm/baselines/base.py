@@ -82,6 +82,13 @@ class ColdStartMethod:
 
     def fit(self, ctx: FitContext) -> "ColdStartMethod":
         """Learn from ``ctx``; afterwards ``scorer()`` ranks warm and cold items together."""
+        # initial weights from the run's seed, whatever ran before in the process
+        torch.manual_seed(ctx.seed)
+        self.fit_model(ctx)
+        return self
+
+    def fit_model(self, ctx: FitContext) -> None:
+        """What ``fit`` does for this method, after seeding."""
         raise NotImplementedError
 
     def finish(self, ctx: FitContext) -> None:
@@ -97,13 +104,11 @@ class EmbeddingMethod(ColdStartMethod):
     Subclasses implement ``cold_embeddings`` and, if they learn anything, ``train``.
     """
 
-    def fit(self, ctx: FitContext) -> "EmbeddingMethod":
-        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
+    def fit_model(self, ctx: FitContext) -> None:
         self.user_emb = ctx.user_emb
         self.item_emb = ctx.item_emb.clone()
         self.train(ctx)
         self.finish(ctx)
-        return self
 
     def train(self, ctx: FitContext) -> None:
         pass

@@ -51,9 +51,8 @@ class CLCRec(ColdStartMethod):
     Params = CLCRecParams
     keeps_warm = False
 
-    def fit(self, ctx: FitContext) -> "CLCRec":
+    def fit_model(self, ctx: FitContext) -> None:
         p = self.params
-        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         dim = ctx.item_emb.shape[1]
         self.users = nn.Embedding.from_pretrained(ctx.user_emb.detach().clone(), freeze=False)
         # cold rows are never trained: they are neither positives nor negatives, and scoring
@@ -80,7 +79,6 @@ class CLCRec(ColdStartMethod):
             return p.lam * user_item + (1 - p.lam) * item_content + p.reg * decay
 
         fit_with_early_stopping(self, ctx, modules, step, p)
-        return self
 
     @torch.no_grad()
     def finish(self, ctx: FitContext) -> None:

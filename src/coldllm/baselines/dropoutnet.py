@@ -50,9 +50,8 @@ class DropoutNet(ColdStartMethod):
     keeps_warm = False
     Params = DropoutNetParams
 
-    def fit(self, ctx: FitContext) -> "DropoutNet":
+    def fit_model(self, ctx: FitContext) -> None:
         p = self.params
-        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         dim = ctx.item_emb.shape[1]
         out = p.out_dim or dim
         users_seen = torch.unique(torch.from_numpy(ctx.data.matrix("train").tocoo().row).to(ctx.device))
@@ -78,7 +77,6 @@ class DropoutNet(ColdStartMethod):
             return F.mse_loss(pred, target) + p.reg * decay / len(users)
 
         fit_with_early_stopping(self, ctx, modules, step, p)
-        return self
 
     @torch.no_grad()
     def finish(self, ctx: FitContext) -> None:

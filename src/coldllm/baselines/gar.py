@@ -68,9 +68,8 @@ class GAR(ColdStartMethod):
     Params = GARParams
     keeps_warm = False
 
-    def fit(self, ctx: FitContext) -> "GAR":
+    def fit_model(self, ctx: FitContext) -> None:
         p = self.params
-        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         dim = ctx.item_emb.shape[1]
         self.generator = tower(ctx.content.shape[1], p.hidden, dim, p.gen_dropout, False).to(ctx.device)
         self.user_tower = tower(dim, p.hidden, p.hidden, p.dropout, True).to(ctx.device)
@@ -106,7 +105,6 @@ class GAR(ColdStartMethod):
 
         modules = nn.ModuleDict({"generator": self.generator, "recommender": recommender})
         fit_with_early_stopping(self, ctx, modules, step, p, optimize=False)
-        return self
 
     def _scores(self, users: torch.Tensor, *items: torch.Tensor) -> list[torch.Tensor]:
         """Recommender scores of each user against each of the item batches (one tower pass, so

@@ -36,9 +36,8 @@ class MTPR(ColdStartMethod):
     keeps_warm = False
     Params = MTPRParams
 
-    def fit(self, ctx: FitContext) -> "MTPR":
+    def fit_model(self, ctx: FitContext) -> None:
         p = self.params
-        torch.manual_seed(ctx.seed)  # initial weights from the run's seed, whatever ran before
         gen = torch.Generator().manual_seed(ctx.seed)
         noise = torch.randn(ctx.user_emb.shape[0], p.hidden, generator=gen).to(ctx.device) * p.init_std
         item_init = ctx.item_emb.clone()
@@ -65,7 +64,6 @@ class MTPR(ColdStartMethod):
             return loss + p.reg * decay / len(users)
 
         fit_with_early_stopping(self, ctx, self.net, step, p)
-        return self
 
     @torch.no_grad()
     def finish(self, ctx: FitContext) -> None:
