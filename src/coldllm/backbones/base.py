@@ -34,6 +34,10 @@ class Backbone(nn.Module):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def isolated_scale(self) -> float | None:
+        """Output row / ego row of an item with no edges (a cold item), or None if not linear."""
+        return None
+
     def bpr_loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         user_all, item_all = self.propagate()
         u, p, n = user_all[users], item_all[pos], item_all[neg]

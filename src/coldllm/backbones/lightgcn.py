@@ -22,3 +22,7 @@ class LightGCN(Backbone):
             total = total + layer
         out = total / (self.cfg.layers + 1)
         return out[: self.n_users], out[self.n_users :]
+
+    def isolated_scale(self) -> float:
+        # no neighbours: every propagated layer of the node is zero, only the ego layer counts
+        return 1.0 / (self.cfg.layers + 1)

@@ -11,3 +11,6 @@ from .base import Backbone, register
 class MF(Backbone):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user.weight, self.item.weight
+
+    def isolated_scale(self) -> float:
+        return 1.0

@@ -43,6 +43,7 @@ class TrainResult:
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     sampler_state: dict | None = None
+    fingerprint: str = ""  # identity of the inputs and settings this training belongs to
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
@@ -71,9 +72,22 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 def save_backbone(model: Backbone, folder: Path, name: str = "best") -> None:
+    """Weights, and the representations they give on the graph the model was trained on.
+
+    ``<name>_embeddings.safetensors`` is what was validated: a graph model rebuilt on another
+    graph (the training part alone, without simulated pairs) would score differently.
+    """
     _atomic_save(dict(model.state_dict()), folder / f"{name}.safetensors")
+    user_emb, item_emb = model.embeddings()
+    _atomic_save({"user": user_emb, "item": item_emb}, folder / f"{name}_embeddings.safetensors")
     meta = {"model": model.name, **asdict(model.cfg), "n_users": model.n_users, "n_items": model.n_items}
     write_json(folder / "backbone.json", meta)
+
+
+def load_embeddings(folder: Path, name: str = "best") -> tuple[torch.Tensor, torch.Tensor]:
+    """The user and item representations saved with a checkpoint (see ``save_backbone``)."""
+    tensors = load_file(str(folder / f"{name}_embeddings.safetensors"))
+    return tensors["user"], tensors["item"]
 
 
 def load_backbone(folder: Path, data: ColdStartData, name: str = "best") -> Backbone:
@@ -93,12 +107,16 @@ def load_backbone(folder: Path, data: ColdStartData, name: str = "best") -> Back
 
 def train_backbone(
     model: Backbone, data: ColdStartData, cfg: RunConfig, folder: Path, resume: bool = True,
-    train: sp.csr_matrix | None = None, select: str = SELECT_SETTING,
+    train: sp.csr_matrix | None = None, select: str = SELECT_SETTING, validate_first: bool = False,
+    fingerprint: str = "",
 ) -> TrainResult:
     """Train ``model`` with BPR; the best weights (on validation setting ``select``) go to ``folder``.
 
     ``train`` defaults to the dataset's training part; the update stage passes training plus
     simulated interactions. Negatives are drawn from the items that have training pairs.
+    ``validate_first``: the starting weights are validated too (epoch 0), so a start that no
+    epoch improves on is what is kept. ``fingerprint``: the identity of the inputs and settings;
+    a checkpoint with another fingerprint is never resumed (it belongs to other inputs).
     """
     folder.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.backbone.device)
@@ -111,10 +129,16 @@ def train_backbone(
     metric = cfg.eval.metric
     last_path = folder / "last.safetensors"
 
-    result = TrainResult()
+    result = TrainResult(fingerprint=fingerprint)
+    saved = None
     if resume and last_path.exists():
         with safe_open(str(last_path), "pt") as fh:
-            result = TrainResult(**json.loads(fh.metadata()["trainer_state"]))
+            saved = TrainResult(**json.loads(fh.metadata()["trainer_state"]))
+        if saved.fingerprint != fingerprint:
+            log.warning("%s belongs to other inputs or settings; training from the start", last_path)
+            saved = None
+    if saved is not None:
+        result = saved
         tensors = load_file(str(last_path))
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))})
         _load_optimizer(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")})
@@ -124,6 +148,19 @@ def train_backbone(
                  result.best_score, result.best_epoch)
     else:
         torch.manual_seed(cfg.seed)
+
+    def validate(epoch: int) -> float:
+        user_emb, item_emb = model.embeddings()
+        score = validator.evaluate(embedding_scorer(user_emb, item_emb), device)[select][metric]
+        if score > result.best_score:
+            result.best_score, result.best_epoch, result.bad_rounds = score, epoch, 0
+            save_backbone(model, folder, "best")
+        else:
+            result.bad_rounds += 1
+        return score
+
+    if validate_first and result.epoch == 0 and not result.history:
+        result.history.append({"epoch": 0, f"val_{select}_{metric}": validate(0)})
 
     bcfg = cfg.backbone
     bar = tqdm(range(result.epoch, bcfg.epochs), desc=f"train {model.name}", unit="epoch",
@@ -142,14 +179,7 @@ def train_backbone(
             total, batches = total + loss.item(), batches + 1
         record = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
         if (epoch + 1) % bcfg.eval_every == 0 or epoch + 1 == bcfg.epochs:
-            user_emb, item_emb = model.embeddings()
-            score = validator.evaluate(embedding_scorer(user_emb, item_emb), device)[select][metric]
-            record[f"val_{select}_{metric}"] = score
-            if score > result.best_score:
-                result.best_score, result.best_epoch, result.bad_rounds = score, epoch + 1, 0
-                save_backbone(model, folder, "best")
-            else:
-                result.bad_rounds += 1
+            record[f"val_{select}_{metric}"] = validate(epoch + 1)
         result.seconds += time.perf_counter() - start
         result.epoch = epoch + 1
         result.history.append(record)
