@@ -12,6 +12,8 @@ the best cold-validation NDCG@20 is evaluated on the test set and added to
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ import yaml
 
 from coldllm.backbones import load_backbone
 from coldllm.baselines import METHODS, build_method
+from coldllm.baselines import base, runner
 from coldllm.baselines.runner import fit_and_evaluate, make_context
 from coldllm.config import load_config, to_dict
 from coldllm.data import load_dataset
@@ -32,20 +35,32 @@ from coldllm.utils import git_commit, peak_memory_mb, resolve_device, setup_logg
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def source_hash(name: str) -> str:
+    """A hash of the code a fit of ``name`` ran: its module, the shared base and the runner."""
+    method = build_method(name, {})
+    files = {inspect.getsourcefile(type(method)), inspect.getsourcefile(base), inspect.getsourcefile(runner)}
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(Path(file).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def search_method(name: str, grid: list[dict], ctx, folder: Path) -> tuple[dict, list[dict]]:
     """Fit every configuration (resuming from saved reports); return the best report and the search."""
     reports = []
+    code = source_hash(name)
     for i, params in enumerate(grid):
         path = folder / f"{name}-{i}.json"
-        # a saved fit counts only if every setting matches, defaults included (a changed default
-        # makes it stale)
+        # a saved fit counts only if it ran the same code with every setting the same, defaults
+        # included (a changed default or a changed method makes it stale)
         full = json.loads(json.dumps(vars(build_method(name, params).params)))
         saved = json.loads(path.read_text()) if path.exists() else None
-        if saved is not None and saved["params"] == full:
+        if saved is not None and saved["params"] == full and saved.get("source_hash") == code:
             reports.append(saved)
             continue
         _, report = fit_and_evaluate(name, params, ctx, splits=("val", "test"))
         report["params_given"] = params
+        report["source_hash"] = code
         write_json(path, report)
         reports.append(report)
     # chosen on validation only; the test figures of the others are never looked at
@@ -87,6 +102,7 @@ def main() -> None:
                 config={**to_dict(cfg), "method_params": best["params"]}, commit=commit,
                 extra={"seconds": best["seconds"], "peak_memory_mb": round(peak_memory_mb(), 1),
                        "content_seconds": round(content_seconds, 1), "keeps_warm": best["keeps_warm"],
+                       "source_hash": best["source_hash"],
                        "val": best["val"], "search": search},
             )
             print(f"{backbone_name} {name}: test cold {best['test']['cold']}", flush=True)

@@ -1,26 +1,32 @@
 """ColdLLM and its ablations on the published CiteULike split, beside the baselines of the same backbone.
 
-    python benchmarks/funnel.py [--backbones lightgcn mf] [--variants coldllm coldllm-random ...]
+    python benchmarks/funnel.py [--backbones lightgcn mf] [--variants coldllm-cosine coldllm-random ...]
                                  [--stages prepare train filter]   # stop early (e.g. before the LLM)
 
 Needs the backbone runs of ``benchmarks/backbones.py`` (``runs/bench-citeulike-<backbone>/``), whose
 trained backbone every variant reuses. Each variant is one ``coldllm run`` in its own process under
 ``runs/bench-citeulike-<backbone>-<variant>/``, so it resumes where it stopped and its peak memory is
-its own. The ablations change one thing each and reuse what they do not change:
+its own. Every variant goes through the same update (the preset's ``update``: the content-KNN prior,
+moved by the accepted pairs, selected on cold validation). The variants change one thing each and
+reuse what they do not change:
 
-    coldllm             coupled filter (ALDI + LM two-tower), LoRA judge, update   (the method)
-    coldllm-no-refiner  the same filter, every filtered pair accepted              (reuses its filter)
-    coldllm-collab      collaborative sub-tower only                               (reuses its judge)
-    coldllm-lm          language-model sub-tower only                              (reuses its judge)
-    coldllm-random      K random users per cold item                               (reuses its judge)
-    coldllm-fast        the same simulation; only the cold rows are fitted (online mode)
-    coldllm-scratch     the same simulation; the backbone retrained from scratch (the paper's
-                        update; not run by default: a full LightGCN training per variant)
+    coldllm              coupled filter, the LoRA-tuned language-model judge      (the method)
+    coldllm-no-refiner   the same filter, every filtered pair accepted            (reuses its filter)
+    coldllm-cosine       the same filter, the free cosine judge                   (reuses its filter)
+    coldllm-collab       collaborative sub-tower only, cosine judge
+    coldllm-lm           language-model sub-tower only, cosine judge
+    coldllm-random       K random users per cold item, cosine judge
+    coldllm-retrain      no-refiner pairs, the backbone trained again (the paper's kind of update)
+    paper-filter         the paper's released candidates, all accepted            (reference)
+    paper-refiner        the paper's candidates, its 7B refiner's Yes answers     (reference)
+    coldllm-oracle-rR-fF an oracle judge that reads held-out labels: real pairs accepted with
+                         probability R, others with F. A diagnostic of the update's response to
+                         precision and recall, never a method and never used for selection.
 
 Finished variants are added to ``results/citeulike/<backbone>.json`` with their funnel statistics
 (how many filtered / accepted pairs are real cold interactions, how much of the cold test set the
-filter covers, the judge's AUC before / after tuning and against the free judges) and the time and
-peak memory of every stage; ``results/citeulike/README.md`` is regenerated.
+filter covers, the judges' AUC on the candidates of cold validation items) and the time and peak
+memory of every stage; ``results/citeulike/README.md`` is regenerated.
 """
 
 from __future__ import annotations
@@ -45,18 +51,33 @@ from render import render
 ROOT = Path(__file__).resolve().parent.parent
 FUNNEL = ["prepare", "train", "filter", "finetune", "simulate", "update", "evaluate_coldllm_val"]
 METHOD_STAGES = ("filter", "finetune", "simulate", "update")  # the method's cost on top of the backbone
+PAPER_FILE = "${COLDLLM_DATA:-../shared/data}/citeulike/paper-outputs/candidates_and_verdicts.csv"
+ORACLE_GRID = [(1.0, 0.0), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0), (0.8, 0.0), (0.8, 0.25), (0.8, 0.5),
+               (0.6, 0.0), (0.6, 0.25), (0.6, 0.5)]
+
+
+def oracle_name(r: float, f: float) -> str:
+    return f"coldllm-oracle-r{r:g}-f{f:g}"
+
+
 # variant -> (overrides, {stage: variant it is reused from})
 VARIANTS = {
-    "coldllm": ([], {}),
-    "coldllm-no-refiner": (["--refiner.enabled=false"], {"filter": "coldllm"}),
-    "coldllm-collab": (["--filter.towers=collab"], {"finetune": "coldllm"}),
-    "coldllm-lm": (["--filter.towers=lm"], {"finetune": "coldllm"}),
-    "coldllm-random": (["--filter.towers=random"], {"finetune": "coldllm"}),
-    # how the accepted pairs enter the backbone (the same simulation, another update)
-    "coldllm-scratch": (["--update.init=scratch"], {"filter": "coldllm", "finetune": "coldllm", "simulate": "coldllm"}),
-    "coldllm-fast": (["--update.mode=fast"], {"filter": "coldllm", "finetune": "coldllm", "simulate": "coldllm"}),
+    "coldllm": (["--refiner.judge=llm"], {}),
+    "coldllm-no-refiner": (["--refiner.judge=all"], {"filter": "coldllm"}),
+    "coldllm-cosine": (["--refiner.judge=cosine"], {"filter": "coldllm"}),
+    "coldllm-collab": (["--filter.towers=collab", "--refiner.judge=cosine"], {}),
+    "coldllm-lm": (["--filter.towers=lm", "--refiner.judge=cosine"], {}),
+    "coldllm-random": (["--filter.towers=random", "--refiner.judge=cosine"], {}),
+    "coldllm-retrain": (["--refiner.judge=all", "--update.mode=retrain"], {"filter": "coldllm", "simulate": "coldllm-no-refiner"}),
+    "paper-filter": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=all"], {}),
+    "paper-refiner": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=file"],
+                      {"filter": "paper-filter"}),
+    **{oracle_name(r, f): (["--refiner.judge=oracle", f"--refiner.oracle_r={r}", f"--refiner.oracle_f={f}"],
+                           {"filter": "coldllm"}) for r, f in ORACLE_GRID},
 }
-DEFAULT_VARIANTS = ["coldllm", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-random", "coldllm-fast"]
+# the language-model judge is not in the default list: on 2 CPU cores its fine-tuning and the
+# 68k judged pairs take hours (run it with --variants coldllm where a GPU is available)
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "coldllm"]
 
 
 def base_name(backbone: str) -> str:
@@ -88,21 +109,22 @@ def funnel_statistics(run: Run) -> dict:
     stats: dict = {"filter": json.loads((folder / "filter" / "report.json").read_text()),
                    "simulate": json.loads((folder / "simulate" / "report.json").read_text())}
     refiner_report = folder / "refiner" / "report.json"
-    if run.cfg.refiner.enabled and refiner_report.exists():
+    vectors = content_vectors(run)
+    if run.cfg.refiner.judge == "llm" and refiner_report.exists():
         report = json.loads(refiner_report.read_text())
         stats["refiner"] = {k: report[k] for k in ("train_examples", "eval_examples", "before", "after", "threshold")}
-        vectors = content_vectors(run)
         stats["held_out_judges"] = {
             name: judges_on_held_out(pd.read_parquet(folder / "refiner" / f"held_out_{name}.parquet"), vectors)
             for name in ("random", "hard")
         }
-        histories = user_histories(data.matrix("train"), prompt_template(run.cfg).max_history, run.cfg.seed)
-        simulated = pd.read_parquet(folder / "simulate" / "simulated.parquet")
-        candidates = pd.read_parquet(folder / "filter" / "candidates.parquet")
-        stats["candidate_judges"] = {
-            split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors)
-            for split in ("val", "test")
-        }
+    # the judge's P(Yes) (the cosine for the cosine judge) beside the free judges, on the pairs it judged
+    histories = user_histories(data.matrix("train"), prompt_template(run.cfg).max_history, run.cfg.seed)
+    simulated = pd.read_parquet(folder / "simulate" / "simulated.parquet")
+    candidates = pd.read_parquet(folder / "filter" / "candidates.parquet")
+    stats["candidate_judges"] = {
+        split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors)
+        for split in ("val", "test")
+    }
     return stats
 
 
@@ -145,6 +167,10 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     borrow = dict(item.split("=", 1) for item in args.borrow)
     for backbone in args.backbones:
+        # the method's filter is what most variants reuse: make it even when the method itself (its
+        # language-model judge) is not among the variants run
+        if "coldllm" not in args.variants:
+            run_variant(args.preset, backbone, "coldllm", ["prepare", "train", "filter"], extra, borrow)
         for variant in args.variants:  # 'coldllm' first: the others reuse its stages
             run_variant(args.preset, backbone, variant, args.stages, extra, borrow)
             if not args.no_record:

@@ -8,7 +8,7 @@ import torch
 
 from coldllm.funnel.filter import CoupledEmbeddings, funnel_coverage, random_users, top_users
 from coldllm.funnel.refiner import auc, finetune_examples, simulate, user_histories
-from coldllm.funnel.update import augmented_train, fast_cold_update
+from coldllm.funnel.update import FastParams, augmented_train, fit_cold_rows
 from coldllm.llm.judge import Judge
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
 from conftest import make_tiny_llm
@@ -34,10 +34,10 @@ def test_random_filter_gives_k_distinct_users():
 
 def test_funnel_coverage_by_hand():
     candidates = pd.DataFrame({"item": [5, 5, 6, 6], "user": [0, 1, 0, 2]})
-    truth = np.array([[1, 5], [2, 6], [3, 6], [0, 7]])  # item 7 was not filtered: out of scope
+    truth = np.array([[1, 5], [2, 6], [3, 6], [0, 7]])  # item 7 got no candidate: its pair is missed
     stats = funnel_coverage(candidates, truth)
     assert stats["precision"] == pytest.approx(2 / 4)
-    assert stats["coverage"] == pytest.approx(2 / 3)
+    assert stats["coverage"] == pytest.approx(2 / 4)
 
 
 def test_finetune_examples_use_training_pairs_only():
@@ -101,7 +101,8 @@ def test_fast_update_moves_only_cold_items_towards_their_users():
     users, items = torch.randn(20, 8), torch.randn(10, 8)
     cold = np.array([8, 9])
     pairs = pd.DataFrame({"user": [0, 1, 2, 3], "item": [8, 8, 9, 9]})
-    out = fast_cold_update(users, items, pairs, cold, epochs=100, lr=0.05)
+    out = fit_cold_rows(users, items, torch.zeros(2, 8), cold, pairs, FastParams(steps=100, lr=0.05, pull=0.0,
+                                                                             negative_pool="warm")).item_emb
     torch.testing.assert_close(out[:8], items[:8])
     scores = users @ out.T
     for user, item in zip(pairs["user"], pairs["item"]):
@@ -120,7 +121,7 @@ def test_cosine_judge_and_candidate_aucs_by_hand():
     truth = np.array([[0, 3], [1, 2]])  # real pairs: (0, 3) and (1, 2)
     out = judges_on_candidates(simulated, candidates, truth, histories, vectors)
     # positives (0,3) p=.8 and (1,2) p=.2 against negatives (1,3) p=.3 and (0,2) p=.6: 2 of 4 orderings
-    assert out["auc_llm"] == pytest.approx(0.5) and out["auc_filter_score"] == pytest.approx(1.0)
+    assert out["auc_judge"] == pytest.approx(0.5) and out["auc_filter_score"] == pytest.approx(1.0)
     assert out["precision_accepted"] == pytest.approx(0.5) and out["accept_rate"] == pytest.approx(0.5)
     assert out["pairs"] == 4 and out["real"] == 2
 

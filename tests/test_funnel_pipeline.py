@@ -51,7 +51,7 @@ def test_fast_update_mode_reuses_the_funnel(tmp_path, tiny_llm_dir):
     cfg = str(write_project(tmp_path))
     base = ["--stages=[prepare, train, filter, simulate, update]", f"--filter.text_model={tiny_llm_dir}",
             "--filter.k=5", "--filter.collab={epochs: 1, hidden: 16}", "--filter.lm={epochs: 1, hidden: 16}",
-            "--refiner.enabled=false", "--update.mode=fast", "--update.fast_epochs=20"]
+            "--refiner.judge=all", "--update.mode=fast", "--update.steps=20"]
     result = CliRunner().invoke(app, ["run", "-c", cfg, *base])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"
@@ -91,31 +91,8 @@ def test_variants_reuse_a_backbone_and_a_judge(tmp_path, tiny_llm_dir):
     stages = json.loads((runs / "variant" / "manifest.json").read_text())["stages"]
     assert stages["train"]["reused_from"] == "tiny" and stages["train"]["differs"] == []
     assert stages["finetune"]["differs"] == ["filter"]  # the judge was tuned with another filter's negatives
-    assert not (runs / "variant" / "filter" / "cold_init.safetensors").exists()  # lm tower only: no mapping
     assert stages["update"]["status"] == "done"
     # a backbone trained under other settings is never taken silently
     other = CliRunner().invoke(app, ["run", "-c", cfg, *common, "--name=v2", "--backbone.dim=8",
                                      "--reuse={train: tiny}", "--stages=[prepare, train]"])
     assert other.exit_code == 2 and "reuse.train" in other.output
-
-
-def test_warm_start_puts_the_mapping_into_cold_rows(tmp_path, tiny_llm_dir):
-    from safetensors.torch import load_file
-
-    from coldllm.backbones import build_backbone
-    from coldllm.config import load_config
-    from coldllm.funnel.stages import warm_start
-    from coldllm.pipeline import Run
-
-    cfg_path = str(write_project(tmp_path))
-    args = ["--stages=[prepare, train, filter]", f"--filter.text_model={tiny_llm_dir}", "--filter.towers=collab",
-            "--filter.collab={epochs: 1, hidden: 16}"]
-    assert CliRunner().invoke(app, ["run", "-c", cfg_path, *args]).exit_code == 0
-    run = Run(load_config(cfg_path, args))
-    model = build_backbone(run.cfg.backbone, run.data.matrix("train"), seed=1)
-    warm_start(model, run)
-    init = load_file(str(run.dir / "filter" / "cold_init.safetensors"))
-    trained = load_file(str(run.dir / "backbone" / "best.safetensors"))
-    assert (model.item.weight[init["ids"]] == init["items"]).all()
-    warm = run.data.warm_items
-    assert (model.item.weight[warm] == trained["item.weight"][warm]).all()

@@ -14,7 +14,9 @@ def test_record_merges_methods_and_renders(tmp_path):
     record_method(path, dataset="toy", split="random", backbone="mf", method="knn", metrics=metrics(0.3),
                   config={"a": 2}, commit="def456")
     doc = json.loads(path.read_text())
-    assert set(doc["methods"]) == {"backbone", "knn"} and doc["config"] == {"a": 2}
+    assert set(doc["methods"]) == {"backbone", "knn"} and "config" not in doc and "commit" not in doc
+    # each row keeps its own resolved config: the second write does not overwrite the first's
+    assert doc["methods"]["backbone"]["config"] == {"a": 1} and doc["methods"]["knn"]["config"] == {"a": 2}
     assert doc["methods"]["backbone"]["commit"] == "abc123" and doc["methods"]["knn"]["cold"]["recall@20"] == 0.3
     reference = {"source": "paper", "backbone": "mf", "methods": {"knn": {"cold": {"recall@20": 0.25}}}}
     text = render_table(tmp_path, reference, notes="## Notes\nwhy")
@@ -30,7 +32,7 @@ def test_funnel_statistics_get_their_own_table(tmp_path):
               "simulate": {"accept_rate": 0.4, "refined_test": {"precision": 0.08}},
               "refiner": {"before": {"hard": {"auc": 0.55}}, "after": {"hard": {"auc": 0.7}}},
               "held_out_judges": {"hard": {"auc_cosine": 0.6}},
-              "candidate_judges": {"val": {"auc_llm": 0.62, "auc_filter_score": 0.66, "auc_cosine": 0.58}}}
+              "candidate_judges": {"val": {"auc_judge": 0.62, "auc_filter_score": 0.66, "auc_cosine": 0.58}}}
     record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm", metrics=metrics(0.2),
                   config={}, extra={"funnel": funnel}, commit="abc")
     record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm-no-refiner",

@@ -94,16 +94,28 @@ class BaselineConfig:
 @dataclass
 class FilterConfig:
     k: int = _help("Users kept per cold item (K).", 20)
-    towers: str = _help("coupled | collab | lm | random (the last three are ablations).", "coupled")
+    towers: str = _help("coupled | collab | lm | random (ablations) | file (candidates read from `file`).",
+                        "coupled")
+    collab_source: str = _help("What the collaborative sub-tower is: aldi (the paper's student) | knn "
+                               "(content-KNN item vectors against the backbone's users).", "aldi")
+    file: str = _help("towers=file: CSV with columns user,item[,answer] in the dataset's raw ids.", "")
     index: str = _help("FAISS index: flat (exact) | ivf | hnsw (approximate, for large user sets).", "flat")
-    text_model: str = _help("LLM whose mean-pooled states feed the language-model sub-tower.", "smollm2-135m")
+    text_model: str = _help("Language model of the language-model sub-tower: a causal LM whose mean-pooled states "
+                            "are used (smollm2-135m, a local folder), or minilm (the packaged sentence encoder; "
+                            "minutes instead of an hour of encoding on 2 CPU cores).", "smollm2-135m")
     collab: dict = _help("ALDI student hyper-parameters (baselines.aldi.ALDIParams).", factory=dict)
     lm: dict = _help("Language-model tower hyper-parameters (funnel.filter.LMTowerParams).", factory=dict)
 
 
 @dataclass
 class RefinerConfig:
-    enabled: bool = _help("false: accept every filtered pair (the no-refiner ablation).", True)
+    judge: str = _help(
+        "Which filtered pairs are accepted: llm (the LoRA-tuned language model) | cosine (free: text "
+        "similarity of the item to the user's history) | all (no refiner) | file (the `answer` column of "
+        "filter.file) | oracle (a diagnostic that reads held-out labels; never a method).", "llm")
+    keep: float = _help("cosine judge: share of each item's candidates accepted (the most similar).", 0.5)
+    oracle_r: float = _help("oracle judge: probability a real held-out pair is accepted.", 1.0)
+    oracle_f: float = _help("oracle judge: probability any other candidate pair is accepted.", 0.0)
     model: str = _help("Causal LM to fine-tune: smollm2-135m or a local Hugging Face folder.", "smollm2-135m")
     template: dict = _help("Prompt template fields (llm.prompts.PromptTemplate), per domain.", factory=dict)
     train_users: int = _help("Users giving one positive + one negative fine-tuning example each.", 600)
@@ -122,15 +134,24 @@ class RefinerConfig:
 
 @dataclass
 class UpdateConfig:
-    mode: str = _help("retrain: the backbone trained again on real + simulated pairs; fast: cold rows only.",
-                      "retrain")
-    init: str = _help(
-        "retrain mode: scratch (fresh weights, the paper) | backbone (start from the trained backbone, "
-        "cold rows from the filter's collaborative mapping).", "scratch",
-    )
-    select_on: str = _help("Validation setting that picks the retrained backbone: overall | cold | warm.", "overall")
-    fast_epochs: int = _help("fast mode: optimisation steps.", 100)
-    fast_lr: float = _help("fast mode: Adam learning rate.", 0.05)
+    mode: str = _help("fast: only the cold items' rows move (default); retrain: the backbone trained again on "
+                      "real + simulated pairs (the paper's way).", "fast")
+    prior: str = _help("Where cold rows start, in the backbone's output space: knn (content-KNN) | none (zeros).",
+                       "knn")
+    prior_k: int = _help("knn prior: warm neighbours per cold item.", 20)
+    select_on: str = _help("Validation setting that selects the update's state: cold | overall | warm.", "cold")
+    eval_every: int = _help("Validate every N steps (fast) or epochs (retrain); the start is validated too.", 10)
+    patience: int = _help("Stop after N validations without a better score.", 5)
+    steps: int = _help("fast: maximum full-batch Adam steps.", 300)
+    lr: float = _help("fast: Adam learning rate of the cold rows.", 0.01)
+    pull: float = _help("fast: weight of ||e - prior||^2 per cold item (0: the prior is only the start).", 1.0)
+    negatives: int = _help("fast: sampled negatives per accepted pair.", 16)
+    negative_pool: str = _help("fast: negatives drawn from warm | cold | all items (cold ones move too).", "all")
+    weight_by_p_yes: bool = _help("fast: weight each accepted pair by the judge's P(Yes).", False)
+    init: str = _help("retrain: scratch (fresh weights, the paper) | backbone (the trained backbone, cold rows "
+                      "at the prior).", "backbone")
+    epochs: int = _help("retrain: maximum epochs.", 100)
+    retrain_lr: float = _help("retrain: Adam learning rate.", 0.001)
 
 
 @dataclass
@@ -282,6 +303,7 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
     if overrides:
         _apply(cfg, parse_overrides(overrides))
     cfg.data.path = expand_env(cfg.data.path)
+    cfg.filter.file = expand_env(cfg.filter.file)
     return cfg
 
 

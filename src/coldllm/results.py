@@ -20,17 +20,18 @@ def record_method(path: Path, *, dataset: str, split: str, backbone: str, method
                   extra: dict[str, Any] | None = None, commit: str | None = None) -> dict[str, Any]:
     """Add (or replace) one method's test metrics in ``path``, keeping the other methods.
 
-    ``commit`` is the commit the measured run started from (default: the current one). The file's
-    ``commit``/``created``/``config`` describe the latest write; each method also keeps its own, so
-    a table mixing runs from different commits says so.
+    Every row carries its own provenance: the resolved ``config`` it ran with, the ``commit`` the
+    measured run started from (default: the current one) and the date it was written. The file
+    itself only names the dataset, split and backbone, so no row's provenance is another's.
     """
     doc = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+    for stale in ("commit", "created", "config"):  # file-level provenance of an older format
+        doc.pop(stale, None)
     commit, created = commit or git_commit(), now_iso()
-    doc.update(dataset=dataset, split=split, backbone=backbone, commit=commit, created=created,
-               config=config)
+    doc.update(dataset=dataset, split=split, backbone=backbone)
     entry = {setting: {m: metrics[setting][m] for m in metrics[setting]} for setting in SETTINGS}
     entry.update(extra or {})
-    entry.update(commit=commit, created=created)
+    entry.update(config=config, commit=commit, created=created)
     doc["methods"][method] = entry
     write_json(path, doc)
     return doc
@@ -76,7 +77,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
                 if doc["backbone"] == ref.get("backbone") else None
             lines.append(f"| {doc['backbone']} | {method} | " + " | ".join(cells) +
                          f" | {_fmt(paper)} | {entry.get('seconds', 0):.0f} | {entry.get('peak_memory_mb', 0):.0f}"
-                         f" | `{entry.get('commit', doc['commit'])[:10]}` |")
+                         f" | `{entry.get('commit', '?')[:10]}` |")
     if reference:
         lines += ["", f"Paper reference ({reference['source']}):", "", head + " |",
                   "|" + "---|" * (2 + 2 * len(SETTINGS))]
@@ -114,15 +115,15 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
              "accepts; *judge AUC*: held-out warm users, the filter's top-ranked non-interacted items as "
              "negatives (hard), before → after LoRA, and the free cosine judge on the same pairs; "
              "*on candidates*: AUC separating real from non-real pairs among the filtered candidates of "
-             "the cold validation items, by P(Yes), by the filter's own score and by the cosine.", "",
+             "the cold validation items, by the judge's P(Yes) (for the cosine judge: the cosine), by the filter's own score and by the cosine.", "",
              "| backbone | variant | filtered precision | coverage | accept rate | accepted precision "
-             "| judge AUC hard (before → after) | cosine AUC hard | on candidates (val): P(Yes) / filter / cosine |",
+             "| judge AUC hard (before → after) | cosine AUC hard | on candidates (val): judge / filter / cosine |",
              "|---|---|---|---|---|---|---|---|---|"]
     for backbone, method, f in rows:
         before, after = _get(f, "refiner", "before", "hard", "auc"), _get(f, "refiner", "after", "hard", "auc")
         cand = _get(f, "candidate_judges", "val") or {}
         judge = f"{_fmt(before)} → {_fmt(after)}" if after is not None else "-"
-        on_cand = " / ".join(_fmt(cand.get(k)) for k in ("auc_llm", "auc_filter_score", "auc_cosine")) if cand else "-"
+        on_cand = " / ".join(_fmt(cand.get(k)) for k in ("auc_judge", "auc_filter_score", "auc_cosine")) if cand else "-"
         lines.append(
             f"| {backbone} | {method} | {_fmt(_get(f, 'filter', 'test', 'precision'))} "
             f"| {_fmt(_get(f, 'filter', 'test', 'coverage'))} | {_fmt(_get(f, 'simulate', 'accept_rate'))} "

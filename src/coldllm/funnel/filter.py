@@ -30,7 +30,22 @@ from ..baselines.base import FitContext, TrainParams, fit_with_early_stopping
 from ..evaluate import Scorer
 
 log = logging.getLogger(__name__)
-TOWERS = ("coupled", "collab", "lm", "random")
+TOWERS = ("coupled", "collab", "lm", "random", "file")
+COLLAB_SOURCES = ("aldi", "knn")
+
+
+class KNNTower:
+    """A collaborative sub-tower with nothing to train: the backbone's users against content-KNN
+    item vectors (the mean backbone embedding of the item's most title-similar warm items)."""
+
+    def __init__(self, ctx: FitContext, k: int = 20):
+        from .update import knn_prior  # the one content-KNN rule, shared with the update's prior
+
+        self.user_student = ctx.user_emb
+        self._vectors = lambda ids: knn_prior(ctx.content, ctx.item_emb, ctx.warm, ids, k)
+
+    def item_vectors(self, ctx: FitContext, item_ids: torch.Tensor) -> torch.Tensor:
+        return self._vectors(item_ids)
 
 
 @dataclass
@@ -102,14 +117,15 @@ class CoupledEmbeddings:
     cold_ids: np.ndarray  # item indices
 
 
-def coupled_embeddings(collab: ALDI | None, lm: LanguageTower | None, ctx: FitContext,
+def coupled_embeddings(collab: "ALDI | KNNTower | None", lm: LanguageTower | None, ctx: FitContext,
                        item_ids: torch.Tensor) -> CoupledEmbeddings:
     """Concatenate the sub-towers' user embeddings and their embeddings of ``item_ids``."""
     users, items = [], []
     with torch.no_grad():
         if collab is not None:
             users.append(collab.user_student)
-            items.append(collab.item_tower(ctx.content[item_ids]))
+            items.append(collab.item_vectors(ctx, item_ids) if isinstance(collab, KNNTower)
+                         else collab.item_tower(ctx.content[item_ids]))
         if lm is not None:
             users.append(lm.user_out)
             items.append(lm.item_out[item_ids])
@@ -163,15 +179,47 @@ def random_users(n_users: int, cold_ids: np.ndarray, k: int, seed: int = 0) -> p
 
 
 def funnel_coverage(candidates: pd.DataFrame, truth: np.ndarray) -> dict[str, float]:
-    """How many candidate pairs are real held-out interactions, and how many of those the filter keeps.
+    """How many candidate pairs of the items in ``truth`` are real, and how much of ``truth`` they keep.
 
-    ``truth``: (n, 2) array of (user, item) held-out cold pairs.
+    ``truth``: (n, 2) array of (user, item) held-out cold pairs. Only the candidates of items that
+    appear in ``truth`` count: the candidates of another part's items (cold validation vs cold
+    test) are a disjoint set of items that cannot hold any of its pairs.
     """
-    if not len(candidates):
+    items = np.unique(truth[:, 1]) if len(truth) else np.empty(0, np.int64)
+    scoped = candidates[candidates["item"].isin(items)]
+    if not len(scoped):
         return {"pairs": 0, "precision": 0.0, "coverage": 0.0}
-    key = lambda u, i: u.astype(np.int64) * (1 << 32) + i.astype(np.int64)  # noqa: E731
-    real = np.isin(key(candidates["user"].to_numpy(), candidates["item"].to_numpy()), key(truth[:, 0], truth[:, 1]))
-    items = set(candidates["item"].unique().tolist())
-    in_scope = np.array([i in items for i in truth[:, 1]]) if len(truth) else np.array([], bool)
-    covered = real.sum() / max(int(in_scope.sum()), 1)
-    return {"pairs": int(len(candidates)), "precision": float(real.mean()), "coverage": float(covered)}
+    key = lambda u, i: np.asarray(u, np.int64) * (1 << 32) + np.asarray(i, np.int64)  # noqa: E731
+    real = np.isin(key(scoped["user"], scoped["item"]), key(truth[:, 0], truth[:, 1]))
+    return {"pairs": int(len(scoped)), "precision": float(real.mean()),
+            "coverage": float(real.sum() / len(truth))}
+
+
+def read_candidates(path: str, user_ids: np.ndarray, item_ids: np.ndarray, cold_items: np.ndarray) -> pd.DataFrame:
+    """Candidates from a CSV (user,item[,answer] in raw ids): item, user, rank, score[, answer].
+
+    Every user and item must be known and every item cold; the first offending line is named.
+    Rows keep the file's order within an item (its rank).
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise ValueError(f"filter.file {path}: cannot be read ({err})") from None
+    missing = {"user", "item"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"filter.file {path}: missing column(s) {sorted(missing)}")
+    users = pd.Index(user_ids.astype(str)).get_indexer(frame["user"].str.strip())
+    items = pd.Index(item_ids.astype(str)).get_indexer(frame["item"].str.strip())
+    cold = np.zeros(len(item_ids), bool)
+    cold[cold_items] = True
+    for what, bad in (("unknown user", users < 0), ("unknown item", items < 0),
+                      ("item is not cold", (items >= 0) & ~cold[np.maximum(items, 0)])):
+        if bad.any():
+            line = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"filter.file {path}, line {line + 2}: {what} {frame.iloc[line].to_dict()}")
+    out = pd.DataFrame({"item": items.astype(np.int64), "user": users.astype(np.int64)})
+    out["rank"] = out.groupby("item").cumcount()
+    out["score"] = np.float32(0.0)
+    if "answer" in frame:
+        out["answer"] = frame["answer"].to_numpy()
+    return out.drop_duplicates(["item", "user"]).reset_index(drop=True)

@@ -34,7 +34,9 @@ def cosine_judge(users: np.ndarray, items: np.ndarray, histories: list[np.ndarra
 
 def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, truth: np.ndarray,
                          histories: list[np.ndarray], vectors: np.ndarray) -> dict[str, float]:
-    """AUC of P(Yes), the filter score and the cosine on the candidates of the items in ``truth``."""
+    """AUC of the judge's P(Yes), the filter score and the cosine on the candidates of the items in ``truth``.
+
+    Precision is counted on those items' candidates only (see ``filter.funnel_coverage``)."""
     items = np.unique(truth[:, 1])
     pairs = simulated[simulated["item"].isin(items)].merge(candidates[["user", "item", "score"]], on=["user", "item"])
     labels = is_real(pairs, truth)
@@ -42,7 +44,7 @@ def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, trut
     accepted = pairs["accepted"].to_numpy()
     return {
         "pairs": int(len(pairs)), "real": int(labels.sum()),
-        "auc_llm": auc(labels, pairs["p_yes"].to_numpy()),
+        "auc_judge": auc(labels, pairs["p_yes"].to_numpy()),
         "auc_filter_score": auc(labels, pairs["score"].to_numpy()),
         "auc_cosine": auc(labels, cosine),
         "precision_all": float(labels.mean()) if len(labels) else 0.0,

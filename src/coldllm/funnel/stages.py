@@ -11,6 +11,7 @@ Each stage reads the artifacts of the previous ones from the run folder and writ
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..backbones import build_backbone, load_backbone, train_backbone
+from ..backbones.train import load_embeddings
 from ..baselines.aldi import ALDI
 from ..baselines.runner import make_context
 from ..config import ConfigError, ContentConfig, _apply
@@ -33,10 +35,12 @@ from ..llm.models import load_llm
 from ..llm.prompts import PromptEncoder, PromptTemplate
 from ..pipeline import Run, content_vectors
 from ..utils import peak_memory_mb, resolve_device, write_json
-from .filter import TOWERS, LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, top_users
+from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, \
+    read_candidates, top_users
 from .refiner import best_threshold, example_prompts, finetune_examples, judge_examples, judge_report, \
     simulate, user_histories
-from .update import augmented_train, fast_cold_update
+from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
+from .update import FastParams, augmented_train, fit_cold_rows, knn_prior
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,10 @@ def _params(cls: type, values: dict[str, Any], where: str):
 
 
 def llm_text_vectors(run: Run) -> np.ndarray:
+    """Text vectors of the language-model sub-tower: mean-pooled states of ``filter.text_model``, or
+    the packaged sentence encoder's vectors (``minilm``, the content vectors: no extra encoding)."""
+    if run.cfg.filter.text_model == "minilm":
+        return encode_texts(list(run.data.item_text), dataclasses.replace(run.cfg.content, encoder="minilm", model=""))
     cfg = ContentConfig(encoder="llm", model=run.cfg.filter.text_model, cache_dir=run.cfg.content.cache_dir,
                         device=run.cfg.content.device, batch_size=32)
     return encode_texts(list(run.data.item_text), cfg)
@@ -59,6 +67,10 @@ def filter_stage(run: Run) -> dict[str, Any]:
     folder = run.dir / "filter"
     if cfg.filter.towers not in TOWERS:
         raise ConfigError(f"filter.towers {cfg.filter.towers!r} must be one of {TOWERS}")
+    if cfg.filter.collab_source not in COLLAB_SOURCES:
+        raise ConfigError(f"filter.collab_source {cfg.filter.collab_source!r} must be one of {COLLAB_SOURCES}")
+    if cfg.filter.towers == "file" and not cfg.filter.file:
+        raise ConfigError("filter.file: a path is needed with filter.towers=file")
     with run.stage("filter") as rec:
         device = resolve_device(cfg.baselines.device)
         backbone = load_backbone(run.dir / "backbone", data)
@@ -66,20 +78,19 @@ def filter_stage(run: Run) -> dict[str, Any]:
         towers = cfg.filter.towers
         collab = lm = None
         if towers in ("coupled", "collab"):
-            collab = ALDI(cfg.filter.collab).fit(ctx)
+            collab = (ALDI(cfg.filter.collab).fit(ctx) if cfg.filter.collab_source == "aldi"
+                      else KNNTower(ctx, cfg.update.prior_k))
         if towers in ("coupled", "lm"):
             lm = LanguageTower(_params(LMTowerParams, cfg.filter.lm, "filter.lm")).fit(ctx, llm_text_vectors(run))
-        if towers == "random":
-            candidates = random_users(data.n_users, data.cold_items, cfg.filter.k, cfg.seed)
+        if towers in ("random", "file"):
+            candidates = (random_users(data.n_users, data.cold_items, cfg.filter.k, cfg.seed) if towers == "random"
+                          else read_candidates(cfg.filter.file, data.user_ids, data.item_ids, data.cold_items))
             warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
         else:
             candidates = top_users(coupled_embeddings(collab, lm, ctx, ctx.cold), cfg.filter.k, cfg.filter.index)
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
             warm = top_users(coupled_embeddings(collab, lm, ctx, ctx.warm), cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
-        if collab is not None:  # the mapping's cold embeddings: a starting point for the update
-            save_file({"items": collab.cold_student.float().cpu().contiguous(), "ids": ctx.cold.cpu().contiguous()},
-                      str(folder / "cold_init.safetensors"))
         candidates.to_parquet(folder / "candidates.parquet")
         warm.to_parquet(folder / "warm_candidates.parquet")
         report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
@@ -106,8 +117,8 @@ def finetune_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
     folder = run.dir / "refiner"
     with run.stage("finetune") as rec:
-        if not cfg.refiner.enabled:
-            rec["skipped"] = "refiner.enabled is false"
+        if cfg.refiner.judge != "llm":
+            rec["skipped"] = f"refiner.judge is {cfg.refiner.judge!r}: no language model to tune"
             return {}
         device = resolve_device(cfg.refiner.device)
         rec["device"] = str(device)
@@ -172,12 +183,18 @@ def known_verdicts(run: Run) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True).drop_duplicates(["user", "item"]) if frames else None
 
 
+JUDGES = ("llm", "cosine", "all", "file", "oracle")
+
+
 def simulate_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
     folder = run.dir / "simulate"
+    if cfg.refiner.judge not in JUDGES:
+        raise ConfigError(f"refiner.judge {cfg.refiner.judge!r} must be one of {JUDGES}")
     with run.stage("simulate") as rec:
         candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
-        if cfg.refiner.enabled:
+        judge_kind = cfg.refiner.judge
+        if judge_kind == "llm":
             device = resolve_device(cfg.refiner.device)
             rec["device"] = str(device)
             model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
@@ -191,12 +208,20 @@ def simulate_stage(run: Run) -> dict[str, Any]:
                 len(candidates.merge(known[["user", "item"]], on=["user", "item"])))
             simulated = simulate(judge, candidates, histories, data.item_text, folder / "shards", threshold,
                                  cfg.refiner.shard_users, known=known)
+        elif judge_kind == "cosine":
+            histories = user_histories(data.matrix("train"), prompt_template(cfg).max_history, cfg.seed)
+            simulated = cosine_verdicts(candidates, histories, content_vectors(run), cfg.refiner.keep)
+        elif judge_kind == "oracle":  # a diagnostic: reads the held-out cold pairs
+            truth = np.concatenate([data.parts["cold_val"], data.parts["cold_test"]])
+            simulated = oracle_verdicts(candidates, truth, cfg.refiner.oracle_r, cfg.refiner.oracle_f, cfg.seed)
+        elif judge_kind == "file":
+            simulated = file_verdicts(candidates)
         else:  # the no-refiner ablation: every filtered pair becomes an interaction
             simulated = candidates[["user", "item"]].assign(p_yes=1.0, accepted=True)
         folder.mkdir(parents=True, exist_ok=True)
         simulated.to_parquet(folder / "simulated.parquet")
         accepted = simulated[simulated["accepted"]]
-        report = {"pairs": len(simulated), "accepted": len(accepted),
+        report = {"judge": judge_kind, "pairs": len(simulated), "accepted": len(accepted),
                   "accept_rate": float(simulated["accepted"].mean()) if len(simulated) else 0.0,
                   "refined_test": funnel_coverage(accepted, data.parts["cold_test"]),
                   "refined_val": funnel_coverage(accepted, data.parts["cold_val"])}
@@ -205,62 +230,98 @@ def simulate_stage(run: Run) -> dict[str, Any]:
     return report
 
 
+UPDATE_MODES, PRIORS, INITS = ("fast", "retrain"), ("knn", "none"), ("scratch", "backbone")
+
+
+def _check_update(cfg) -> None:
+    for key, allowed in (("mode", UPDATE_MODES), ("prior", PRIORS), ("init", INITS),
+                         ("select_on", ("cold", "overall", "warm"))):
+        if getattr(cfg.update, key) not in allowed:
+            raise ConfigError(f"update.{key} {getattr(cfg.update, key)!r} must be one of {allowed}")
+
+
+def content_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
+    """The cold items' starting rows in the backbone's output space (``data.cold_items`` order)."""
+    cold = torch.as_tensor(run.data.cold_items)
+    if run.cfg.update.prior == "none":
+        return item_emb.new_zeros((len(cold), item_emb.shape[1]))
+    content = torch.as_tensor(content_vectors(run), dtype=torch.float32)
+    return knn_prior(content, item_emb.cpu(), torch.as_tensor(run.data.warm_items), cold, run.cfg.update.prior_k)
+
+
+def update_fingerprint(run: Run) -> str:
+    """The update's inputs: its simulated pairs and the backbone it starts from."""
+    digest = hashlib.sha256()
+    for path in (run.dir / "simulate" / "simulated.parquet", run.dir / "backbone" / "best.safetensors"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def update_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
     folder = run.dir / "update"
-    if cfg.update.mode not in ("retrain", "fast"):
-        raise ConfigError(f"update.mode {cfg.update.mode!r} must be retrain or fast")
-    if cfg.update.init not in ("scratch", "backbone"):
-        raise ConfigError(f"update.init {cfg.update.init!r} must be scratch or backbone")
+    _check_update(cfg)
     with run.stage("update") as rec:
         simulated = pd.read_parquet(run.dir / "simulate" / "simulated.parquet")
+        accepted = simulated[simulated["accepted"]]
+        device = resolve_device(cfg.backbone.device)
+        user_emb, item_emb = load_backbone(run.dir / "backbone", data).to(device).embeddings()
+        prior = content_prior(run, user_emb, item_emb).to(device)
+        validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(cfg.update.select_on,))
+        folder.mkdir(parents=True, exist_ok=True)
+        fingerprint = update_fingerprint(run)
         if cfg.update.mode == "retrain":
             train = augmented_train(data.matrix("train"), simulated)
             model = build_backbone(cfg.backbone, train, seed=cfg.seed)
             if cfg.update.init == "backbone":
-                warm_start(model, run)
-            result = train_backbone(model, data, cfg, folder, train=train, select=cfg.update.select_on)
-            rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz))
+                warm_start(model, run, prior)
+            # the update's own budget, not the backbone's
+            ucfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
+                cfg.backbone, epochs=cfg.update.epochs, lr=cfg.update.retrain_lr,
+                eval_every=cfg.update.eval_every, patience=cfg.update.patience))
+            result = train_backbone(model, data, ucfg, folder, train=train, select=cfg.update.select_on,
+                                    validate_first=True, fingerprint=fingerprint)
+            user_out, item_out = load_embeddings(folder)
+            rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz),
+                       history=result.history)
         else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
-            user_emb, item_emb = load_backbone(run.dir / "backbone", data).embeddings()
-            accepted = simulated[simulated["accepted"]]
-            item_emb = fast_cold_update(user_emb, item_emb, accepted, data.cold_items, init=cold_init(run),
-                                        epochs=cfg.update.fast_epochs, lr=cfg.update.fast_lr, seed=cfg.seed)
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file({"user": user_emb.contiguous(), "item": item_emb.contiguous()}, str(folder / "embeddings.safetensors"))
-            rec.update(accepted_pairs=len(accepted))
+            params = FastParams(steps=cfg.update.steps, lr=cfg.update.lr, pull=cfg.update.pull,
+                                negatives=cfg.update.negatives, negative_pool=cfg.update.negative_pool,
+                                weight_by_p_yes=cfg.update.weight_by_p_yes, eval_every=cfg.update.eval_every,
+                                patience=cfg.update.patience, seed=cfg.seed)
+            metric, setting = cfg.eval.metric, cfg.update.select_on
+            result = fit_cold_rows(
+                user_emb, item_emb, prior, data.cold_items, accepted, params,
+                validate=lambda items: validator.evaluate(embedding_scorer(user_emb, items), device)[setting][metric])
+            user_out, item_out = user_emb, result.item_emb
+            rec.update(best_step=result.best_step, best_val=result.best_score, history=result.history)
+        save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},
+                  str(folder / "embeddings.safetensors"), metadata={"fingerprint": fingerprint})
+        rec.update(accepted_pairs=len(accepted), fingerprint=fingerprint)
     return evaluate_coldllm(run)
 
 
-def cold_init(run: Run) -> torch.Tensor | None:
-    """The cold items' embeddings from the filter's collaborative mapping (rows in
-    ``data.cold_items`` order), if the filter has that sub-tower."""
-    path = run.dir / "filter" / "cold_init.safetensors"
-    if not path.exists():
-        return None
-    tensors = load_file(str(path))
-    if not torch.equal(tensors["ids"], torch.as_tensor(run.data.cold_items)):
-        raise ValueError(f"{path}: its cold items are not this dataset's; run the filter stage again")
-    return tensors["items"]
+def warm_start(model, run: Run, prior: torch.Tensor) -> None:
+    """Load the trained backbone's weights; the cold rows (never trained) take the prior.
 
-
-def warm_start(model, run: Run) -> None:
-    """Load the trained backbone's weights; cold rows (never trained) take the mapping's vectors."""
+    The prior lives in the output space; a cold item has no edge in the training graph, so its
+    output is its ego row times the model's ``isolated_scale`` (1 for MF, 1/(layers+1) for
+    LightGCN). Dividing by it makes the backbone on its training graph score cold items exactly as
+    the prior does; the simulated edges then move them.
+    """
     weights = load_file(str(run.dir / "backbone" / "best.safetensors"))
     model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("optim.", "rng."))})
-    init = cold_init(run)
-    if init is not None:
-        with torch.no_grad():
-            model.item.weight[run.data.cold_items] = init.to(model.item.weight.dtype)
+    scale = model.isolated_scale()
+    if scale is None:
+        raise ConfigError(f"update.init=backbone: no prior start for {model.name}; use update.init=scratch")
+    with torch.no_grad():
+        model.item.weight[run.data.cold_items] = (prior / scale).to(model.item.weight.dtype).to(model.item.weight.device)
 
 
 def updated_embeddings(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """User and item representations after the update (either mode)."""
-    folder = run.dir / "update"
-    if run.cfg.update.mode == "fast":
-        tensors = load_file(str(folder / "embeddings.safetensors"))
-        return tensors["user"], tensors["item"]
-    return load_backbone(folder, run.data).embeddings()
+    """User and item representations after the update, exactly as it validated them."""
+    tensors = load_file(str(run.dir / "update" / "embeddings.safetensors"))
+    return tensors["user"], tensors["item"]
 
 
 def evaluate_coldllm(run: Run, split: str = "test") -> dict[str, Any]:

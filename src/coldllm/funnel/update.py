@@ -1,20 +1,35 @@
 """The update: simulated interactions give cold items ordinary behaviour embeddings.
 
-* ``augmented_train``: warm training pairs plus the accepted simulated pairs, as one matrix on
-  which the backbone is retrained from scratch (the paper's way); the cold items then take part in
-  propagation and negative sampling like any other item.
-* ``fast_cold_update``: for items added online, everything stays frozen except the new items'
-  embeddings, fitted by BPR to their simulated users against warm negatives. Seconds, not a
-  retraining; the embeddings can start from a content mapping instead of zero.
+Every variant starts from a *content prior* that lives in the backbone's own output space (the
+space user and item representations are scored in): content-KNN, the mean output embedding of the
+item's most title-similar warm items. Before any simulated pair is used, the updated model scores
+cold items exactly as that prior does, and the update is selected on cold validation with the
+prior itself as the first candidate, so on validation it can only match or beat the prior.
+
+* ``fit_cold_rows`` (``update.mode: fast``, the default): only the cold items' output rows move;
+  users and warm items stay as trained (warm scores are the backbone's, bit for bit). Each accepted
+  pair is a BPR positive against sampled negatives, optionally weighted by P(Yes), and a pull
+  keeps every row near its prior (a Gaussian prior on the embedding; items with no accepted pair
+  keep it). Seconds, which is what an online catalogue needs.
+* ``augmented_train`` (``update.mode: retrain``): the backbone trained again on warm training
+  pairs plus the accepted simulated pairs (the paper's way), from scratch or from the trained
+  backbone with the prior written where it scores users exactly as the prior does.
 """
 
 from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 
 def augmented_train(train: sp.csr_matrix, simulated: pd.DataFrame) -> sp.csr_matrix:
@@ -29,38 +44,121 @@ def augmented_train(train: sp.csr_matrix, simulated: pd.DataFrame) -> sp.csr_mat
     return out
 
 
-def fast_cold_update(user_emb: torch.Tensor, item_emb: torch.Tensor, pairs: pd.DataFrame,
-                     cold_ids: np.ndarray, init: torch.Tensor | None = None, epochs: int = 50,
-                     lr: float = 0.05, reg: float = 1e-4, negatives: int = 8, seed: int = 0) -> torch.Tensor:
-    """New embeddings for ``cold_ids`` from their simulated users; other rows stay as they are.
+@torch.no_grad()
+def knn_prior(content: torch.Tensor, item_emb: torch.Tensor, warm: torch.Tensor, cold: torch.Tensor,
+              k: int = 20, batch: int = 1024) -> torch.Tensor:
+    """Content-KNN in the backbone's output space: each cold item's mean ``item_emb`` over its ``k``
+    most cosine-similar warm items (rows in ``cold`` order). The same rule as the ``knn`` control."""
+    warm_content = F.normalize(content[warm].float(), dim=1)
+    warm_emb = item_emb[warm]
+    k = min(k, len(warm))
+    out = []
+    for block in cold.split(batch):
+        _, idx = (F.normalize(content[block].float(), dim=1) @ warm_content.T).topk(k, dim=1)
+        out.append(warm_emb[idx].mean(1))
+    return torch.cat(out) if out else item_emb.new_zeros((0, item_emb.shape[1]))
 
-    ``pairs``: accepted (user, item) rows for the cold items. Each step contrasts every pair with
-    ``negatives`` random warm items through the frozen user embeddings (BPR).
+
+@dataclass
+class FastParams:
+    """The cold-only update's settings (``update.*`` in the config)."""
+
+    steps: int = 300
+    lr: float = 0.01
+    pull: float = 1.0
+    negatives: int = 16
+    negative_pool: str = "all"  # warm | cold | all
+    weight_by_p_yes: bool = False
+    eval_every: int = 10
+    patience: int = 5
+    seed: int = 0
+
+
+@dataclass
+class FastResult:
+    item_emb: torch.Tensor
+    best_step: int = 0
+    best_score: float = float("nan")
+    history: list[dict] = field(default_factory=list)
+
+
+def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.Tensor, cold_ids: np.ndarray,
+                  pairs: pd.DataFrame, params: FastParams,
+                  validate: Callable[[torch.Tensor], float] | None = None) -> FastResult:
+    """New output rows for ``cold_ids`` (starting at ``prior``) from the accepted ``pairs``.
+
+    ``pairs``: user, item (and ``p_yes`` when weighted). Full-batch Adam steps; the loss per cold
+    item is the sum of its pairs' BPR terms plus ``pull * ||e - prior||^2``, averaged over cold
+    items. ``validate(item_emb) -> score`` (cold validation) runs at step 0 and every
+    ``eval_every`` steps; the best state is returned (step 0, the prior, included).
     """
-    gen = torch.Generator().manual_seed(seed)
     device = item_emb.device
-    cold_ids = torch.as_tensor(cold_ids, device=device)
-    warm_mask = torch.ones(len(item_emb), dtype=torch.bool, device=device)
-    warm_mask[cold_ids] = False
-    warm = torch.nonzero(warm_mask).squeeze(1)
-    start = init.clone() if init is not None else torch.zeros(len(cold_ids), item_emb.shape[1], device=device)
-    emb = torch.nn.Parameter(start.to(device=device, dtype=item_emb.dtype))
-    position = torch.full((len(item_emb),), -1, dtype=torch.long, device=device)
-    position[cold_ids] = torch.arange(len(cold_ids), device=device)
-    users = torch.as_tensor(pairs["user"].to_numpy(copy=True), device=device)
-    rows = position[torch.as_tensor(pairs["item"].to_numpy(copy=True), device=device)]
+    gen = torch.Generator().manual_seed(params.seed)
+    cold = torch.as_tensor(cold_ids, device=device)
+    prior = prior.to(device=device, dtype=item_emb.dtype)
+    is_cold = torch.zeros(len(item_emb), dtype=torch.bool, device=device)
+    is_cold[cold] = True
+    pools = {"warm": torch.nonzero(~is_cold).squeeze(1), "cold": cold, "all": torch.arange(len(item_emb), device=device)}
+    if params.negative_pool not in pools:
+        raise ValueError(f"update.negative_pool {params.negative_pool!r} must be warm, cold or all")
+    pool = pools[params.negative_pool]
+    row_of = torch.full((len(item_emb),), -1, dtype=torch.long, device=device)
+    row_of[cold] = torch.arange(len(cold), device=device)
+    users = torch.as_tensor(pairs["user"].to_numpy(np.int64, copy=True), device=device)
+    rows = row_of[torch.as_tensor(pairs["item"].to_numpy(np.int64, copy=True), device=device)]
     if (rows < 0).any():
-        raise ValueError("fast_cold_update: a pair's item is not among cold_ids")
-    opt = torch.optim.Adam([emb], lr=lr)
+        raise ValueError("update: a simulated pair's item is not a cold item")
+    weights = (torch.as_tensor(pairs["p_yes"].to_numpy(np.float32, copy=True), device=device)
+               if params.weight_by_p_yes else torch.ones(len(users), device=device))
+    emb = torch.nn.Parameter(prior.clone())
+    opt = torch.optim.Adam([emb], lr=params.lr)
     u = user_emb[users]
-    for _ in range(epochs if len(users) else 0):
-        neg = warm[torch.randint(len(warm), (len(users), negatives), generator=gen).to(device)]
-        pos_score = (u * emb[rows]).sum(1, keepdim=True)
-        neg_score = torch.einsum("bd,bnd->bn", u, item_emb[neg])
-        loss = F.softplus(neg_score - pos_score).mean() + reg * emb.pow(2).sum() / len(cold_ids)
+
+    def table() -> torch.Tensor:
+        out = item_emb.clone()
+        out[cold] = emb.detach()
+        return out
+
+    result = FastResult(item_emb=table())
+    stopper = EarlyStopping(params.patience)
+    if validate is not None:
+        stopper.update(validate(result.item_emb), 0, result.item_emb)
+        result.history.append({"step": 0, "val": stopper.best_score})
+    for step in range(1, (params.steps if len(users) else 0) + 1):
+        neg = pool[torch.randint(len(pool), (len(users), params.negatives), generator=gen).to(device)]
+        neg_rows = row_of[neg]
+        full = item_emb.index_select(0, neg.reshape(-1)).reshape(*neg.shape, -1)
+        # cold negatives are the rows being learned: gradients push them away from the user too
+        neg_emb = torch.where((neg_rows >= 0).unsqueeze(-1), emb[neg_rows.clamp(min=0)], full)
+        pos = (u * emb[rows]).sum(1, keepdim=True)
+        bpr = F.softplus(torch.einsum("bd,bnd->bn", u, neg_emb) - pos).mean(1)
+        loss = ((weights * bpr).sum() + params.pull * (emb - prior).pow(2).sum()) / len(cold)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    out = item_emb.clone()
-    out[cold_ids] = emb.detach()
-    return out
+        if validate is not None and (step % params.eval_every == 0 or step == params.steps):
+            current = table()
+            score = validate(current)
+            result.history.append({"step": step, "loss": float(loss.detach()), "val": score})
+            if stopper.update(score, step, current):
+                break
+    if validate is None:
+        result.item_emb, result.best_step = table(), params.steps
+    else:
+        result.item_emb, result.best_step, result.best_score = stopper.best_state, stopper.best_step, stopper.best_score
+    return result
+
+
+class EarlyStopping:
+    """Keep the best-scoring state; ``update`` says when ``patience`` checks in a row did not improve."""
+
+    def __init__(self, patience: int):
+        self.patience, self.bad = patience, 0
+        self.best_score, self.best_step, self.best_state = -float("inf"), -1, None
+
+    def update(self, score: float, step: int, state) -> bool:
+        if score > self.best_score:
+            self.best_score, self.best_step, self.best_state, self.bad = score, step, copy.deepcopy(state), 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience

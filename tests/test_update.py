@@ -1,0 +1,135 @@
+"""The update: what it trains is what it evaluates, it starts at the content prior, it resumes only
+its own work. Tiny data, the whole funnel through the command line with free judges (no LLM)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coldllm.backbones import build_backbone, load_backbone
+from coldllm.baselines import build_method
+from coldllm.baselines.runner import make_context
+from coldllm.cli import app
+from coldllm.config import load_config
+from coldllm.evaluate import Evaluator, embedding_scorer
+from coldllm.funnel.filter import funnel_coverage
+from coldllm.funnel.stages import content_prior, updated_embeddings, warm_start
+from coldllm.funnel.update import FastParams, fit_cold_rows
+from coldllm.pipeline import Run, content_vectors
+from test_cli import write_project
+
+FUNNEL = "--stages=[prepare, train, filter, simulate, update, evaluate_coldllm_val]"
+FREE = [FUNNEL, "--filter.towers=collab", "--filter.collab_source=knn", "--filter.k=8", "--refiner.judge=all",
+        "--update.prior_k=5"]
+
+
+def run_cli(cfg, *overrides):
+    result = CliRunner().invoke(app, ["run", "-c", str(cfg), *overrides])
+    assert result.exit_code == 0, result.output
+    return load_config(cfg, list(overrides))
+
+
+def val_score(run: Run, user_emb, item_emb, setting: str) -> float:
+    evaluator = Evaluator(run.data, "val", run.cfg.eval.ks, settings=(setting,))
+    return evaluator.evaluate(embedding_scorer(user_emb, item_emb))[setting][run.cfg.eval.metric]
+
+
+@pytest.mark.parametrize("backbone,init", [("mf", "backbone"), ("lightgcn", "backbone"), ("ngcf", "scratch")])
+def test_retrain_evaluates_what_it_trained(tmp_path, backbone, init):
+    """The retrained graph model is scored on the graph it was trained on (train + simulated pairs):
+    the update's evaluation on validation equals the score recorded for the selected epoch."""
+    cfg = write_project(tmp_path)
+    cfg = run_cli(cfg, *FREE, f"--backbone.model={backbone}", "--update.mode=retrain", f"--update.init={init}",
+                  "--update.epochs=6", "--update.eval_every=2", "--update.retrain_lr=0.01")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    assert record["history"][0]["epoch"] == 0  # the start is validated too
+    user_emb, item_emb = updated_embeddings(run)
+    assert val_score(run, user_emb, item_emb, "cold") == pytest.approx(record["best_val"], abs=1e-6)
+    metrics = json.loads((run.dir / "metrics_coldllm_val.json").read_text())
+    assert metrics["cold"][cfg.eval.metric] == pytest.approx(record["best_val"], abs=1e-6)
+
+
+def test_fast_update_evaluates_what_it_selected(tmp_path):
+    cfg = run_cli(write_project(tmp_path), *FREE, "--backbone.model=mf", "--update.steps=30", "--update.eval_every=5")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    assert record["history"][0]["step"] == 0
+    assert val_score(run, *updated_embeddings(run), "cold") == pytest.approx(record["best_val"], abs=1e-6)
+    # warm items and users are the backbone's, bit for bit
+    user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
+    new_users, new_items = updated_embeddings(run)
+    warm = run.data.warm_items
+    assert torch.equal(new_users, user_emb) and torch.equal(new_items[warm], item_emb[warm])
+
+
+def _knn_scores(run: Run, user_emb, item_emb, k: int) -> torch.Tensor:
+    ctx = make_context(run.data, load_backbone(run.dir / "backbone", run.data), content_vectors(run),
+                       torch.device("cpu"), run.cfg.seed)
+    method = build_method("knn", {"k": k}).fit(ctx)
+    return method.scorer()(torch.arange(run.data.n_users))[:, run.data.cold_items]
+
+
+@pytest.mark.parametrize("backbone", ["mf", "lightgcn"])
+def test_the_update_starts_at_the_content_prior(tmp_path, backbone):
+    """Before any simulated pair is used, cold items score users exactly as the content-KNN control."""
+    cfg = run_cli(write_project(tmp_path), "--stages=[prepare, train]", f"--backbone.model={backbone}",
+                  "--update.prior_k=5")
+    run = Run(cfg)
+    user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
+    expected = _knn_scores(run, user_emb, item_emb, k=5)
+    prior = content_prior(run, user_emb, item_emb)
+    # the fast mode with no step
+    start = fit_cold_rows(user_emb, item_emb, prior, run.data.cold_items, pd.DataFrame({"user": [], "item": []}),
+                          FastParams(steps=0)).item_emb
+    assert torch.allclose((user_emb @ start.T)[:, run.data.cold_items], expected, atol=1e-5)
+    # the retrain mode's warm start, on the backbone's training graph
+    model = build_backbone(cfg.backbone, run.data.matrix("train"))
+    warm_start(model, run, prior)
+    users, items = model.embeddings()
+    assert torch.allclose((users @ items.T)[:, run.data.cold_items], expected, atol=1e-5)
+
+
+def test_fast_update_never_leaves_a_prior_that_validates_better(tiny_data):
+    """With a harmful update (huge steps, no pull), selection on cold validation keeps step 0."""
+    torch.manual_seed(0)
+    users = torch.randn(tiny_data.n_users, 8)
+    items = torch.randn(tiny_data.n_items, 8)
+    cold = tiny_data.cold_items
+    prior = items[cold].clone()
+    pairs = pd.DataFrame({"user": np.repeat(np.arange(5), len(cold)), "item": np.tile(cold, 5)})
+    calls = []
+
+    def validate(table):  # scores the prior best, anything else worse
+        calls.append(1)
+        return -float((table[cold] - prior).abs().sum())
+
+    result = fit_cold_rows(users, items, prior, cold, pairs, FastParams(steps=20, lr=1.0, pull=0.0, eval_every=2,
+                                                                        patience=3), validate=validate)
+    assert result.best_step == 0 and torch.equal(result.item_emb[cold], prior)
+    assert len(calls) == 4  # step 0, then three worse checks: patience reached
+
+
+def test_update_does_not_resume_another_inputs_checkpoint(tmp_path):
+    """A changed simulation makes the retrain's checkpoint foreign: it restarts, it does not resume."""
+    project = write_project(tmp_path)
+    base = [*FREE, "--backbone.model=mf", "--update.mode=retrain", "--update.epochs=4", "--update.eval_every=2"]
+    run_cli(project, *base)
+    cfg = run_cli(project, *[o for o in base if not o.startswith("--refiner.judge")], "--refiner.judge=cosine")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    accepted = pd.read_parquet(run.dir / "simulate" / "simulated.parquet")["accepted"].sum()
+    assert record["accepted_pairs"] == accepted
+    assert [h["epoch"] for h in record["history"]] == [0, 1, 2, 3, 4]  # trained anew, not resumed at 4
+
+
+def test_precision_counts_only_the_candidates_of_the_parts_items():
+    """A perfect judge on cold-test items has precision 1, whatever the cold-val items' candidates are."""
+    test_truth = np.array([[0, 10], [1, 10], [2, 11]])
+    val_truth = np.array([[3, 20]])
+    accepted = pd.DataFrame({"user": [0, 1, 2, 3], "item": [10, 10, 11, 20]})
+    assert funnel_coverage(accepted, test_truth) == {"pairs": 3, "precision": 1.0, "coverage": 1.0}
+    assert funnel_coverage(accepted, val_truth) == {"pairs": 1, "precision": 1.0, "coverage": 1.0}
