@@ -15,7 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
+from coldllm.evaluate import Evaluator, embedding_scorer
+from coldllm.pipeline import Run
 from coldllm.results import record_method
 from render import render
 
@@ -35,6 +38,7 @@ def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     cfg = load_config(preset, overrides)
+    run = Run(cfg)
     manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
     metrics = stages["evaluate_test"]["metrics"]
@@ -50,6 +54,8 @@ def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
             "peak_memory_mb": max(s["peak_memory_mb"] for s in stages.values()),
             "best_epoch": stages["train"]["best_epoch"],
             "epochs": stages["train"]["epochs"],
+            "paper_protocol": Evaluator(run.data, "test", cfg.eval.ks, reference=True).evaluate(
+                embedding_scorer(*load_backbone(cfg.run_dir / "backbone", run.data).embeddings())),
         },
         commit=stages["train"].get("commit", manifest["commit"]),
     )

@@ -102,7 +102,7 @@ def main() -> None:
                 config={**to_dict(cfg), "method_params": best["params"]}, commit=commit,
                 extra={"seconds": best["seconds"], "peak_memory_mb": round(peak_memory_mb(), 1),
                        "content_seconds": round(content_seconds, 1), "keeps_warm": best["keeps_warm"],
-                       "source_hash": best["source_hash"],
+                       "source_hash": best["source_hash"], "paper_protocol": best["paper_protocol"],
                        "val": best["val"], "search": search},
             )
             print(f"{backbone_name} {name}: test cold {best['test']['cold']}", flush=True)

@@ -42,7 +42,8 @@ import pandas as pd
 
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import user_histories
-from coldllm.funnel.stages import prompt_template
+from coldllm.evaluate import Evaluator, embedding_scorer
+from coldllm.funnel.stages import prompt_template, updated_embeddings
 from coldllm.funnel.report import judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
 from coldllm.results import record_method
@@ -149,6 +150,8 @@ def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
             "own_stages": own,
             "val": stages["evaluate_coldllm_val"]["metrics"],
             "funnel": funnel_statistics(run),
+            "paper_protocol": Evaluator(run.data, "test", cfg.eval.ks, reference=True).evaluate(
+                embedding_scorer(*updated_embeddings(run))),
         },
         commit=stages["update"].get("commit"),
     )

@@ -77,3 +77,20 @@ def test_batching_does_not_change_results():
     many = Evaluator(data, "test", ks=[1, 2], batch_size=64).evaluate(embedding_scorer(user_emb, item_emb))
     for setting in one:
         assert one[setting] == pytest.approx(many[setting], rel=1e-6)
+
+
+def test_reference_protocol_masks_other_positives_and_caps_users(monkeypatch):
+    """The released code's protocol: another part's positive of the user is masked, and only the
+    first users (by index) count."""
+    import coldllm.evaluate as ev
+
+    data = tiny_two_user_data()
+    data.parts["cold_val"] = np.array([[0, 2]])  # user 0's validation positive outranks its test item
+    scores = torch.tensor([[5.0, 1.0, 3.0, 2.0], [1.0, 2.0, 0.0, 3.0]])
+    ours = Evaluator(data, "test", ks=[1]).evaluate(lambda users: scores[users])
+    ref = Evaluator(data, "test", ks=[1], reference=True).evaluate(lambda users: scores[users])
+    assert ours["cold"]["recall@1"] == 0.0  # item 2 (validation positive) takes rank 1
+    assert ref["cold"]["recall@1"] == 1.0  # masked: item 3 is first
+    monkeypatch.setattr(ev, "REFERENCE_USERS", 1)
+    capped = Evaluator(data, "test", ks=[1], reference=True).evaluate(lambda users: scores[users])
+    assert capped["warm"]["users"] == 1 and ours["warm"]["users"] == 2

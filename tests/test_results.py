@@ -41,3 +41,15 @@ def test_funnel_statistics_get_their_own_table(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| mf | coldllm | 0.0500"))
     assert "0.5500 → 0.7000" in row and "0.6200 / 0.6600 / 0.5800" in row and "| 0.4000 | 0.0800 |" in row
     assert any(line.startswith("| mf | coldllm-no-refiner | 0.0500 | 0.1000 | - |") for line in text.splitlines())
+
+
+def test_oracle_rows_get_their_own_table_and_plot(tmp_path):
+    path = tmp_path / "mf.json"
+    record_method(path, dataset="toy", split="random", backbone="mf", method="knn", metrics=metrics(0.3), config={})
+    funnel = {"simulate": {"refined_test": {"precision": 0.5, "coverage": 0.2}}}
+    record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm-oracle-r1-f0.5",
+                  metrics=metrics(0.4), config={}, extra={"funnel": funnel})
+    text = render_table(tmp_path)
+    assert not any(line.startswith("| mf | coldllm-oracle") for line in text.splitlines())
+    assert "| mf | r1-f0.5 | 0.5000 | 0.2000 | 0.4000 | 0.2000 | 0.3000 |" in text
+    assert (tmp_path / "oracle.png").exists()

@@ -51,18 +51,25 @@ def ranking_metrics(
     return out
 
 
+REFERENCE_USERS = 2000
+
+
 @dataclass
 class _Setting:
     truth: sp.csr_matrix
     users: np.ndarray
     candidates: np.ndarray  # bool per item
+    exclude: sp.csr_matrix | None = None  # masked pairs; None: the training pairs
 
 
 class Evaluator:
     """Evaluates a scorer on the ``val`` or ``test`` parts of a dataset in user batches."""
 
     def __init__(self, data: ColdStartData, split: str = "test", ks: list[int] | None = None,
-                 batch_size: int = 1024, settings: tuple[str, ...] = SETTINGS):
+                 batch_size: int = 1024, settings: tuple[str, ...] = SETTINGS, reference: bool = False):
+        """``reference=True``: the protocol of the released ALDI/ColdLLM code, for comparing with
+        their figures: only the first ``REFERENCE_USERS`` users (by index) with held-out items in the
+        setting, and every other known positive of the user masked (training and the other parts)."""
         if split not in PARTS:
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         self.ks = list(ks or [20])
@@ -74,7 +81,12 @@ class Evaluator:
         for name in settings:
             truth = data.matrix(*PARTS[split][name])
             users = np.flatnonzero(np.diff(truth.indptr) > 0)
-            self.settings[name] = _Setting(truth, users, candidates[name])
+            exclude = None
+            if reference:
+                users = users[:REFERENCE_USERS]
+                others = [p for p in data.parts if p not in PARTS[split][name]]
+                exclude = data.matrix(*others)
+            self.settings[name] = _Setting(truth, users, candidates[name], exclude)
 
     @torch.no_grad()
     def evaluate(self, scorer: Scorer, device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
@@ -90,7 +102,7 @@ class Evaluator:
                 users = setting.users[start : start + self.batch_size]
                 scores = scorer(torch.from_numpy(users).to(device)).float().clone()
                 scores[:, blocked] = -torch.inf
-                seen = self.exclude[users].tocoo()
+                seen = (self.exclude if setting.exclude is None else setting.exclude)[users].tocoo()
                 scores[torch.from_numpy(seen.row).to(device), torch.from_numpy(seen.col).to(device)] = -torch.inf
                 truth = torch.from_numpy(setting.truth[users].toarray() > 0).to(device)
                 for metric, values in ranking_metrics(scores, truth, self.ks).items():

@@ -39,16 +39,21 @@ def record_method(path: Path, *, dataset: str, split: str, backbone: str, method
 
 # Table order: the backbone alone, the controls, the published methods (by year), then ours.
 ORDER = ["backbone", "random", "knn", "deepmusic", "dropoutnet", "metaemb", "mtpr", "clcrec", "gar", "aldi",
-         "coldllm"]
+         "coldllm", "coldllm-cosine", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-random",
+         "coldllm-retrain", "paper-filter", "paper-refiner"]
+ORACLE = "coldllm-oracle-"  # diagnostic rows (they read held-out labels): their own table and plot
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _methods(doc: dict[str, Any]) -> list[str]:
+def _methods(doc: dict[str, Any], oracle: bool = False) -> list[str]:
+    """The rows of ``doc`` in table order: the methods, or (``oracle``) the oracle diagnostics."""
+    if oracle:
+        return sorted(m for m in doc["methods"] if m.startswith(ORACLE))
     known = [m for m in ORDER if m in doc["methods"]]
-    return known + sorted(m for m in doc["methods"] if m not in ORDER)
+    return known + sorted(m for m in doc["methods"] if m not in ORDER and not m.startswith(ORACLE))
 
 
 def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: str = "") -> str:
@@ -85,6 +90,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
             cells = [_fmt(entry.get(s, {}).get(m)) for s in SETTINGS for m in HEADLINE]
             lines.append(f"| {reference['backbone']} | {method} | " + " | ".join(cells) + " |")
     lines += funnel_table(docs)
+    lines += oracle_table(docs, folder / "oracle.png")
     if docs:
         _plot(docs, folder / "recall.png")
         lines += ["", "![Recall@20 per method, backbone and setting](recall.png)"]
@@ -132,6 +138,62 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def oracle_table(docs: list[dict[str, Any]], path: Path) -> list[str]:
+    """The update's response to oracle judges of set quality, with the content-KNN level beside it."""
+    rows = [(doc, m) for doc in docs for m in _methods(doc, oracle=True)]
+    if not rows:
+        return []
+    lines = ["", "**The update's response curve (a diagnostic: these judges read the held-out labels).** An "
+             "oracle accepts a real cold interaction among the filtered candidates with probability r and any "
+             "other candidate with probability f; the pairs go through the same update as every variant. "
+             "*precision* / *recall*: of the accepted pairs of the cold test items (recall = share of all "
+             "cold-test interactions accepted). *knn*: the content-KNN control's cold Recall@20 on the same "
+             "backbone.", "",
+             "| backbone | oracle | accepted precision | accepted recall | cold R@20 | cold N@20 | knn cold R@20 |",
+             "|---|---|---|---|---|---|---|"]
+    for doc, m in rows:
+        e = doc["methods"][m]
+        knn = _get(doc["methods"], "knn", "cold", "recall@20")
+        lines.append(f"| {doc['backbone']} | {m[len(ORACLE):]} | {_fmt(_get(e, 'funnel', 'simulate', 'refined_test', 'precision'))} "
+                     f"| {_fmt(_get(e, 'funnel', 'simulate', 'refined_test', 'coverage'))} | {_fmt(e['cold']['recall@20'])} "
+                     f"| {_fmt(e['cold']['ndcg@20'])} | {_fmt(knn)} |")
+    _plot_oracle(docs, path)
+    return lines + ["", f"![Cold Recall@20 against the accepted pairs' precision]({path.name})"]
+
+
+def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(docs), figsize=(5.5 * len(docs), 4.2), squeeze=False)
+    for ax, doc in zip(axes[0], docs):
+        names = _methods(doc, oracle=True)
+        if not names:
+            continue
+        prec = [_get(doc["methods"][m], "funnel", "simulate", "refined_test", "precision") or 0 for m in names]
+        rec = [_get(doc["methods"][m], "funnel", "simulate", "refined_test", "coverage") or 0 for m in names]
+        cold = [doc["methods"][m]["cold"]["recall@20"] for m in names]
+        points = ax.scatter(prec, cold, c=rec, cmap="viridis", s=60)
+        fig.colorbar(points, ax=ax, label="recall of the accepted pairs")
+        for name, x, y in zip(names, prec, cold):
+            ax.annotate(name[len(ORACLE):], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for method, style in (("knn", "--"), ("coldllm-cosine", ":"), ("coldllm-no-refiner", "-.")):
+            level = _get(doc["methods"], method, "cold", "recall@20")
+            if level is not None:
+                ax.axhline(level, linestyle=style, color="gray", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("precision of the accepted pairs (cold test items)")
+        ax.set_ylabel("cold Recall@20")
+        ax.set_title(f"{doc['backbone']}: oracle judges through the update")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plot(docs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -140,7 +202,7 @@ def _plot(docs: list[dict[str, Any]], path: Path) -> None:
     import numpy as np
 
     methods = [m for m in ORDER if any(m in d["methods"] for d in docs)]
-    methods += sorted({m for d in docs for m in d["methods"]} - set(methods))
+    methods += sorted({m for d in docs for m in d["methods"] if not m.startswith(ORACLE)} - set(methods))
     fig, axes = plt.subplots(1, len(SETTINGS), figsize=(5 * len(SETTINGS), 4), sharey=False)
     width = 0.8 / max(len(docs), 1)
     x = np.arange(len(methods))

@@ -43,6 +43,9 @@ def fit_and_evaluate(name: str, params: dict[str, Any] | None, ctx: FitContext,
         for split in splits:
             evaluator = Evaluator(ctx.data, split, ks or [20])
             report[split] = evaluator.evaluate(method.scorer(), ctx.device)
+        # the released ALDI/ColdLLM code's protocol, to compare with their figures like for like
+        report["paper_protocol"] = Evaluator(ctx.data, "test", ks or [20], reference=True).evaluate(
+            method.scorer(), ctx.device)
     report["seconds"] = round(time.perf_counter() - start, 2)
     report["peak_memory_mb"] = round(peak_memory_mb(), 1)
     log.info("%s: cold test %s", name, report.get("test", {}).get("cold"))
