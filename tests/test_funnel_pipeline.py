@@ -33,7 +33,7 @@ def test_funnel_end_to_end(tmp_path, tiny_llm_dir):
     assert (run_dir / "refiner" / "adapter" / "adapter_config.json").exists()
     simulated = pd.read_parquet(run_dir / "simulate" / "simulated.parquet")
     assert len(simulated) == len(candidates) and simulated["p_yes"].between(0, 1).all()
-    assert list((run_dir / "simulate" / "shards").glob("shard-*.parquet"))
+    assert list((run_dir / "simulate" / "shards").glob("*/shard-*.parquet"))
     metrics = json.loads((run_dir / "metrics_coldllm_test.json").read_text())
     assert set(metrics) == {"overall", "cold", "warm"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -96,3 +96,22 @@ def test_variants_reuse_a_backbone_and_a_judge(tmp_path, tiny_llm_dir):
     other = CliRunner().invoke(app, ["run", "-c", cfg, *common, "--name=v2", "--backbone.dim=8",
                                      "--reuse={train: tiny}", "--stages=[prepare, train]"])
     assert other.exit_code == 2 and "reuse.train" in other.output
+
+
+def test_simulation_never_resumes_shards_of_other_settings(tmp_path, tiny_llm_dir):
+    """New candidates (and another sharding) start new shards: every candidate of the new settings is
+    judged, none of the old shards is counted."""
+    cfg = str(write_project(tmp_path))
+    common = ["--stages=[prepare, train, filter, finetune, simulate]", f"--filter.text_model={tiny_llm_dir}",
+              "--filter.collab={epochs: 1, hidden: 16}", "--filter.lm={epochs: 1, hidden: 16}",
+              f"--refiner.model={tiny_llm_dir}", "--refiner.train_users=8", "--refiner.eval_users=4",
+              "--refiner.lora={epochs: 1, batch_size: 4}"]
+    for k, shard_users in ((5, 7), (3, 3)):
+        result = CliRunner().invoke(app, ["run", "-c", cfg, *common, f"--filter.k={k}",
+                                          f"--refiner.shard_users={shard_users}"])
+        assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    candidates = pd.read_parquet(run_dir / "filter" / "candidates.parquet")
+    simulated = pd.read_parquet(run_dir / "simulate" / "simulated.parquet")
+    assert len(simulated) == len(candidates)
+    assert len(list((run_dir / "simulate" / "shards").iterdir())) == 2  # one folder per fingerprint

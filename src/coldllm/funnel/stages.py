@@ -206,7 +206,16 @@ def simulate_stage(run: Run) -> dict[str, Any]:
             known = known_verdicts(run)
             rec["reused_verdicts"] = 0 if known is None else int(
                 len(candidates.merge(known[["user", "item"]], on=["user", "item"])))
-            simulated = simulate(judge, candidates, histories, data.item_text, folder / "shards", threshold,
+            # shards of other candidates, another judge or another sharding are never resumed: they
+            # live in a folder named by the fingerprint of all three
+            digest = hashlib.sha256()
+            for path in (run.dir / "filter" / "candidates.parquet", *sorted((run.dir / "refiner" / "adapter").glob("*"))):
+                digest.update(path.read_bytes() if path.is_file() else b"")
+            digest.update(json.dumps([dataclasses.asdict(prompts.template), threshold, cfg.refiner.shard_users,
+                                      cfg.seed]).encode())
+            shards = folder / "shards" / digest.hexdigest()[:16]
+            rec["shards"] = str(shards)
+            simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
                                  cfg.refiner.shard_users, known=known)
         elif judge_kind == "cosine":
             histories = user_histories(data.matrix("train"), prompt_template(cfg).max_history, cfg.seed)
