@@ -26,7 +26,7 @@ import torch
 
 from coldllm.backbones import load_backbone
 from coldllm.config import load_config
-from coldllm.evaluate import Evaluator, embedding_scorer
+from coldllm.evaluate import Evaluator, subset_scorer
 from coldllm.funnel.filter import funnel_coverage
 from coldllm.funnel.judges import cosine_verdicts
 from coldllm.funnel.refiner import user_histories
@@ -46,8 +46,8 @@ DESIGNS = [
     ("pull 10", {"pull": 10.0}),
     ("warm negatives only", {"negative_pool": "warm"}),
     ("cold negatives only", {"negative_pool": "cold"}),
-    ("lr 0.003", {"lr": 0.003}),
-    ("lr 0.03", {"lr": 0.03}),
+    ("lr 0.001", {"lr": 0.001}),
+    ("lr 0.01", {"lr": 0.01}),
     ("weighted by P(Yes)", {"weight_by_p_yes": True}),
 ]
 JUDGES = ["all", "cosine"]
@@ -79,6 +79,7 @@ def main() -> None:
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     commit = git_commit(ROOT)
     prior_cache: dict[str, torch.Tensor] = {}
+    cold_scorer = lambda table: subset_scorer(user_emb, table, data.cold_items)  # noqa: E731
 
     def prior_for(kind: str) -> torch.Tensor:
         if kind not in prior_cache:
@@ -88,24 +89,24 @@ def main() -> None:
 
     # the prior alone: what every design starts from
     rows = [{"design": "prior only (content-KNN)", "k": 0, "judge": "-",
-             "val_cold": validator.evaluate(embedding_scorer(user_emb, _with_rows(item_emb, data.cold_items,
-                                                                                  prior_for("knn"))))["cold"]}]
+             "val_cold": validator.evaluate(cold_scorer(_with_rows(item_emb, data.cold_items,
+                                                                   prior_for("knn"))))["cold"]}]
     plan = [(k, "all", d) for k in KS if k <= args.k_max for d in ([DESIGNS[0]] if k != 20 else DESIGNS)]
     plan += [(k, "cosine", DESIGNS[0]) for k in KS if k <= args.k_max]
-    plan += [(20, "cosine", d) for d in DESIGNS[1:]]
+    plan += [(20, "cosine", d) for d in DESIGNS if d[0] in ("pull 0.1", "pull 10", "weighted by P(Yes)")]
     for k, judge, (design, change) in plan:
         candidates = all_candidates[all_candidates["rank"] < k]
         verdicts = (cosine_verdicts(candidates, histories, vectors, cfg.refiner.keep) if judge == "cosine"
                     else candidates[["user", "item"]].assign(p_yes=1.0, accepted=True))
         accepted = verdicts[verdicts["accepted"]]
         ucfg = dataclasses.replace(cfg.update, **change)
-        params = FastParams(steps=ucfg.steps, lr=ucfg.lr, pull=ucfg.pull, negatives=ucfg.negatives,
+        params = FastParams(steps=ucfg.steps, lr=ucfg.lr, pull=ucfg.pull, negatives=ucfg.negatives, batch_size=ucfg.batch_size,
                             negative_pool=ucfg.negative_pool, weight_by_p_yes=ucfg.weight_by_p_yes,
                             eval_every=ucfg.eval_every, patience=ucfg.patience, seed=cfg.seed)
         start = time.perf_counter()
         result = fit_cold_rows(user_emb, item_emb, prior_for(ucfg.prior), data.cold_items, accepted, params,
-                               validate=lambda t: validator.evaluate(embedding_scorer(user_emb, t))["cold"]["ndcg@20"])
-        val = validator.evaluate(embedding_scorer(user_emb, result.item_emb))["cold"]
+                               validate=lambda t: validator.evaluate(cold_scorer(t))["cold"]["ndcg@20"])
+        val = validator.evaluate(cold_scorer(result.item_emb))["cold"]
         rows.append({"design": design, "k": k, "judge": judge, "val_cold": val, "best_step": result.best_step,
                      "seconds": round(time.perf_counter() - start, 1),
                      "accepted_val": funnel_coverage(accepted, data.parts["cold_val"]),

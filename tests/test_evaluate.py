@@ -94,3 +94,14 @@ def test_reference_protocol_masks_other_positives_and_caps_users(monkeypatch):
     monkeypatch.setattr(ev, "REFERENCE_USERS", 1)
     capped = Evaluator(data, "test", ks=[1], reference=True).evaluate(lambda users: scores[users])
     assert capped["warm"]["users"] == 1 and ours["warm"]["users"] == 2
+
+
+def test_subset_scorer_gives_the_cold_setting_the_same_result():
+    from coldllm.evaluate import subset_scorer
+
+    rng = np.random.default_rng(1)
+    data = tiny_two_user_data()
+    user_emb, item_emb = torch.tensor(rng.normal(size=(2, 3))), torch.tensor(rng.normal(size=(4, 3)))
+    evaluator = Evaluator(data, "test", ks=[1, 2], settings=("cold",))
+    full = evaluator.evaluate(embedding_scorer(user_emb, item_emb))
+    assert evaluator.evaluate(subset_scorer(user_emb, item_emb, np.flatnonzero(data.is_cold))) == full

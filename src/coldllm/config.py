@@ -143,9 +143,10 @@ class UpdateConfig:
     eval_every: int = _help("Validate every N steps (fast) or epochs (retrain); the start is validated too.", 10)
     patience: int = _help("Stop after N validations without a better score.", 5)
     steps: int = _help("fast: maximum full-batch Adam steps.", 300)
-    lr: float = _help("fast: Adam learning rate of the cold rows.", 0.01)
+    lr: float = _help("fast: Adam learning rate of the cold rows.", 0.003)
     pull: float = _help("fast: weight of ||e - prior||^2 per cold item (0: the prior is only the start).", 1.0)
     negatives: int = _help("fast: sampled negatives per accepted pair.", 16)
+    batch_size: int = _help("fast: accepted pairs per step (sampled; the loss stands for all pairs).", 4096)
     negative_pool: str = _help("fast: negatives drawn from warm | cold | all items (cold ones move too).", "all")
     weight_by_p_yes: bool = _help("fast: weight each accepted pair by the judge's P(Yes).", False)
     init: str = _help("retrain: scratch (fresh weights, the paper) | backbone (the trained backbone, cold rows "

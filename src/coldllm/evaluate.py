@@ -118,6 +118,20 @@ def embedding_scorer(user_emb: torch.Tensor, item_emb: torch.Tensor) -> Scorer:
     return lambda users: user_emb[users] @ item_emb.T
 
 
+def subset_scorer(user_emb: torch.Tensor, item_emb: torch.Tensor, items: np.ndarray) -> Scorer:
+    """Inner-product scores of ``items`` only (the others at -inf): the cold setting ranks cold items
+    only, so scoring the rest is wasted work (5x for CiteULike's cold items)."""
+    index = torch.as_tensor(items, device=item_emb.device)
+    subset = item_emb[index]
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(users), len(item_emb)), -torch.inf, device=item_emb.device, dtype=item_emb.dtype)
+        out[:, index] = user_emb[users] @ subset.T
+        return out
+
+    return score
+
+
 def format_results(results: dict[str, dict[str, float]]) -> str:
     lines = []
     for name, metrics in results.items():

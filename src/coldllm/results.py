@@ -58,7 +58,9 @@ def _methods(doc: dict[str, Any], oracle: bool = False) -> list[str]:
 
 def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: str = "") -> str:
     """Markdown summary of every ``<backbone>.json`` in ``folder`` (plus a PNG plot beside it)."""
-    docs = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda d: d["backbone"])
+    # <backbone>.json files hold methods; the search and trial files beside them have tables of their own
+    docs = sorted((d for d in (json.loads(p.read_text()) for p in folder.glob("*.json")) if "methods" in d),
+                  key=lambda d: d["backbone"])
     ref = reference or {"methods": {}, "backbone": None}
     head = "| backbone | method | " + " | ".join(f"{s} R@20 | {s} N@20" for s in SETTINGS)
     lines = [
@@ -91,6 +93,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
             lines.append(f"| {reference['backbone']} | {method} | " + " | ".join(cells) + " |")
     lines += funnel_table(docs)
     lines += oracle_table(docs, folder / "oracle.png")
+    lines += update_search_table(folder) + judge_trial_table(folder)
     if docs:
         _plot(docs, folder / "recall.png")
         lines += ["", "![Recall@20 per method, backbone and setting](recall.png)"]
@@ -159,6 +162,47 @@ def oracle_table(docs: list[dict[str, Any]], path: Path) -> list[str]:
                      f"| {_fmt(e['cold']['ndcg@20'])} | {_fmt(knn)} |")
     _plot_oracle(docs, path)
     return lines + ["", f"![Cold Recall@20 against the accepted pairs' precision]({path.name})"]
+
+
+def update_search_table(folder: Path) -> list[str]:
+    """The update designs tried on cold validation (``benchmarks/update_search.py``)."""
+    rows = [(path.stem.split("-", 2)[-1], r) for path in sorted(folder.glob("update-search-*.json"))
+            for r in json.loads(path.read_text())["rows"]]
+    if not rows:
+        return []
+    lines = ["", "**The update, designed on cold validation** (`benchmarks/update_search.py`; the test set is not "
+             "looked at). One filter run per backbone at K=100; smaller K are its top-ranked candidates. *judge*: "
+             "all = every filtered pair accepted, cosine = the free cosine judge. Each design changes the default "
+             "in one respect; *accepted precision*: of the accepted pairs of the cold validation items.", "",
+             "| backbone | collab tower | K | judge | design | val cold R@20 | val cold N@20 | best step "
+             "| accepted precision | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for backbone, r in rows:
+        lines.append(f"| {backbone} | {r['filter'].get('collab_source', 'aldi')} | {r['k'] or '-'} | {r['judge']} "
+                     f"| {r['design']} | {_fmt(r['val_cold']['recall@20'])} | {_fmt(r['val_cold']['ndcg@20'])} "
+                     f"| {r.get('best_step', '-')} | {_fmt(_get(r, 'accepted_val', 'precision'))} | `{r['commit'][:10]}` |")
+    return lines
+
+
+def judge_trial_table(folder: Path) -> list[str]:
+    """The language-model judge on cold-validation candidates beside the free judges."""
+    path = folder / "judge-trials.json"
+    if not path.exists():
+        return []
+    lines = ["", "**The language-model judge where it is used** (`benchmarks/judge_trial.py`): the filter's "
+             "candidates of a seeded sample of cold *validation* items, labelled by whether the pair is a real "
+             "interaction. AUC of each judge's score, and the precision of the pairs each accepts at the language "
+             "model's acceptance rate.", "",
+             "| backbone | settings | pairs | real | AUC: LM / filter / cosine | LM accepts | precision: all / LM / "
+             "filter / cosine | held-out hard AUC after tuning | tune s | judge pairs/s | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in json.loads(path.read_text())["rows"]:
+        a, pr = r["auc"], r["precision_at_llm_accept_rate"]
+        lines.append(f"| {r['backbone']} | {' '.join(r['overrides']) or 'preset'} | {r['pairs']} | {r['real']} "
+                     f"| {_fmt(a['llm'])} / {_fmt(a['filter_score'])} / {_fmt(a['cosine'])} | {_fmt(r['accept_rate_llm'])} "
+                     f"| {_fmt(r['precision_all'])} / {_fmt(pr['llm'])} / {_fmt(pr['filter_score'])} / {_fmt(pr['cosine'])} "
+                     f"| {_fmt(_get(r, 'held_out', 'after', 'hard', 'auc'))} | {r['tune_seconds']:.0f} "
+                     f"| {r['pairs_per_second']:.1f} | `{r['commit'][:10]}` |")
+    return lines
 
 
 def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:

@@ -48,6 +48,9 @@ def peak_memory_mb() -> float:
 def git_commit(cwd: Path | None = None) -> str:
     """The checked-out commit, with ``-dirty`` when tracked files differ from it.
 
+    Changes under ``results/`` do not count: they are what the benchmarks write, not the code that
+    wrote them.
+
     ``$COLDLLM_COMMIT``, when set, wins: a copy of the tree on another machine may carry no git
     folder, or a stale one.
     """
@@ -56,7 +59,7 @@ def git_commit(cwd: Path | None = None) -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"], cwd=cwd,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

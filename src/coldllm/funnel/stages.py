@@ -28,7 +28,7 @@ from ..baselines.aldi import ALDI
 from ..baselines.runner import make_context
 from ..config import ConfigError, ContentConfig, _apply
 from ..content import encode_texts
-from ..evaluate import Evaluator, embedding_scorer
+from ..evaluate import Evaluator, embedding_scorer, subset_scorer
 from ..llm.judge import Judge
 from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
 from ..llm.models import load_llm
@@ -295,13 +295,16 @@ def update_stage(run: Run) -> dict[str, Any]:
                        history=result.history)
         else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
             params = FastParams(steps=cfg.update.steps, lr=cfg.update.lr, pull=cfg.update.pull,
-                                negatives=cfg.update.negatives, negative_pool=cfg.update.negative_pool,
+                                negatives=cfg.update.negatives, batch_size=cfg.update.batch_size, negative_pool=cfg.update.negative_pool,
                                 weight_by_p_yes=cfg.update.weight_by_p_yes, eval_every=cfg.update.eval_every,
                                 patience=cfg.update.patience, seed=cfg.seed)
             metric, setting = cfg.eval.metric, cfg.update.select_on
-            result = fit_cold_rows(
-                user_emb, item_emb, prior, data.cold_items, accepted, params,
-                validate=lambda items: validator.evaluate(embedding_scorer(user_emb, items), device)[setting][metric])
+            def validate(items: torch.Tensor) -> float:
+                scorer = (subset_scorer(user_emb, items, data.cold_items) if setting == "cold"
+                          else embedding_scorer(user_emb, items))
+                return validator.evaluate(scorer, device)[setting][metric]
+
+            result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, accepted, params, validate=validate)
             user_out, item_out = user_emb, result.item_emb
             rec.update(best_step=result.best_step, best_val=result.best_score, history=result.history)
         save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},

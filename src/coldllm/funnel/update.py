@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ class FastParams:
     """The cold-only update's settings (``update.*`` in the config)."""
 
     steps: int = 300
-    lr: float = 0.01
+    lr: float = 0.003
     pull: float = 1.0
     negatives: int = 16
+    batch_size: int = 4096
     negative_pool: str = "all"  # warm | cold | all
     weight_by_p_yes: bool = False
     eval_every: int = 10
@@ -112,7 +114,6 @@ def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.T
                if params.weight_by_p_yes else torch.ones(len(users), device=device))
     emb = torch.nn.Parameter(prior.clone())
     opt = torch.optim.Adam([emb], lr=params.lr)
-    u = user_emb[users]
 
     def table() -> torch.Tensor:
         out = item_emb.clone()
@@ -124,15 +125,22 @@ def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.T
     if validate is not None:
         stopper.update(validate(result.item_emb), 0, result.item_emb)
         result.history.append({"step": 0, "val": stopper.best_score})
-    for step in range(1, (params.steps if len(users) else 0) + 1):
-        neg = pool[torch.randint(len(pool), (len(users), params.negatives), generator=gen).to(device)]
+    # minibatches of pairs, each scaled to stand for all of them, so the loss per cold item stays
+    # "sum of its pairs' BPR terms + pull": gathering every pair's negatives every step would move
+    # hundreds of MB per step
+    scale = len(users) / min(params.batch_size, max(len(users), 1))
+    bar = tqdm(range(1, (params.steps if len(users) else 0) + 1), desc="update cold rows", unit="step", leave=False)
+    for step in bar:
+        batch = torch.randint(len(users), (min(params.batch_size, len(users)),), generator=gen).to(device)
+        u, rows_b = user_emb[users[batch]], rows[batch]
+        neg = pool[torch.randint(len(pool), (len(batch), params.negatives), generator=gen).to(device)]
         neg_rows = row_of[neg]
-        full = item_emb.index_select(0, neg.reshape(-1)).reshape(*neg.shape, -1)
+        full = item_emb[neg]
         # cold negatives are the rows being learned: gradients push them away from the user too
         neg_emb = torch.where((neg_rows >= 0).unsqueeze(-1), emb[neg_rows.clamp(min=0)], full)
-        pos = (u * emb[rows]).sum(1, keepdim=True)
+        pos = (u * emb[rows_b]).sum(1, keepdim=True)
         bpr = F.softplus(torch.einsum("bd,bnd->bn", u, neg_emb) - pos).mean(1)
-        loss = ((weights * bpr).sum() + params.pull * (emb - prior).pow(2).sum()) / len(cold)
+        loss = (scale * (weights[batch] * bpr).sum() + params.pull * (emb - prior).pow(2).sum()) / len(cold)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -140,8 +148,10 @@ def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.T
             current = table()
             score = validate(current)
             result.history.append({"step": step, "loss": float(loss.detach()), "val": score})
+            bar.set_postfix(val=round(score, 4))
             if stopper.update(score, step, current):
                 break
+    bar.close()
     if validate is None:
         result.item_emb, result.best_step = table(), params.steps
     else:
