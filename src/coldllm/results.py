@@ -5,6 +5,7 @@ from a JSON file that a benchmark command wrote, stamped with its commit, config
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ def record_method(path: Path, *, dataset: str, split: str, backbone: str, method
     measured run started from (default: the current one) and the date it was written. The file
     itself only names the dataset, split and backbone, so no row's provenance is another's.
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # benchmarks of several backbones or methods may run side by side: one writer at a time, each
+    # reading the file afresh, so no row is lost between another's read and write
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _record_locked(path, dataset, split, backbone, method, metrics, config, extra, commit)
+
+
+def _record_locked(path, dataset, split, backbone, method, metrics, config, extra, commit) -> dict[str, Any]:
     doc = json.loads(path.read_text()) if path.exists() else {"methods": {}}
     for stale in ("commit", "created", "config"):  # file-level provenance of an older format
         doc.pop(stale, None)
