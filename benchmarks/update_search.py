@@ -58,12 +58,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="mf")
     parser.add_argument("--k-max", type=int, default=100)
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="only the default design at every K (to compare filters)")
     parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
     parser.add_argument("overrides", nargs="*", help="extra --key=value overrides (e.g. --filter.collab_source=knn)")
     args, unknown = parser.parse_known_args()
     setup_logging()
     base = f"bench-citeulike-{args.backbone}"
-    name = f"{base}-search-k{args.k_max}"
+    name = f"{base}-search-k{args.k_max}" + "".join(f"-{o.lstrip('-').replace('=', '-')}" for o in args.overrides + unknown
+                                                    if o.startswith("--filter."))
     overrides = [f"--name={name}", f"--backbone.model={args.backbone}", f"--filter.k={args.k_max}",
                  "--stages=[prepare, train, filter]", f"--reuse={{train: {base}}}", *args.overrides, *unknown]
     subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "--config", str(args.preset), *overrides],
@@ -94,6 +97,8 @@ def main() -> None:
     plan = [(k, "all", d) for k in KS if k <= args.k_max for d in ([DESIGNS[0]] if k != 20 else DESIGNS)]
     plan += [(k, "cosine", DESIGNS[0]) for k in KS if k <= args.k_max]
     plan += [(20, "cosine", d) for d in DESIGNS if d[0] in ("pull 0.1", "pull 10", "weighted by P(Yes)")]
+    if args.defaults_only:
+        plan = [step for step in plan if step[2] is DESIGNS[0]]
     for k, judge, (design, change) in plan:
         candidates = all_candidates[all_candidates["rank"] < k]
         verdicts = (cosine_verdicts(candidates, histories, vectors, cfg.refiner.keep) if judge == "cosine"
