@@ -27,6 +27,22 @@ def test_top_users_match_brute_force(kind):
         assert set(got) == set(expected) if kind == "hnsw" else list(got) == list(expected)
 
 
+def test_unfilled_index_slots_are_never_candidates(monkeypatch):
+    """IVF with one probe over many lists cannot fill K slots: FAISS returns user -1 there."""
+    rng = np.random.default_rng(0)
+    emb = CoupledEmbeddings(users=rng.normal(size=(300, 8)).astype(np.float32),
+                            cold_items=rng.normal(size=(5, 8)).astype(np.float32), cold_ids=np.arange(5))
+    from coldllm.funnel import filter as filter_module
+
+    index = filter_module.build_index(emb.users, "ivf", nlist=64, nprobe=1)
+    _, raw = index.search(emb.cold_items, 50)
+    assert (raw < 0).any()  # the situation is real
+    original = filter_module.build_index
+    monkeypatch.setattr(filter_module, "build_index", lambda vectors, kind: original(vectors, kind, nlist=64, nprobe=1))
+    top = top_users(emb, k=50, index_kind="ivf")
+    assert (top["user"] >= 0).all() and len(top) == int((raw >= 0).sum())
+
+
 def test_random_filter_gives_k_distinct_users():
     out = random_users(30, np.array([1, 2]), k=10, seed=1)
     assert len(out) == 20 and out.groupby("item")["user"].nunique().tolist() == [10, 10]

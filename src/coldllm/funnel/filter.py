@@ -161,12 +161,18 @@ def top_users(emb: CoupledEmbeddings, k: int, index_kind: str = "flat") -> pd.Da
     index = build_index(emb.users, index_kind)
     k = min(k, len(emb.users))
     scores, users = index.search(emb.cold_items, k)
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "item": np.repeat(emb.cold_ids, k),
         "user": users.ravel().astype(np.int64),
         "rank": np.tile(np.arange(k), len(emb.cold_ids)),
         "score": scores.ravel().astype(np.float32),
     })
+    # an approximate index marks the slots it could not fill with user -1: never a candidate
+    missing = out["user"] < 0
+    if missing.any():
+        log.warning("filter.index=%s found fewer than K=%d users for %d of %d slots; raise its probes",
+                    index_kind, k, int(missing.sum()), len(out))
+    return out[~missing].reset_index(drop=True)
 
 
 def random_users(n_users: int, cold_ids: np.ndarray, k: int, seed: int = 0) -> pd.DataFrame:
