@@ -133,3 +133,17 @@ def test_precision_counts_only_the_candidates_of_the_parts_items():
     accepted = pd.DataFrame({"user": [0, 1, 2, 3], "item": [10, 10, 11, 20]})
     assert funnel_coverage(accepted, test_truth) == {"pairs": 3, "precision": 1.0, "coverage": 1.0}
     assert funnel_coverage(accepted, val_truth) == {"pairs": 1, "precision": 1.0, "coverage": 1.0}
+
+
+def test_normalized_filter_ranks_users_by_cosine(tmp_path):
+    cfg = run_cli(write_project(tmp_path), "--stages=[prepare, train, filter]", "--filter.towers=collab",
+                  "--filter.collab_source=knn", "--filter.k=3", "--filter.normalize_users=true", "--backbone.model=mf")
+    run = Run(cfg)
+    candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
+    user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
+    prior = content_prior(run, user_emb, item_emb)  # the knn tower's item vectors (same k: prior_k)
+    cosine = torch.nn.functional.normalize(user_emb, dim=1) @ prior.T
+    expected = cosine.topk(3, dim=0).indices.T  # (cold items, 3)
+    got = candidates.sort_values(["item", "rank"])["user"].to_numpy().reshape(-1, 3)
+    order = np.argsort(run.data.cold_items)
+    assert (got == expected.numpy()[order]).all()

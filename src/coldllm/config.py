@@ -99,6 +99,9 @@ class FilterConfig:
     collab_source: str = _help("What the collaborative sub-tower is: aldi (the paper's student) | knn "
                                "(content-KNN item vectors against the backbone's users).", "aldi")
     file: str = _help("towers=file: CSV with columns user,item[,answer] in the dataset's raw ids.", "")
+    normalize_users: bool = _help(
+        "Rank users by cosine instead of inner product (each user's coupled vector at unit length), so heavy "
+        "users with long vectors do not fill every item's top-K.", False)
     index: str = _help("FAISS index: flat (exact) | ivf | hnsw (approximate, for large user sets).", "flat")
     text_model: str = _help("Language model of the language-model sub-tower: a causal LM whose mean-pooled states "
                             "are used (smollm2-135m, a local folder), or minilm (the packaged sentence encoder; "

@@ -87,9 +87,13 @@ def filter_stage(run: Run) -> dict[str, Any]:
                           else read_candidates(cfg.filter.file, data.user_ids, data.item_ids, data.cold_items))
             warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
         else:
-            candidates = top_users(coupled_embeddings(collab, lm, ctx, ctx.cold), cfg.filter.k, cfg.filter.index)
+            cold_emb, warm_emb = (coupled_embeddings(collab, lm, ctx, ids) for ids in (ctx.cold, ctx.warm))
+            if cfg.filter.normalize_users:
+                for emb in (cold_emb, warm_emb):
+                    emb.users = emb.users / np.maximum(np.linalg.norm(emb.users, axis=1, keepdims=True), 1e-12)
+            candidates = top_users(cold_emb, cfg.filter.k, cfg.filter.index)
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
-            warm = top_users(coupled_embeddings(collab, lm, ctx, ctx.warm), cfg.filter.k, cfg.filter.index)
+            warm = top_users(warm_emb, cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
         candidates.to_parquet(folder / "candidates.parquet")
         warm.to_parquet(folder / "warm_candidates.parquet")
