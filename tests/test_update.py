@@ -147,3 +147,17 @@ def test_normalized_filter_ranks_users_by_cosine(tmp_path):
     got = candidates.sort_values(["item", "rank"])["user"].to_numpy().reshape(-1, 3)
     order = np.argsort(run.data.cold_items)
     assert (got == expected.numpy()[order]).all()
+
+
+def test_a_missing_or_corrupted_artifact_is_redone(tmp_path):
+    project = write_project(tmp_path)
+    cfg = run_cli(project, *FREE, "--backbone.model=mf", "--update.steps=10")
+    run_dir = Run(cfg).dir
+    (run_dir / "filter" / "candidates.parquet").unlink()
+    (run_dir / "update" / "embeddings.safetensors").write_bytes(b"not a safetensors file")
+    run_cli(project, *FREE, "--backbone.model=mf", "--update.steps=10")
+    assert len(pd.read_parquet(run_dir / "filter" / "candidates.parquet")) > 0
+    assert updated_embeddings(Run(cfg))[1].shape[0] == Run(cfg).data.n_items
+    # the filter was redone, so the stages after it were too: the simulation holds the new candidates
+    candidates, simulated = run_dir / "filter" / "candidates.parquet", run_dir / "simulate" / "simulated.parquet"
+    assert simulated.stat().st_mtime_ns > candidates.stat().st_mtime_ns

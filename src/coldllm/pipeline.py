@@ -43,6 +43,15 @@ STAGE_INPUTS = {
 }
 
 
+# What each stage leaves behind; a finished stage whose artifact is missing or unreadable is redone.
+STAGE_ARTIFACTS = {
+    "train": ("backbone/backbone.json", "backbone/best.safetensors"),
+    "filter": ("filter/candidates.parquet", "filter/warm_candidates.parquet", "filter/report.json"),
+    "finetune": ("refiner/report.json", "refiner/adapter/adapter_config.json"),
+    "simulate": ("simulate/simulated.parquet", "simulate/report.json"),
+    "update": ("update/embeddings.safetensors",),
+}
+
 # Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
 # where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
 # from its last epoch, or stops it at once when the new budget is already spent).
@@ -114,6 +123,31 @@ class Run:
 
     def done(self, stage: str) -> bool:
         return self.manifest["stages"].get(stage, {}).get("status") == "done"
+
+    def broken_artifact(self, stage: str) -> str | None:
+        """The first artifact of a finished ``stage`` that is missing or unreadable, else None."""
+        record = self.manifest["stages"].get(stage, {})
+        if record.get("skipped"):
+            return None
+        for name in STAGE_ARTIFACTS.get(stage, ()):
+            path = self.dir / name
+            try:
+                if path.suffix == ".parquet":
+                    import pyarrow.parquet as pq
+
+                    pq.read_metadata(path)
+                elif path.suffix == ".safetensors":
+                    from safetensors import safe_open
+
+                    with safe_open(str(path), "pt") as fh:
+                        fh.keys()
+                elif path.suffix == ".json":
+                    json.loads(path.read_text())
+                elif not path.exists():
+                    raise FileNotFoundError(path)
+            except Exception as err:  # noqa: BLE001  (any unreadable file means: redo the stage)
+                return f"{path} ({type(err).__name__})"
+        return None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
@@ -261,11 +295,17 @@ def run_all(run: Run, force: bool = False) -> dict[str, Any]:
     unknown = [s for s in [*run.cfg.stages, *run.cfg.reuse] if s not in stages]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(stages)}")
+    upstream_changed = False  # a stage that ran makes every later stage stale: they read its output
     for name in run.cfg.stages:
-        if run.done(name) and not force:
+        broken = run.broken_artifact(name) if run.done(name) else None
+        if broken:
+            log.warning("stage %s: its artifact %s is missing or unreadable; redoing the stage", name, broken)
+        if run.done(name) and not (force or broken or upstream_changed):
             log.info("stage %s: done, skipped", name)
-        elif name in run.cfg.reuse:
+            continue
+        if name in run.cfg.reuse:
             reuse_stage(run, name, run.cfg.reuse[name])
         else:
             stages[name](run)
+        upstream_changed = True
     return run.manifest
