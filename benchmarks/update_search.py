@@ -105,9 +105,7 @@ def main() -> None:
                     else candidates[["user", "item"]].assign(p_yes=1.0, accepted=True))
         accepted = verdicts[verdicts["accepted"]]
         ucfg = dataclasses.replace(cfg.update, **change)
-        params = FastParams(steps=ucfg.steps, lr=ucfg.lr, pull=ucfg.pull, negatives=ucfg.negatives, batch_size=ucfg.batch_size,
-                            negative_pool=ucfg.negative_pool, weight_by_p_yes=ucfg.weight_by_p_yes,
-                            eval_every=ucfg.eval_every, patience=ucfg.patience, seed=cfg.seed)
+        params = FastParams.from_config(ucfg, cfg.seed)
         start = time.perf_counter()
         result = fit_cold_rows(user_emb, item_emb, prior_for(ucfg.prior), data.cold_items, accepted, params,
                                validate=lambda t: validator.evaluate(cold_scorer(t))["cold"]["ndcg@20"])

@@ -298,10 +298,7 @@ def update_stage(run: Run) -> dict[str, Any]:
             rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz),
                        history=result.history)
         else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
-            params = FastParams(steps=cfg.update.steps, lr=cfg.update.lr, pull=cfg.update.pull,
-                                negatives=cfg.update.negatives, batch_size=cfg.update.batch_size, negative_pool=cfg.update.negative_pool,
-                                weight_by_p_yes=cfg.update.weight_by_p_yes, eval_every=cfg.update.eval_every,
-                                patience=cfg.update.patience, seed=cfg.seed)
+            params = FastParams.from_config(cfg.update, cfg.seed)
             metric, setting = cfg.eval.metric, cfg.update.select_on
             def validate(items: torch.Tensor) -> float:
                 scorer = (subset_scorer(user_emb, items, data.cold_items) if setting == "cold"

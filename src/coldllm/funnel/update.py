@@ -19,6 +19,7 @@ prior itself as the first candidate, so on validation it can only match or beat 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -74,6 +75,12 @@ class FastParams:
     eval_every: int = 10
     patience: int = 5
     seed: int = 0
+
+    @classmethod
+    def from_config(cls, update, seed: int) -> "FastParams":
+        """The fast mode's settings from an ``UpdateConfig`` (same names, one place)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"seed"}
+        return cls(seed=seed, **{name: getattr(update, name) for name in names})
 
 
 @dataclass
