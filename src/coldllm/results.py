@@ -60,8 +60,12 @@ def _fmt(value: float | None) -> str:
 
 def _methods(doc: dict[str, Any], oracle: bool = False) -> list[str]:
     """The rows of ``doc`` in table order: the methods, or (``oracle``) the oracle diagnostics."""
-    if oracle:
-        return sorted(m for m in doc["methods"] if m.startswith(ORACLE))
+    if oracle:  # r descending, then f: from the perfect judge down
+        def rf(name: str) -> tuple[float, float]:
+            r, f = name[len(ORACLE):].split("-")
+            return -float(r[1:]), float(f[1:])
+
+        return sorted((m for m in doc["methods"] if m.startswith(ORACLE)), key=rf)
     known = [m for m in ORDER if m in doc["methods"]]
     return known + sorted(m for m in doc["methods"] if m not in ORDER and not m.startswith(ORACLE))
 
@@ -187,10 +191,11 @@ def update_search_table(folder: Path) -> list[str]:
              "looked at). One filter run per backbone at K=100; smaller K are its top-ranked candidates. *judge*: "
              "all = every filtered pair accepted, cosine = the free cosine judge. Each design changes the default "
              "in one respect; *accepted precision*: of the accepted pairs of the cold validation items.", "",
-             "| backbone | collab tower | K | judge | design | val cold R@20 | val cold N@20 | best step "
+             "| backbone | filter | K | judge | design | val cold R@20 | val cold N@20 | best step "
              "| accepted precision | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
     for backbone, r in rows:
-        lines.append(f"| {backbone} | {r['filter'].get('collab_source', 'aldi')} | {r['k'] or '-'} | {r['judge']} "
+        kind = r["filter"].get("collab_source", "aldi") + (", users by cosine" if r["filter"].get("normalize_users") else "")
+        lines.append(f"| {backbone} | {kind} | {r['k'] or '-'} | {r['judge']} "
                      f"| {r['design']} | {_fmt(r['val_cold']['recall@20'])} | {_fmt(r['val_cold']['ndcg@20'])} "
                      f"| {r.get('best_step', '-')} | {_fmt(_get(r, 'accepted_val', 'precision'))} | `{r['commit'][:10]}` |")
     return lines
