@@ -37,7 +37,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from coldllm.config import load_config, to_dict
