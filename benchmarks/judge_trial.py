@@ -28,12 +28,13 @@ import pandas as pd
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import auc, simulate, user_histories
 from coldllm.funnel.report import cosine_judge, is_real
-from coldllm.funnel.stages import _prompt_encoder
+from coldllm.funnel.stages import prompt_encoder
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.pipeline import Run, content_vectors
-from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging, write_json
+from coldllm.results import write_results
+from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +72,7 @@ def main() -> None:
     device = resolve_device(cfg.refiner.device)
     model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
     model = load_adapter(model, run.dir / "refiner" / "adapter")
-    prompts = _prompt_encoder(run, tokenizer)
+    prompts = prompt_encoder(run, tokenizer)
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
     start = time.perf_counter()
     verdicts = simulate(Judge(model, prompts, cfg.refiner.batch_size), candidates, histories, data.item_text,
@@ -99,7 +100,7 @@ def main() -> None:
     out = ROOT / "results" / cfg.data.name / "judge-trials.json"
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     doc["rows"] = [r for r in doc["rows"] if (r["backbone"], r["overrides"]) != (args.backbone, overrides)] + [row]
-    write_json(out, doc)
+    write_results(out, doc)
     print(json.dumps({k: row[k] for k in ("pairs", "real", "auc", "accept_rate_llm", "precision_all",
                                           "precision_at_llm_accept_rate")}, indent=1))
 

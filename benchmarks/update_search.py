@@ -32,7 +32,8 @@ from coldllm.funnel.refiner import user_histories
 from coldllm.funnel.stages import content_prior, prompt_template
 from coldllm.funnel.update import FastParams, fit_cold_rows
 from coldllm.pipeline import Run, content_vectors
-from coldllm.utils import git_commit, now_iso, setup_logging, write_json
+from coldllm.results import write_results
+from coldllm.utils import git_commit, now_iso, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +119,7 @@ def main() -> None:
     stamp = {"backbone": args.backbone, "filter": dataclasses.asdict(cfg.filter), "k_max": args.k_max,
              "refiner_keep": cfg.refiner.keep, "commit": commit, "created": now_iso()}
     doc["rows"] = [r for r in doc["rows"] if r.get("filter") != stamp["filter"]] + [{**r, **stamp} for r in rows]
-    write_json(out, doc)
+    write_results(out, doc)
     print(f"wrote {out}")
 
 

@@ -14,7 +14,8 @@ def test_record_merges_methods_and_renders(tmp_path):
     record_method(path, dataset="toy", split="random", backbone="mf", method="knn", metrics=metrics(0.3),
                   config={"a": 2}, commit="def456")
     doc = json.loads(path.read_text())
-    assert set(doc["methods"]) == {"backbone", "knn"} and "config" not in doc and "commit" not in doc
+    assert set(doc["methods"]) == {"backbone", "knn"} and "config" not in doc
+    assert doc["commit"] == "def456"  # the file's stamp: its newest row's commit
     # each row keeps its own resolved config: the second write does not overwrite the first's
     assert doc["methods"]["backbone"]["config"] == {"a": 1} and doc["methods"]["knn"]["config"] == {"a": 2}
     assert doc["methods"]["backbone"]["commit"] == "abc123" and doc["methods"]["knn"]["cold"]["recall@20"] == 0.3

@@ -35,16 +35,29 @@ def record_method(path: Path, *, dataset: str, split: str, backbone: str, method
 
 def _record_locked(path, dataset, split, backbone, method, metrics, config, extra, commit) -> dict[str, Any]:
     doc = json.loads(path.read_text()) if path.exists() else {"methods": {}}
-    for stale in ("commit", "created", "config"):  # file-level provenance of an older format
-        doc.pop(stale, None)
+    doc.pop("config", None)  # file-level config of an older format: each row has its own
     commit, created = commit or git_commit(), now_iso()
     doc.update(dataset=dataset, split=split, backbone=backbone)
     entry = {setting: {m: metrics[setting][m] for m in metrics[setting]} for setting in SETTINGS}
     entry.update(extra or {})
     entry.update(config=config, commit=commit, created=created)
     doc["methods"][method] = entry
-    write_json(path, doc)
+    write_results(path, doc)
     return doc
+
+
+def write_results(path: Path, doc: dict[str, Any]) -> None:
+    """Write a results file stamped with the ``commit`` and ``created`` of its newest row.
+
+    Rows (``methods`` values or ``rows`` items) each carry their own provenance; the file's stamp
+    is derived from them, never typed, so it always names the commit of the latest result in it.
+    """
+    rows = list(doc.get("methods", {}).values()) + list(doc.get("rows", []))
+    dated = [r for r in rows if "created" in r and "commit" in r]
+    if dated:
+        newest = max(reversed(dated), key=lambda r: r["created"])  # ties: the later row
+        doc.update(commit=newest["commit"], created=newest["created"])
+    write_json(path, doc)
 
 
 # Table order: the backbone alone, the controls, the published methods (by year), then ours.

@@ -105,7 +105,7 @@ def filter_stage(run: Run) -> dict[str, Any]:
     return report
 
 
-def _prompt_encoder(run: Run, tokenizer) -> PromptEncoder:
+def prompt_encoder(run: Run, tokenizer) -> PromptEncoder:
     return PromptEncoder(tokenizer, prompt_template(run.cfg))
 
 
@@ -127,7 +127,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         device = resolve_device(cfg.refiner.device)
         rec["device"] = str(device)
         model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
-        prompts = _prompt_encoder(run, tokenizer)
+        prompts = prompt_encoder(run, tokenizer)
         titles = data.item_text
         train = data.matrix("train")
         rng = np.random.default_rng(cfg.seed)
@@ -203,7 +203,7 @@ def simulate_stage(run: Run) -> dict[str, Any]:
             rec["device"] = str(device)
             model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
             model = load_adapter(model, run.dir / "refiner" / "adapter")
-            prompts = _prompt_encoder(run, tokenizer)
+            prompts = prompt_encoder(run, tokenizer)
             threshold = json.loads((run.dir / "refiner" / "report.json").read_text())["threshold"]
             histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
             judge = Judge(model, prompts, cfg.refiner.batch_size)
