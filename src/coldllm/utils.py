@@ -8,11 +8,14 @@ import logging
 import os
 import platform
 import resource
+import secrets
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -80,12 +83,43 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary path beside ``path``; when the block ends normally it is renamed onto ``path``.
+
+    Every artifact is written this way, so a process killed at any instant leaves the old file (or
+    none) or the complete new one, never a truncated one. The temporary name is in the same folder
+    (a rename is atomic only within one filesystem), starts with a dot (globs over artifacts skip
+    it) and keeps the suffix (``np.save`` appends ``.npy`` to a name without it). A folder written
+    there (a saved adapter) replaces the old folder in two renames: a kill between them leaves no
+    folder, which a reader sees as missing, not as half written. No fsync: a killed process's
+    writes are already in the page cache; only a machine crash could lose them.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if tmp.is_dir() and not tmp.is_symlink():
+            old = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
+            if path.is_dir() and not path.is_symlink():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically: readers never see half a file, a crash never truncates the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str) + "\n"  # serialised first: a bad object writes nothing
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
