@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -23,10 +24,33 @@ EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML preset under configs/.")
 
 
+FRESH_RUN = "coldllm.fresh_run_dir"  # ctx.meta key: the run folder this command created, if any
+
+
 def _setup(ctx: typer.Context, config: Optional[Path]) -> pipeline.Run:
     cfg: RunConfig = load_config(config, ctx.args)
+    if not cfg.run_dir.exists():
+        ctx.meta[FRESH_RUN] = cfg.run_dir
     setup_logging(cfg.run_dir / "log.txt")
     return pipeline.Run(cfg)
+
+
+def _forget_fresh_run(ctx: Optional[typer.Context]) -> None:
+    """Remove the run folder this command created before its input turned out bad.
+
+    A run folder holding only a log and a manifest of one failed stage would look like a run;
+    a folder that existed before the command is left as it was found (its record says the
+    stage failed).
+    """
+    folder = ctx.meta.pop(FRESH_RUN, None) if ctx is not None else None
+    if folder is None or not folder.is_dir():
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder.resolve():
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def friendly(fn):
@@ -38,7 +62,10 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except (ConfigError, DataError) as err:
             logging.getLogger("coldllm").debug("bad input", exc_info=True)
-            typer.echo(f"error: {err}", err=True)
+            ctx = kwargs.get("ctx") or next((a for a in args if isinstance(a, typer.Context)), None)
+            _forget_fresh_run(ctx)
+            # one line, whatever the message quoted (a YAML snippet, a CSV row, an Arrow report)
+            typer.echo(f"error: {' '.join(str(err).split())}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -104,6 +131,28 @@ def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
         force: bool = typer.Option(False, help="Redo stages already done.")) -> None:
     """Every stage in order, skipping the finished ones."""
     pipeline.run_all(_setup(ctx, config), force=force)
+
+
+@app.command()
+@friendly
+def serve(run_dir: Path = typer.Argument(..., help="A finished run folder, e.g. runs/<name>."),
+          host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)."),
+          port: int = typer.Option(8000, help="Port to listen on."),
+          access_log: bool = typer.Option(False, help="Log every request (costs latency under load).")) -> None:
+    """Serve recommendations over a finished run and take new items online (one process: the index is in memory)."""
+    try:  # the service is an optional extra; every other command works without it
+        import uvicorn
+
+        from .serve.app import create_app
+        from .serve.store import StoreError
+    except ImportError as err:
+        raise ConfigError(f"coldllm serve needs the serve extra (pip install 'coldllm[serve]'): {err}") from None
+    setup_logging(Path(run_dir) / "serve" / "log.txt")
+    try:
+        application = create_app(run_dir)
+    except StoreError as err:
+        raise ConfigError(str(err)) from None
+    uvicorn.run(application, host=host, port=port, access_log=access_log, log_config=None)
 
 
 def main() -> None:

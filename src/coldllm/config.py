@@ -8,13 +8,15 @@ hyper-parameter silently falling back to its default is the classic way to publi
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
+import string
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -23,62 +25,153 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be applied; the message names the key."""
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+# -- what a value may be --------------------------------------------------------------------------
+# A check takes a value and returns what is wrong with it ("must be >= 1"), or None when it is fine.
+# Each field names its checks next to its help text (``check=``), so the allowed values of a setting
+# are read where the setting is declared, and ``validate`` applies them all when a config is loaded.
+Check = Callable[[Any], "str | None"]
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def above(low: float) -> Check:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        return None if ok else f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    return check
+
+
+def registry(module: str, name: str) -> Callable[[], list[str]]:
+    """The names of a registry defined elsewhere (backbones, methods, stages), read when checked.
+
+    Read lazily: those modules import this one, and a name registered later is allowed at once.
+    """
+    return lambda: sorted(getattr(importlib.import_module(module), name))
+
+
+def one_of(*choices: Any) -> Check:
+    def check(v: Any) -> str | None:
+        allowed = list(choices[0]()) if len(choices) == 1 and callable(choices[0]) else list(choices)
+        if v in allowed:
+            return None
+        # YAML 1.1 reads an unquoted yes/no as a boolean, which then arrives here as 'True'/'False'
+        hint = " (YAML reads an unquoted yes/no as true/false: quote it)" if v in ("True", "False") else ""
+        return f"must be one of {allowed}{hint}"
+
+    return check
+
+
+def nonempty(v: Any) -> str | None:
+    return None if len(v) else "must not be empty"
+
+
+def matches(pattern: str, shape: str) -> Check:
+    return lambda v: None if re.fullmatch(pattern, v) else f"must look like {shape}"
+
+
+def each(*checks: Check) -> Check:
+    """Apply ``checks`` to every entry of a list (or every key of a mapping)."""
+
+    def check(v: Any) -> str | None:
+        for item in v:
+            for one in checks:
+                problem = one(item)
+                if problem:
+                    return f"entry {item!r} {problem}"
+        return None
+
+    return check
+
+
+DEVICE = matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING,
+          check: Check | tuple[Check, ...] = (), params: Callable[[], Any] | None = None):
+    """A field with its help text, its checks and, for a mapping of hyper-parameters, the dataclass
+    (``params``, resolved lazily) whose fields the mapping may set."""
+    metadata = {"help": text, "checks": check if isinstance(check, tuple) else (check,), "params": params}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _warm_shares(v: list[float]) -> str | None:
+    """The train/val/test shares of the warm interactions: three, none negative, training > 0, sum 1."""
+    if len(v) != 3 or min(v) < 0 or v[0] <= 0 or abs(sum(v) - 1) > 1e-6:
+        return "must be three shares (train, val, test), each >= 0, train > 0, summing to 1"
+    return None
 
 
 @dataclass
 class DataConfig:
-    name: str = _help("Dataset name; names the cache folder.", "citeulike")
-    format: str = _help("Reader: citeulike | csv | parquet | recbole.", "citeulike")
+    name: str = _help("Dataset name; names the cache folder.", "citeulike", check=nonempty)
+    format: str = _help("Reader: citeulike | csv | parquet | recbole.", "citeulike",
+                        check=one_of(registry("coldllm.data.readers", "READERS")))
     path: str = _help(
         "Directory of the raw files. ${VAR:-default} is expanded from the environment.",
-        "${COLDLLM_DATA:-../shared/data}/citeulike",
+        "${COLDLLM_DATA:-../shared/data}/citeulike", check=nonempty,
     )
-    interactions: str = _help("csv/parquet: interactions file inside `path`.", "interactions.csv")
-    items: str = _help("csv/parquet: item table inside `path` (id column + text fields).", "items.csv")
-    user_field: str = _help("Column holding the user id.", "user")
-    item_field: str = _help("Column holding the item id.", "item")
+    interactions: str = _help("csv/parquet: interactions file inside `path`.", "interactions.csv", check=nonempty)
+    items: str = _help("csv/parquet: item table inside `path` (id column + text fields).", "items.csv",
+                       check=nonempty)
+    user_field: str = _help("Column holding the user id.", "user", check=nonempty)
+    item_field: str = _help("Column holding the item id.", "item", check=nonempty)
     timestamp_field: str = _help("Optional timestamp column ('' for none).", "")
     text_fields: list[str] = _help(
-        "Item-table columns joined into the item text.", factory=lambda: ["title"]
+        "Item-table columns joined into the item text.", factory=lambda: ["title"], check=(nonempty, each(nonempty))
     )
-    split: str = _help("published: read the split files; random: the seeded ColdRec split.", "published")
-    split_dir: str = _help("Folder (inside `path`) of the published split files.", "split")
-    cold_ratio: float = _help("random split: share of items that become cold.", 0.2)
+    split: str = _help("published: read the split files; random: the seeded ColdRec split.", "published",
+                       check=one_of("published", "random"))
+    split_dir: str = _help("Folder (inside `path`) of the published split files.", "split", check=nonempty)
+    cold_ratio: float = _help("random split: share of items that become cold.", 0.2,
+                              check=between(0, 1, low_open=True, high_open=True))
     warm_ratios: list[float] = _help(
-        "random split: warm interactions train/val/test shares.", factory=lambda: [0.8, 0.1, 0.1]
+        "random split: warm interactions train/val/test shares.", factory=lambda: [0.8, 0.1, 0.1], check=_warm_shares
     )
-    seed: int = _help("Seed of the random split and of the user sample.", 2023)
-    sample_users: int = _help("Keep a seeded sample of N users and the items they touched (0 = all).", 0)
-    cache_dir: str = _help("Where prepared datasets are cached.", "cache")
+    seed: int = _help("Seed of the random split and of the user sample.", 2023, check=at_least(0))
+    sample_users: int = _help("Keep a seeded sample of N users and the items they touched (0 = all).", 0,
+                              check=at_least(0))
+    cache_dir: str = _help("Where prepared datasets are cached.", "cache", check=nonempty)
 
 
 @dataclass
 class BackboneConfig:
-    model: str = _help("mf | lightgcn | ngcf.", "lightgcn")
-    dim: int = _help("Embedding size.", 64)
-    layers: int = _help("Propagation layers (graph models).", 3)
-    lr: float = _help("Adam learning rate.", 1e-3)
-    reg: float = _help("L2 weight on the batch's ego embeddings (BPR regulariser).", 1e-4)
-    dropout: float = _help("NGCF message dropout.", 0.1)
-    batch_size: int = _help("BPR triples per step.", 2048)
-    epochs: int = _help("Maximum epochs.", 300)
-    eval_every: int = _help("Validate every N epochs.", 5)
-    patience: int = _help("Stop after N validations without a better val NDCG.", 6)
-    device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
+    model: str = _help("mf | lightgcn | ngcf.", "lightgcn", check=one_of(registry("coldllm.backbones", "BACKBONES")))
+    dim: int = _help("Embedding size.", 64, check=at_least(1))
+    layers: int = _help("Propagation layers (graph models).", 3, check=at_least(0))
+    lr: float = _help("Adam learning rate.", 1e-3, check=above(0))
+    reg: float = _help("L2 weight on the batch's ego embeddings (BPR regulariser).", 1e-4, check=at_least(0))
+    dropout: float = _help("NGCF message dropout.", 0.1, check=between(0, 1, high_open=True))
+    batch_size: int = _help("BPR triples per step.", 2048, check=at_least(1))
+    epochs: int = _help("Maximum epochs.", 300, check=at_least(1))
+    eval_every: int = _help("Validate every N epochs.", 5, check=at_least(1))
+    patience: int = _help("Stop after N validations without a better val NDCG.", 6, check=at_least(1))
+    device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
 
 
 @dataclass
 class ContentConfig:
-    encoder: str = _help("minilm (sentence encoder) | llm (mean-pooled causal-LM states).", "minilm")
+    encoder: str = _help("minilm (sentence encoder) | llm (mean-pooled causal-LM states).", "minilm",
+                         check=one_of(registry("coldllm.content", "ENCODERS")))
     model: str = _help("'' = the packaged default; else a local model folder (or smollm2-135m).", "")
-    batch_size: int = _help("Texts per forward pass.", 64)
-    max_length: int = _help("Tokens kept per text (longer texts are truncated).", 128)
-    cache_dir: str = _help("Where converted models and text vectors are cached.", "cache")
-    device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
+    batch_size: int = _help("Texts per forward pass.", 64, check=at_least(1))
+    max_length: int = _help("Tokens kept per text (longer texts are truncated).", 128, check=at_least(1))
+    cache_dir: str = _help("Where converted models and text vectors are cached.", "cache", check=nonempty)
+    device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
+
+
+def _method_params() -> dict[str, type]:
+    from .baselines import METHODS
+
+    return {name: cls.Params for name, cls in METHODS.items()}
 
 
 @dataclass
@@ -86,28 +179,38 @@ class BaselineConfig:
     methods: list[str] = _help(
         "Cold-start methods to fit and evaluate.",
         factory=lambda: ["random", "knn", "deepmusic", "dropoutnet", "metaemb", "mtpr", "clcrec", "gar", "aldi"],
+        check=each(one_of(registry("coldllm.baselines", "METHODS"))),
     )
-    params: dict = _help("Per-method hyper-parameters: {method: {key: value}}.", factory=dict)
-    device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
+    params: dict = _help("Per-method hyper-parameters: {method: {key: value}}.", factory=dict,
+                         params=_method_params)
+    device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
+
+
+def _lazy(module: str, name: str) -> Callable[[], type]:
+    return lambda: getattr(importlib.import_module(module), name)
 
 
 @dataclass
 class FilterConfig:
-    k: int = _help("Users kept per cold item (K).", 20)
+    k: int = _help("Users kept per cold item (K).", 20, check=at_least(1))
     towers: str = _help("coupled | collab | lm | random (ablations) | file (candidates read from `file`).",
-                        "coupled")
+                        "coupled", check=one_of("coupled", "collab", "lm", "random", "file"))
     collab_source: str = _help("What the collaborative sub-tower is: aldi (the paper's student) | knn "
-                               "(content-KNN item vectors against the backbone's users).", "aldi")
+                               "(content-KNN item vectors against the backbone's users).", "aldi",
+                               check=one_of("aldi", "knn"))
     file: str = _help("towers=file: CSV with columns user,item[,answer] in the dataset's raw ids.", "")
     normalize_users: bool = _help(
         "Rank users by cosine instead of inner product (each user's coupled vector at unit length), so heavy "
         "users with long vectors do not fill every item's top-K.", False)
-    index: str = _help("FAISS index: flat (exact) | ivf | hnsw (approximate, for large user sets).", "flat")
+    index: str = _help("FAISS index: flat (exact) | ivf | hnsw (approximate, for large user sets).", "flat",
+                       check=one_of("flat", "ivf", "hnsw"))
     text_model: str = _help("Language model of the language-model sub-tower: a causal LM whose mean-pooled states "
                             "are used (smollm2-135m, a local folder), or minilm (the packaged sentence encoder; "
-                            "minutes instead of an hour of encoding on 2 CPU cores).", "smollm2-135m")
-    collab: dict = _help("ALDI student hyper-parameters (baselines.aldi.ALDIParams).", factory=dict)
-    lm: dict = _help("Language-model tower hyper-parameters (funnel.filter.LMTowerParams).", factory=dict)
+                            "minutes instead of an hour of encoding on 2 CPU cores).", "smollm2-135m", check=nonempty)
+    collab: dict = _help("ALDI student hyper-parameters (baselines.aldi.ALDIParams).", factory=dict,
+                         params=_lazy("coldllm.baselines.aldi", "ALDIParams"))
+    lm: dict = _help("Language-model tower hyper-parameters (funnel.filter.LMTowerParams).", factory=dict,
+                     params=_lazy("coldllm.funnel.filter", "LMTowerParams"))
 
 
 @dataclass
@@ -115,70 +218,86 @@ class RefinerConfig:
     judge: str = _help(
         "Which filtered pairs are accepted: llm (the LoRA-tuned language model) | cosine (free: text "
         "similarity of the item to the user's history) | all (no refiner) | file (the `answer` column of "
-        "filter.file) | oracle (a diagnostic that reads held-out labels; never a method).", "llm")
-    keep: float = _help("cosine judge: share of each item's candidates accepted (the most similar).", 0.5)
-    oracle_r: float = _help("oracle judge: probability a real held-out pair is accepted.", 1.0)
-    oracle_f: float = _help("oracle judge: probability any other candidate pair is accepted.", 0.0)
-    model: str = _help("Causal LM to fine-tune: smollm2-135m or a local Hugging Face folder.", "smollm2-135m")
-    template: dict = _help("Prompt template fields (llm.prompts.PromptTemplate), per domain.", factory=dict)
-    train_users: int = _help("Users giving one positive + one negative fine-tuning example each.", 600)
-    eval_users: int = _help("Held-out warm users for the judge's accuracy / AUC.", 300)
-    hard_negatives: float = _help("Share of fine-tuning negatives taken from the filter's top-K.", 0.5)
-    lora: dict = _help("LoRA hyper-parameters (llm.lora.LoraParams).", factory=dict)
-    threshold: str = _help("yes: accept when P(Yes) > P(No) (the paper); tuned: best on held-out pairs.", "yes")
-    batch_size: int = _help("Candidates judged per forward pass.", 32)
-    shard_users: int = _help("Users per simulation shard (the unit of resumption).", 128)
+        "filter.file) | oracle (a diagnostic that reads held-out labels; never a method).", "llm",
+        check=one_of("llm", "cosine", "all", "file", "oracle"))
+    keep: float = _help("cosine judge: share of each item's candidates accepted (the most similar).", 0.5,
+                        check=between(0, 1, low_open=True))
+    oracle_r: float = _help("oracle judge: probability a real held-out pair is accepted.", 1.0, check=between(0, 1))
+    oracle_f: float = _help("oracle judge: probability any other candidate pair is accepted.", 0.0,
+                            check=between(0, 1))
+    model: str = _help("Causal LM to fine-tune: smollm2-135m or a local Hugging Face folder.", "smollm2-135m",
+                       check=nonempty)
+    template: dict = _help("Prompt template fields (llm.prompts.PromptTemplate), per domain.", factory=dict,
+                           params=_lazy("coldllm.llm.prompts", "PromptTemplate"))
+    train_users: int = _help("Users giving one positive + one negative fine-tuning example each.", 600,
+                             check=at_least(1))
+    eval_users: int = _help("Held-out warm users for the judge's accuracy / AUC.", 300, check=at_least(1))
+    hard_negatives: float = _help("Share of fine-tuning negatives taken from the filter's top-K.", 0.5,
+                                  check=between(0, 1))
+    lora: dict = _help("LoRA hyper-parameters (llm.lora.LoraParams).", factory=dict,
+                       params=_lazy("coldllm.llm.lora", "LoraParams"))
+    threshold: str = _help("yes: accept when P(Yes) > P(No) (the paper); tuned: best on held-out pairs.", "yes",
+                           check=one_of("yes", "tuned"))
+    batch_size: int = _help("Candidates judged per forward pass.", 32, check=at_least(1))
+    shard_users: int = _help("Users per simulation shard (the unit of resumption).", 128, check=at_least(1))
     verdicts_from: list[str] = _help(
         "Runs with the same judge (the same refiner folder) whose verdicts are reused, not recomputed.",
-        factory=list,
+        factory=list, check=each(nonempty),
     )
-    device: str = _help("auto | cpu | cuda | cuda:N.", "auto")
+    device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
 
 
 @dataclass
 class UpdateConfig:
     mode: str = _help("fast: only the cold items' rows move (default); retrain: the backbone trained again on "
-                      "real + simulated pairs (the paper's way).", "fast")
+                      "real + simulated pairs (the paper's way).", "fast", check=one_of("fast", "retrain"))
     prior: str = _help("Where cold rows start, in the backbone's output space: knn (content-KNN) | none (zeros).",
-                       "knn")
-    prior_k: int = _help("knn prior: warm neighbours per cold item.", 20)
-    select_on: str = _help("Validation setting that selects the update's state: cold | overall | warm.", "cold")
-    eval_every: int = _help("Validate every N steps (fast) or epochs (retrain); the start is validated too.", 10)
-    patience: int = _help("Stop after N validations without a better score.", 5)
-    steps: int = _help("fast: maximum full-batch Adam steps.", 300)
-    lr: float = _help("fast: Adam learning rate of the cold rows.", 0.003)
-    pull: float = _help("fast: weight of ||e - prior||^2 per cold item (0: the prior is only the start).", 1.0)
-    negatives: int = _help("fast: sampled negatives per accepted pair.", 16)
-    batch_size: int = _help("fast: accepted pairs per step (sampled; the loss stands for all pairs).", 4096)
-    negative_pool: str = _help("fast: negatives drawn from warm | cold | all items (cold ones move too).", "all")
+                       "knn", check=one_of("knn", "none"))
+    prior_k: int = _help("knn prior: warm neighbours per cold item.", 20, check=at_least(1))
+    select_on: str = _help("Validation setting that selects the update's state: cold | overall | warm.", "cold",
+                           check=one_of("cold", "overall", "warm"))
+    eval_every: int = _help("Validate every N steps (fast) or epochs (retrain); the start is validated too.", 10,
+                            check=at_least(1))
+    patience: int = _help("Stop after N validations without a better score.", 5, check=at_least(1))
+    steps: int = _help("fast: maximum full-batch Adam steps.", 300, check=at_least(1))
+    lr: float = _help("fast: Adam learning rate of the cold rows.", 0.003, check=above(0))
+    pull: float = _help("fast: weight of ||e - prior||^2 per cold item (0: the prior is only the start).", 1.0,
+                        check=at_least(0))
+    negatives: int = _help("fast: sampled negatives per accepted pair.", 16, check=at_least(1))
+    batch_size: int = _help("fast: accepted pairs per step (sampled; the loss stands for all pairs).", 4096,
+                            check=at_least(1))
+    negative_pool: str = _help("fast: negatives drawn from warm | cold | all items (cold ones move too).", "all",
+                               check=one_of("warm", "cold", "all"))
     weight_by_p_yes: bool = _help("fast: weight each accepted pair by the judge's P(Yes).", False)
     init: str = _help("retrain: scratch (fresh weights, the paper) | backbone (the trained backbone, cold rows "
-                      "at the prior).", "backbone")
-    epochs: int = _help("retrain: maximum epochs.", 100)
-    retrain_lr: float = _help("retrain: Adam learning rate.", 0.001)
+                      "at the prior).", "backbone", check=one_of("scratch", "backbone"))
+    epochs: int = _help("retrain: maximum epochs.", 100, check=at_least(1))
+    retrain_lr: float = _help("retrain: Adam learning rate.", 0.001, check=above(0))
 
 
 @dataclass
 class EvalConfig:
-    ks: list[int] = _help("Cut-offs for Recall@K / NDCG@K.", factory=lambda: [20])
-    batch_size: int = _help("Users scored per matrix product.", 1024)
-    metric: str = _help("Early-stopping metric, e.g. ndcg@20.", "ndcg@20")
+    ks: list[int] = _help("Cut-offs for Recall@K / NDCG@K.", factory=lambda: [20], check=(nonempty, each(at_least(1))))
+    batch_size: int = _help("Users scored per matrix product.", 1024, check=at_least(1))
+    metric: str = _help("Early-stopping metric, recall@K or ndcg@K with K one of `ks`, e.g. ndcg@20.", "ndcg@20",
+                        check=matches(r"(recall|ndcg)@\d+", "recall@K or ndcg@K"))
 
 
 @dataclass
 class RunConfig:
-    name: str = _help("Run name: artifacts go to <runs_dir>/<name>/.", "default")
-    runs_dir: str = _help("Parent folder of runs.", "runs")
-    seed: int = _help("Seed of model initialisation and sampling.", 2023)
+    name: str = _help("Run name: artifacts go to <runs_dir>/<name>/.", "default", check=nonempty)
+    runs_dir: str = _help("Parent folder of runs.", "runs", check=nonempty)
+    seed: int = _help("Seed of model initialisation and sampling.", 2023, check=at_least(0))
     stages: list[str] = _help(
         "Stages `coldllm run` executes, in order (prepare, train, evaluate_test, content, baselines, "
         "filter, finetune, simulate, update).",
         factory=lambda: ["prepare", "train", "evaluate_test", "content", "baselines"],
+        check=each(one_of(lambda: sorted(importlib.import_module("coldllm.pipeline").all_stages()))),
     )
     reuse: dict = _help(
         "Stages taken from another finished run instead of recomputed: {stage: run name}, e.g. "
         "{train: my-backbone-run}. Only train, filter, finetune and simulate can be reused.",
-        factory=dict,
+        factory=dict, check=each(one_of(registry("coldllm.pipeline", "STAGE_FOLDERS"))),
     )
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -261,9 +380,15 @@ def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {err.object[err.start]:#04x})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     parent = values.pop("extends", None)
@@ -301,6 +426,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def load_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The default config, a preset on top, overrides on top of both; every value is then checked."""
     cfg = RunConfig()
     if preset is not None:
         _apply(cfg, _read_preset(Path(preset)))
@@ -308,7 +434,115 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
         _apply(cfg, parse_overrides(overrides))
     cfg.data.path = expand_env(cfg.data.path)
     cfg.filter.file = expand_env(cfg.filter.file)
+    return validate(cfg)
+
+
+# -- validation -------------------------------------------------------------------------------------
+# The hyper-parameter dataclasses of other modules (ALDI, the language-model tower, LoRA, the prompt,
+# each baseline) carry help but no checks; their fields are checked by name, since each of these names
+# means the same thing in every one of them. A field that declares its own ``checks`` wins.
+PARAM_CHECKS: dict[str, tuple[Check, ...]] = {
+    "lr": (above(0),), "inner_lr": (above(0),), "tau": (above(0),),
+    "reg": (at_least(0),), "init_scale": (at_least(0),), "init_std": (at_least(0),),
+    "dropout": (between(0, 1, high_open=True),), "gen_dropout": (between(0, 1, high_open=True),),
+    "batch_size": (at_least(1),), "batch": (at_least(1),), "epochs": (at_least(1),), "patience": (at_least(1),),
+    "hidden": (at_least(1),), "out_dim": (at_least(0),), "layers": (at_least(0),), "r": (at_least(1),),
+    "k": (at_least(1),), "n_neg": (at_least(1),), "seed": (at_least(0),),
+    "max_history": (at_least(0),), "max_title_chars": (at_least(2),),
+}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every setting against its field's checks, then the rules that tie settings together.
+
+    Runs when a config is loaded, before any stage writes anything: a value that a stage would
+    silently replace (an unknown judge threshold becoming 0.5) or trip over hours later is an error
+    naming the key now.
+    """
+    _check_fields(cfg, "")
+    for rule in CROSS_CHECKS:
+        problem = rule(cfg)
+        if problem:
+            raise ConfigError(problem)
     return cfg
+
+
+def _check_fields(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.")
+            continue
+        checks = f.metadata["checks"] if "checks" in f.metadata else PARAM_CHECKS.get(f.name, ())
+        for check in checks:
+            problem = check(value)
+            if problem:
+                raise ConfigError(f"config key '{key}' {problem}, got {value!r}")
+        if f.metadata.get("params") is not None:
+            _check_params(key, value, f.metadata["params"]())
+
+
+def _check_params(key: str, values: dict[str, Any], target: Any) -> None:
+    """A mapping of hyper-parameters: known keys, right types, allowed values (a dict: one class per name)."""
+    if isinstance(target, dict):
+        for name, sub in values.items():
+            if name not in target:
+                raise ConfigError(f"config key '{key}.{name}': no such method (known: {', '.join(sorted(target))})")
+            if not isinstance(sub, dict):
+                raise ConfigError(f"config key '{key}.{name}' expects a mapping, got {sub!r}")
+            _check_params(f"{key}.{name}", sub, target[name])
+        return
+    obj = target()
+    _apply(obj, values, prefix=f"{key}.")
+    _check_fields(obj, f"{key}.")
+
+
+def _metric_in_ks(cfg: RunConfig) -> str | None:
+    k = int(cfg.eval.metric.split("@")[1])
+    if k not in cfg.eval.ks:
+        return f"config key 'eval.metric' is {cfg.eval.metric!r} but {k} is not in eval.ks {cfg.eval.ks}; add it there"
+    return None
+
+
+def _candidate_file(cfg: RunConfig) -> str | None:
+    if cfg.refiner.judge == "file" and cfg.filter.towers != "file":
+        return "config key 'refiner.judge' is 'file', which reads the answers of filter.file: set filter.towers=file"
+    if cfg.filter.towers == "file" and not cfg.filter.file:
+        return "config key 'filter.file' must name a CSV of candidates when filter.towers is 'file'"
+    return None
+
+
+def _template_placeholders(cfg: RunConfig) -> str | None:
+    """A prompt that would fail to format at the first judged pair, hours into a run, fails here."""
+    from .llm.prompts import PromptTemplate, prefix_text, suffix_text
+
+    template = PromptTemplate()
+    _apply(template, cfg.refiner.template, prefix="refiner.template.")
+    try:
+        prefix_text(template, ["a title"]), suffix_text(template, "a title")
+        return None
+    except (KeyError, IndexError, ValueError, AttributeError) as err:
+        problem = err
+    # name the field that broke: the first whose own text does not format with a title alone
+    for f in dataclasses.fields(template):
+        text, key = getattr(template, f.name), f"config key 'refiner.template.{f.name}'"
+        if not isinstance(text, str):
+            continue
+        try:
+            text.format(title="a title")
+        except KeyError as err:
+            return f"{key} has an unknown placeholder {{{err.args[0]}}}; the only placeholder is {{title}}"
+        except IndexError:
+            return f"{key} has a placeholder {{}} without a name; the only placeholder is {{title}}"
+        except (ValueError, AttributeError) as err:
+            return f"{key} cannot be formatted with a title: {err} (a literal brace is written {{{{ or }}}})"
+    return f"config key 'refiner.template' cannot be formatted: {problem}"
+
+
+# Rules that tie settings together; each returns what is wrong, or None.
+CROSS_CHECKS: tuple[Callable[[RunConfig], "str | None"], ...] = (
+    _metric_in_ks, _candidate_file, _template_placeholders,
+)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -122,6 +122,37 @@ def write_json(path: Path, obj: Any) -> None:
         tmp.write_text(text)
 
 
+def _unreadable_safetensors(path: Path, err: Exception) -> Exception:
+    from .data.readers import DataError  # here: the data package is not needed to import utils
+
+    if isinstance(err, FileNotFoundError):
+        return DataError(f"{path}: file not found")
+    return DataError(f"{path}: truncated or corrupt safetensors file ({' '.join(str(err).split())}); "
+                     f"delete it and rerun the stage that writes it")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or corrupt file is a ``DataError``
+    naming it, so a command stops with one line instead of a deserializer's traceback."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own error type for every defect)
+        raise _unreadable_safetensors(Path(path), err) from None
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (the trainer state of a checkpoint), read as above."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return fh.metadata() or {}
+    except Exception as err:  # noqa: BLE001
+        raise _unreadable_safetensors(Path(path), err) from None
+
+
 def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:

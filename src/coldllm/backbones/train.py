@@ -19,14 +19,13 @@ import numpy as np
 import scipy.sparse as sp
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..config import BackboneConfig, RunConfig
 from ..data import BPRSampler, ColdStartData
 from ..evaluate import Evaluator, embedding_scorer
-from ..utils import resolve_device, write_json
+from ..utils import read_safetensors, read_safetensors_metadata, resolve_device, write_json
 from .base import Backbone
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ def save_backbone(model: Backbone, folder: Path, name: str = "best") -> None:
 
 def load_embeddings(folder: Path, name: str = "best") -> tuple[torch.Tensor, torch.Tensor]:
     """The user and item representations saved with a checkpoint (see ``save_backbone``)."""
-    tensors = load_file(str(folder / f"{name}_embeddings.safetensors"))
+    tensors = read_safetensors(folder / f"{name}_embeddings.safetensors")
     return tensors["user"], tensors["item"]
 
 
@@ -100,7 +99,7 @@ def load_backbone(folder: Path, data: ColdStartData, name: str = "best") -> Back
                          f"data is {data.n_users}x{data.n_items}")
     cfg = BackboneConfig(**{k: v for k, v in meta.items() if k not in ("n_users", "n_items")})
     model = build_backbone(cfg, data.matrix("train"))
-    weights = load_file(str(folder / f"{name}.safetensors"))
+    weights = read_safetensors(folder / f"{name}.safetensors")
     model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("optim.")})
     return model
 
@@ -132,14 +131,13 @@ def train_backbone(
     result = TrainResult(fingerprint=fingerprint)
     saved = None
     if resume and last_path.exists():
-        with safe_open(str(last_path), "pt") as fh:
-            saved = TrainResult(**json.loads(fh.metadata()["trainer_state"]))
+        saved = TrainResult(**json.loads(read_safetensors_metadata(last_path)["trainer_state"]))
         if saved.fingerprint != fingerprint:
             log.warning("%s belongs to other inputs or settings; training from the start", last_path)
             saved = None
     if saved is not None:
         result = saved
-        tensors = load_file(str(last_path))
+        tensors = read_safetensors(last_path)
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))})
         _load_optimizer(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")})
         torch.set_rng_state(tensors["rng.torch"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ContentConfig
+from ..config import ConfigError, ContentConfig
 from ..utils import resolve_device
 from .cache import VectorCache, text_hash
 from ..llm.models import DEFAULT_LLM
@@ -18,8 +18,8 @@ ENCODERS = {"minilm": SentenceEncoder, "llm": LLMEncoder}
 
 
 def build_encoder(cfg: ContentConfig) -> Encoder:
-    if cfg.encoder not in ENCODERS:
-        raise ValueError(f"content.encoder {cfg.encoder!r} is not one of {sorted(ENCODERS)}")
+    if cfg.encoder not in ENCODERS:  # load_config refuses it too; a hand-built config may not have been loaded
+        raise ConfigError(f"config key 'content.encoder' must be one of {sorted(ENCODERS)}, got {cfg.encoder!r}")
     device = str(resolve_device(cfg.device))
     if cfg.encoder == "llm":
         return LLMEncoder(cfg.model, cfg.batch_size, cfg.max_length, device, cfg.cache_dir)

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..data.readers import DataError
 from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,14 @@ class VectorCache:
         self.folder = folder
         self.index_path, self.vectors_path = folder / "index.parquet", folder / "vectors.npy"
         if self.index_path.exists() and self.vectors_path.exists():
-            self.hashes = pd.read_parquet(self.index_path)["hash"].tolist()
-            self.vectors = np.load(self.vectors_path, allow_pickle=False)
+            try:
+                self.hashes = pd.read_parquet(self.index_path)["hash"].tolist()
+                self.vectors = np.load(self.vectors_path, allow_pickle=False)
+            except (OSError, ValueError, KeyError) as err:  # a file cut short, or not the cache's own
+                raise DataError(f"{folder}: text-vector cache is corrupt ({' '.join(str(err).split())}); "
+                                f"delete the folder to rebuild it") from None
             if len(self.hashes) != len(self.vectors):
-                raise ValueError(f"{folder}: index and vectors disagree; delete the folder to rebuild it")
+                raise DataError(f"{folder}: index and vectors disagree; delete the folder to rebuild it")
         else:
             self.hashes, self.vectors = [], None
         self.position = {h: i for i, h in enumerate(self.hashes)}

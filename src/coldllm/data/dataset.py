@@ -136,7 +136,8 @@ def build_dataset(raw: RawData, cfg: DataConfig) -> ColdStartData:
         items = item_index.get_indexer(frame["item"])
         if (items < 0).any():
             bad = frame["item"].iloc[int(np.argmax(items < 0))]
-            raise DataError(f"{what}: item {bad!r} is not in the item table ({cfg.items or 'titles'})")
+            raise DataError(f"{what}: item {bad!r} is not in the item table ({_item_source(cfg)})"
+                            f"{_spelling_hint(bad, item_ids)}")
         users = user_index.get_indexer(frame["user"])
         pairs = np.stack([users, items], axis=1).astype(np.int64)
         return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
@@ -152,10 +153,33 @@ def build_dataset(raw: RawData, cfg: DataConfig) -> ColdStartData:
         )
         parts = {part: pairs[idx] for part, idx in rows.items()}
 
+    if not len(parts["train"]):
+        where = f"split part 'train' ({cfg.split_dir}/)" if raw.parts else "the interactions"
+        raise DataError(f"{where}: no training interactions after the split; nothing to train on")
     is_cold = np.ones(len(item_ids), dtype=bool)
     is_cold[parts["train"][:, 1]] = False
     text = items_table.set_index("item").loc[item_ids, "text"].fillna("").astype(str).to_numpy(dtype=object)
     return ColdStartData(user_ids=user_ids, item_ids=item_ids, item_text=text, is_cold=is_cold, parts=parts)
+
+
+def _item_source(cfg: DataConfig) -> str:
+    return {"citeulike": "titles.txt", "recbole": f"{cfg.name}.item"}.get(cfg.format, cfg.items)
+
+
+def _spelling_hint(item: str, item_ids: np.ndarray) -> str:
+    """When the missing id is the number of a listed one spelt otherwise ('7' for '007', '7.0'), say so:
+    ids are compared as text, as written in each file."""
+    try:
+        value = float(item)
+    except ValueError:
+        return ""
+    for known in item_ids:
+        try:
+            if float(known) == value:
+                return f", which has {known!r}: ids are compared as text, write them the same way in both files"
+        except ValueError:
+            continue
+    return ""
 
 
 def _check_published(parts: dict[str, np.ndarray]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -45,6 +46,19 @@ def _require(path: Path) -> Path:
     return path
 
 
+def _utf8_error(path: Path) -> DataError:
+    """The first line of ``path`` that is not UTF-8, as an error naming it (read again, line by line,
+    because a decoder that fails mid-stream knows the byte offset in its buffer, not the line)."""
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return DataError(f"{path}:{line_no}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                 f"{err.start + 1}); save the file as UTF-8")
+    return DataError(f"{path}: not UTF-8 text; save the file as UTF-8")
+
+
 def _int_tokens(path: Path, line_no: int, line: str) -> list[int]:
     try:
         return [int(tok) for tok in line.split()]
@@ -56,27 +70,37 @@ def _int_tokens(path: Path, line_no: int, line: str) -> list[int]:
 def read_count_lists(path: Path) -> list[list[int]]:
     """Read the ``n i_1 ... i_n`` format of users.dat / item-tag.dat, checking each count."""
     rows = []
-    with open(_require(path), encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            values = _int_tokens(path, line_no, line)
-            if not values:
-                raise DataError(f"{path}:{line_no}: empty line (expected 'n i_1 ... i_n')")
-            n, ids = values[0], values[1:]
-            if n != len(ids):
-                raise DataError(f"{path}:{line_no}: count says {n} ids but the line has {len(ids)}")
-            if any(i < 0 for i in ids):
-                raise DataError(f"{path}:{line_no}: negative id")
-            rows.append(ids)
+    try:
+        with open(_require(path), encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                values = _int_tokens(path, line_no, line)
+                if not values:
+                    raise DataError(f"{path}:{line_no}: empty line (expected 'n i_1 ... i_n')")
+                n, ids = values[0], values[1:]
+                if n != len(ids):
+                    raise DataError(f"{path}:{line_no}: count says {n} ids but the line has {len(ids)}")
+                if any(i < 0 for i in ids):
+                    raise DataError(f"{path}:{line_no}: negative id")
+                rows.append(ids)
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
     return rows
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return _require(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
 
 
 def read_pair_csv(path: Path) -> pd.DataFrame:
     """A ``user,item`` CSV with a header, as in the published split."""
-    frame = _read_table(path)
+    frame = _read_table(path, id_columns=("user", "item"))
     missing = {"user", "item"} - set(frame.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}; header is {list(frame.columns)}")
-    return frame[["user", "item"]].astype(str)
+    return pd.DataFrame({col: _ids_as_text(frame[col]) for col in ("user", "item")})
 
 
 def read_citeulike(cfg: DataConfig) -> RawData:
@@ -86,8 +110,9 @@ def read_citeulike(cfg: DataConfig) -> RawData:
             f"{root}: CiteULike directory not found (set data.path or the COLDLLM_DATA variable)"
         )
     user_lists = read_count_lists(root / "users.dat")
-    titles_path = _require(root / "titles.txt")
-    titles = titles_path.read_text(encoding="utf-8").splitlines()
+    if not any(user_lists):
+        raise DataError(f"{root / 'users.dat'}: no interactions (every line is empty); nothing to train on")
+    titles = _read_text(root / "titles.txt").splitlines()
     n_items = len(titles)
     users, items = [], []
     for u, ids in enumerate(user_lists):
@@ -111,20 +136,70 @@ def read_split_dir(folder: Path) -> dict[str, pd.DataFrame]:
     return {part: read_pair_csv(folder / name) for part, name in PUBLISHED_FILES.items()}
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or Parquet table; in a CSV the ``id_columns`` are read as text, exactly as written.
+
+    Left to Arrow's type inference, a column of digits becomes integers ("007" -> 7) in one file
+    while the same ids stay text in a file where some id has a letter, and the two never match.
+    """
     _require(path)
     try:
         if path.suffix == ".parquet":
             table = pq.read_table(path)
         else:
             opts = pacsv.ReadOptions(block_size=1 << 26)
-            conv = pacsv.ConvertOptions(strings_can_be_null=False)
+            conv = pacsv.ConvertOptions(strings_can_be_null=False,
+                                        column_types={c: pa.string() for c in id_columns})
             table = pacsv.read_csv(path, read_options=opts, convert_options=conv)
     except (pa.ArrowInvalid, OSError) as err:
+        if path.suffix != ".parquet" and "UTF8" in str(err):
+            raise _utf8_error(path) from None
         line = _first_ragged_line(path) if path.suffix != ".parquet" else None
         where = f"{path}:{line}" if line else str(path)
-        raise DataError(f"{where}: {err}") from None
+        raise DataError(f"{where}: {' '.join(str(err).split())}") from None
+    # Arrow keeps a CSV column that is not valid UTF-8 as raw bytes rather than failing
+    if any(pa.types.is_binary(t) or pa.types.is_large_binary(t) for t in table.schema.types):
+        if path.suffix != ".parquet":
+            raise _utf8_error(path)
+        column = next(n for n, t in zip(table.schema.names, table.schema.types) if pa.types.is_binary(t)
+                      or pa.types.is_large_binary(t))
+        raise DataError(f"{path}: column {column!r} holds bytes, not text")
     return table.to_pandas()
+
+
+def _ids_as_text(column: pd.Series) -> pd.Series:
+    """Ids as text; a float column of whole numbers (Parquet ids once stored as floats) as "7", not "7.0"."""
+    if pd.api.types.is_float_dtype(column) and column.notna().all() and (column % 1 == 0).all():
+        column = column.astype("int64")
+    return column.astype(str)
+
+
+def _file_line(path: Path, row: int, lines: list[int] | None = None) -> int | None:
+    """The file line of data row ``row`` (0-based); None for Parquet, which has rows, not lines.
+
+    CSV lines are counted again on this error path: blank lines and quoted newlines make them
+    differ from the row number."""
+    if lines is not None:
+        return lines[row]
+    if path.suffix == ".parquet":
+        return None
+    import csv
+
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader, None)  # the header
+        seen = -1
+        for record in reader:
+            seen += bool(record)
+            if seen == row:
+                return reader.line_num
+    return row + 2
+
+
+def _line_of(path: Path, row: int, lines: list[int] | None = None) -> str:
+    """``file:line`` of a data row, or ``file: row N`` in a Parquet file."""
+    line = _file_line(path, row, lines)
+    return f"{path}:{line}" if line is not None else f"{path}: row {row + 1}"
 
 
 def _first_ragged_line(path: Path) -> int | None:
@@ -153,33 +228,63 @@ def _text_column(frame: pd.DataFrame, fields: list[str], path: Path) -> pd.Serie
     return text.str.strip()
 
 
-def _check_ids(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
+def _check_ids(frame: pd.DataFrame, path: Path, columns: list[str], lines: list[int] | None = None) -> None:
     for col in columns:
         if col not in frame.columns:
             raise DataError(f"{path}: column {col!r} not found; columns are {list(frame.columns)}")
         null = (frame[col].isna() | (frame[col].astype(str).str.strip() == "")).to_numpy()
         if null.any():
-            line = int(null.argmax()) + 2  # +1 for 0-based, +1 for the header line
-            raise DataError(f"{path}:{line}: empty {col!r}")
+            raise DataError(f"{_line_of(path, int(null.argmax()), lines)}: empty {col!r}")
+
+
+def _check_rows(frame: pd.DataFrame, path: Path, what: str) -> None:
+    """A file with a header and no rows would train on nothing and evaluate to NaN."""
+    if frame.empty:
+        raise DataError(f"{path}: no {what} (the file has no rows after its header)")
+
+
+def _timestamps(frame: pd.DataFrame, col: str, path: Path, lines: list[int] | None = None) -> pd.Series:
+    values = pd.to_numeric(frame[col], errors="coerce")
+    bad = values.isna().to_numpy()
+    if bad.any():
+        row = int(bad.argmax())
+        raise DataError(f"{_line_of(path, row, lines)}: timestamp {frame[col].iloc[row]!r} in {col!r} is not a number")
+    return values
+
+
+def _check_unique_items(items: pd.DataFrame, path: Path, lines: list[int] | None = None) -> None:
+    """An item listed twice must say the same thing twice: which text is meant is not ours to guess."""
+    first_text = items.groupby("item", sort=False)["text"].transform("first")
+    clash = (items["text"] != first_text).to_numpy()
+    if clash.any():
+        row = int(clash.argmax())
+        item = items["item"].iloc[row]
+        first = int(np.flatnonzero((items["item"] == item).to_numpy())[0])
+        line = _file_line(path, first, lines)
+        raise DataError(f"{_line_of(path, row, lines)}: item {item!r} appears again with another text "
+                        f"(first at {f'line {line}' if line is not None else f'row {first + 1}'})")
 
 
 def read_tabular(cfg: DataConfig) -> RawData:
     """Interactions (``user,item[,timestamp]``) and an item table, as CSV or Parquet."""
     root = Path(cfg.path)
     inter_path = root / cfg.interactions
-    frame = _read_table(inter_path)
+    frame = _read_table(inter_path, id_columns=(cfg.user_field, cfg.item_field))
     cols = [cfg.user_field, cfg.item_field]
     _check_ids(frame, inter_path, cols)
-    inter = pd.DataFrame({"user": frame[cfg.user_field].astype(str), "item": frame[cfg.item_field].astype(str)})
+    _check_rows(frame, inter_path, "interactions")
+    inter = pd.DataFrame({"user": _ids_as_text(frame[cfg.user_field]), "item": _ids_as_text(frame[cfg.item_field])})
     if cfg.timestamp_field:
         _check_ids(frame, inter_path, [cfg.timestamp_field])
-        inter["timestamp"] = pd.to_numeric(frame[cfg.timestamp_field], errors="raise")
+        inter["timestamp"] = _timestamps(frame, cfg.timestamp_field, inter_path)
     items_path = root / cfg.items
-    table = _read_table(items_path)
+    table = _read_table(items_path, id_columns=(cfg.item_field,))
     _check_ids(table, items_path, [cfg.item_field])
+    _check_rows(table, items_path, "items")
     items = pd.DataFrame(
-        {"item": table[cfg.item_field].astype(str), "text": _text_column(table, cfg.text_fields, items_path)}
+        {"item": _ids_as_text(table[cfg.item_field]), "text": _text_column(table, cfg.text_fields, items_path)}
     )
+    _check_unique_items(items, items_path)
     raw = RawData(interactions=inter, items=items)
     if cfg.split == "published":
         raw.parts = read_split_dir(root / cfg.split_dir)
@@ -189,38 +294,50 @@ def read_tabular(cfg: DataConfig) -> RawData:
 def read_atomic(path: Path) -> pd.DataFrame:
     """A RecBole atomic file: tab-separated, header ``name:type`` (token, float, token_seq, ...)."""
     _require(path)
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        names = []
-        for col in header:
-            if ":" not in col:
-                raise DataError(f"{path}:1: header field {col!r} is not 'name:type'")
-            names.append(col.split(":", 1)[0])
-        rows = []
-        for line_no, line in enumerate(fh, start=2):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            values = line.split("\t")
-            if len(values) != len(names):
-                raise DataError(f"{path}:{line_no}: expected {len(names)} fields, found {len(values)}")
-            rows.append(values)
-    return pd.DataFrame(rows, columns=names)
+    rows, lines = [], []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\n").split("\t")
+            names = []
+            for col in header:
+                if ":" not in col:
+                    raise DataError(f"{path}:1: header field {col!r} is not 'name:type'")
+                names.append(col.split(":", 1)[0])
+            for line_no, line in enumerate(fh, start=2):
+                line = line.rstrip("\n")
+                if not line:
+                    continue
+                values = line.split("\t")
+                if len(values) != len(names):
+                    raise DataError(f"{path}:{line_no}: expected {len(names)} fields, found {len(values)}")
+                rows.append(values)
+                lines.append(line_no)
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+    frame = pd.DataFrame(rows, columns=names)
+    frame.attrs["lines"] = lines  # the file line of each row (blank lines are skipped), for errors
+    return frame
 
 
 def read_recbole(cfg: DataConfig) -> RawData:
     root = Path(cfg.path)
     inter_path, item_path = root / f"{cfg.name}.inter", root / f"{cfg.name}.item"
     inter_frame = read_atomic(inter_path)
-    _check_ids(inter_frame, inter_path, [cfg.user_field, cfg.item_field])
+    inter_lines = inter_frame.attrs["lines"]
+    _check_ids(inter_frame, inter_path, [cfg.user_field, cfg.item_field], inter_lines)
+    _check_rows(inter_frame, inter_path, "interactions")
     inter = pd.DataFrame({"user": inter_frame[cfg.user_field], "item": inter_frame[cfg.item_field]})
     if cfg.timestamp_field:
-        inter["timestamp"] = pd.to_numeric(inter_frame[cfg.timestamp_field])
+        _check_ids(inter_frame, inter_path, [cfg.timestamp_field], inter_lines)
+        inter["timestamp"] = _timestamps(inter_frame, cfg.timestamp_field, inter_path, inter_lines)
     item_frame = read_atomic(item_path)
-    _check_ids(item_frame, item_path, [cfg.item_field])
+    item_lines = item_frame.attrs["lines"]
+    _check_ids(item_frame, item_path, [cfg.item_field], item_lines)
+    _check_rows(item_frame, item_path, "items")
     items = pd.DataFrame(
         {"item": item_frame[cfg.item_field], "text": _text_column(item_frame, cfg.text_fields, item_path)}
     )
+    _check_unique_items(items, item_path, item_lines)
     raw = RawData(interactions=inter, items=items)
     if cfg.split == "published":
         raw.parts = read_split_dir(root / cfg.split_dir)
