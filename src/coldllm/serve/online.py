@@ -1,0 +1,211 @@
+"""The funnel for items that arrive one at a time, over a finished run.
+
+A new item goes through the run's own stages, reduced to that item: its text is encoded as the
+run encoded its catalogue; the run's filter scores every user and keeps the top K; the run's judge
+accepts some of them; and the fast update fits that item's row alone (users and every other item
+frozen), starting from its content-KNN prior and pulled towards it as ``fit_cold_rows`` pulls the
+run's cold items. The row is stored, then published to the recommendation index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ..content import build_encoder, encode_texts
+from ..data import load_dataset
+from ..funnel.update import FastParams, fit_cold_rows, knn_prior
+from ..utils import now_iso
+from .index import RecommendationIndex
+from .judging import build_judge
+from .runs import check_finished, lm_text_config, read_manifest, run_config, update_steps
+from .store import ItemStore, StoredItem
+from .towers import load_or_fit
+
+log = logging.getLogger(__name__)
+
+
+class DuplicateItem(ValueError):
+    def __init__(self, item_id: str, position: int | None = None):
+        super().__init__(f"item {item_id!r} already exists")
+        self.item_id, self.position = item_id, position
+
+
+@dataclass
+class NewItem:
+    id: str
+    text: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Added:
+    item: StoredItem
+    stages: dict[str, float]  # seconds per stage (filter, judge, update, store)
+
+
+class OnlineService:
+    """Everything loaded once at start; ``add`` is serialised by the index's lock, reads are not."""
+
+    def __init__(self, run_dir: Path | str):
+        start = time.perf_counter()
+        self.run_dir = Path(run_dir)
+        manifest = read_manifest(self.run_dir)
+        check_finished(self.run_dir, manifest)
+        self.cfg = cfg = run_config(self.run_dir, manifest)
+        self.name = self.run_dir.absolute().name
+        self.data = data = load_dataset(cfg.data)
+        self.content = encode_texts(list(data.item_text), cfg.content)
+        self.encoder = build_encoder(cfg.content)
+        self.lm_text = self.lm_encoder = None
+        if cfg.filter.towers in ("coupled", "lm"):
+            text_cfg = lm_text_config(cfg)
+            self.lm_text = encode_texts(list(data.item_text), text_cfg)
+            same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)
+            self.lm_encoder = self.encoder if same else build_encoder(text_cfg)
+        self.towers = load_or_fit(self.run_dir, cfg, data, self.content, self.lm_text)
+        self.judge = build_judge(cfg, self.run_dir, data, self.content)
+        path = self.run_dir / "update" / "embeddings.safetensors"
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as fh:
+            space = (fh.metadata() or {}).get("fingerprint", "unknown")
+        self.user_emb, base_items = tensors["user"].float(), tensors["item"].float()
+        self.warm = torch.as_tensor(data.warm_items)
+        self.warm_content = torch.as_tensor(self.content[data.warm_items], dtype=torch.float32)
+        self.params = dataclasses.replace(FastParams.from_config(cfg.update, cfg.seed),
+                                          steps=update_steps(manifest, cfg.update.steps), eval_every=10 ** 9)
+        self.user_pos = {str(u): i for i, u in enumerate(data.user_ids)}
+        self.item_pos = {str(i): n for n, i in enumerate(data.item_ids)}
+        self.index = RecommendationIndex(self.user_emb.numpy(), base_items.numpy(), [str(i) for i in data.item_ids],
+                                         data.is_cold, data.matrix("train"))
+        self.run_simulated = self._run_simulated()
+        self.online: dict[str, StoredItem] = {}
+        self.store = ItemStore(self.run_dir / "serve" / "items.sqlite", space, base_items.shape[1])
+        stored = self.store.load()
+        if stored:
+            self._publish(stored)
+        self.startup_seconds = time.perf_counter() - start
+        log.info("serving run %s: %d users, %d items (%d added online), ready in %.1f s", self.name,
+                 data.n_users, self.index.n_items, len(stored), self.startup_seconds)
+
+    def _run_simulated(self) -> dict[int, pd.DataFrame]:
+        """The run's own simulated users of its cold items (for ``item_info``)."""
+        frame = pd.read_parquet(self.run_dir / "simulate" / "simulated.parquet")
+        return {int(item): group for item, group in frame[frame["accepted"]].groupby("item")}
+
+    # -- reads -----------------------------------------------------------------------------------
+    def user_index(self, user_id: str) -> int | None:
+        return self.user_pos.get(str(user_id))
+
+    def recommend(self, user: int, k: int, only: str) -> list[tuple[str, float]]:
+        return self.index.recommend(user, k, only)
+
+    def item_info(self, item_id: str) -> dict[str, Any] | None:
+        item = self.online.get(item_id)
+        if item is not None:
+            users = [{"user": u, "p_yes": p} for u, p, ok in zip(item.users, item.p_yes, item.accepted) if ok]
+            return {"id": item.id, "source": "online", "cold": True, "text": item.text, "fields": item.fields,
+                    "created": item.created, "candidates": len(item.users), "simulated_users": users}
+        pos = self.item_pos.get(item_id)
+        if pos is None:
+            return None
+        group = self.run_simulated.get(pos)
+        users = [] if group is None else [{"user": str(self.data.user_ids[u]), "p_yes": float(p)}
+                                          for u, p in zip(group["user"], group["p_yes"])]
+        return {"id": item_id, "source": "run", "cold": bool(self.data.is_cold[pos]),
+                "text": str(self.data.item_text[pos]), "simulated_users": users}
+
+    def exists(self, item_id: str) -> bool:
+        return item_id in self.online or item_id in self.item_pos
+
+    # -- the one mutation ------------------------------------------------------------------------
+    def add(self, items: list[NewItem]) -> list[Added]:
+        """Run the funnel for ``items``, store them in one transaction, then make them recommendable.
+
+        Raises ``DuplicateItem`` (before any work) when an id exists or repeats within ``items``.
+        """
+        with self.index.lock:
+            seen: set[str] = set()
+            for n, item in enumerate(items):
+                if self.exists(item.id) or item.id in seen:
+                    raise DuplicateItem(item.id, n)
+                seen.add(item.id)
+            added = self._funnel(items)
+            start = time.perf_counter()
+            self.store.add([a.item for a in added])
+            for a in added:
+                a.stages["store"] = time.perf_counter() - start
+            self._publish([a.item for a in added])
+            return added
+
+    def _funnel(self, items: list[NewItem]) -> list[Added]:
+        clock = time.perf_counter
+        t0 = clock()
+        texts = [item.text for item in items]
+        content = self.encoder.encode(texts)
+        lm_text = None if self.lm_encoder is None else (
+            content if self.lm_encoder is self.encoder else self.lm_encoder.encode(texts))
+        first = self.index.n_items
+        seeds = [self.cfg.seed + first + n for n in range(len(items))]  # the random filter's draws
+        candidates = self.towers.top_users(self.towers.item_vectors(content, lm_text), self.cfg.filter.k, seeds)
+        t1 = clock()
+        verdicts = [self.judge.verdicts(users, text, vec) for (users, _), text, vec in zip(candidates, texts, content)]
+        t2 = clock()
+        rows = self._update(content, candidates, verdicts, first)
+        t3 = clock()
+        out, now = [], now_iso()
+        for n, item in enumerate(items):
+            users, _ = candidates[n]
+            p_yes, accepted = verdicts[n]
+            stages = {"filter": (t1 - t0) / len(items), "judge": (t2 - t1) / len(items), "update": (t3 - t2) / len(items)}
+            out.append(Added(StoredItem(id=item.id, text=item.text, fields=item.fields, embedding=rows[n],
+                                        users=[str(self.data.user_ids[u]) for u in users],
+                                        p_yes=[float(p) for p in p_yes], accepted=[bool(a) for a in accepted],
+                                        created=now, seconds=round(t3 - t0, 4)), stages))
+        return out
+
+    def _update(self, content: np.ndarray, candidates, verdicts, first: int) -> np.ndarray:
+        """New rows for the items, from their content-KNN prior and their accepted users."""
+        table = torch.from_numpy(self.index.item_rows())
+        n = len(content)
+        prior = self._prior(torch.as_tensor(content, dtype=torch.float32), table)
+        ids = np.arange(first, first + n)
+        pairs = pd.DataFrame({
+            "user": np.concatenate([users[accepted] for (users, _), (_, accepted) in zip(candidates, verdicts)]
+                                   + [np.zeros(0, np.int64)]).astype(np.int64),
+            "item": np.concatenate([np.full(int(accepted.sum()), i) for i, (_, accepted) in zip(ids, verdicts)]
+                                   + [np.zeros(0, np.int64)]).astype(np.int64),
+            "p_yes": np.concatenate([p[accepted] for p, accepted in verdicts] + [np.zeros(0, np.float32)]),
+        })
+        # the new rows join the table at their prior; only they move, everything else is frozen
+        result = fit_cold_rows(self.user_emb, torch.cat([table, prior]), prior, ids, pairs, self.params)
+        return result.item_emb[first:first + n].numpy()
+
+    def _prior(self, content: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """The items' content-KNN prior in the served space, as the run's update computed its cold items'."""
+        if self.cfg.update.prior == "none":
+            return table.new_zeros((len(content), table.shape[1]))
+        # the warm items' content first, the new items' after: knn_prior reads rows by position
+        n = len(self.warm)
+        pool = torch.cat([self.warm_content, content])
+        return knn_prior(pool, table[self.warm], torch.arange(n), torch.arange(n, n + len(content)),
+                         self.cfg.update.prior_k)
+
+    def _publish(self, items: list[StoredItem]) -> None:
+        self.index.add([i.id for i in items], np.stack([i.embedding for i in items]))
+        for item in items:
+            self.online[item.id] = item
+
+    def close(self) -> None:
+        self.store.close()
