@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from coldllm.config import ConfigError, load_config, parse_overrides
@@ -41,3 +43,60 @@ def test_env_expansion_in_data_path(monkeypatch):
 def test_override_needs_equals():
     with pytest.raises(ConfigError, match="--backbone.lr"):
         parse_overrides(["--backbone.lr"])
+
+
+def test_every_preset_validates():
+    from pathlib import Path
+
+    presets = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        load_config(preset)  # raises ConfigError naming the key if a preset drifted out of range
+
+
+def test_every_setting_with_a_choice_or_range_declares_its_check():
+    """Numbers and enumerations carry their checks beside their help text (free text and flags need none)."""
+    import dataclasses
+
+    from coldllm.config import RunConfig
+
+    free = {"data.timestamp_field", "content.model", "filter.file", "filter.normalize_users",
+            "update.weight_by_p_yes", "baselines.params", "filter.collab", "filter.lm", "refiner.template",
+            "refiner.lora"}
+    missing = []
+    for section in dataclasses.fields(RunConfig):
+        value = getattr(RunConfig(), section.name)
+        fields = dataclasses.fields(value) if dataclasses.is_dataclass(value) else [section]
+        for f in fields:
+            key = f"{section.name}.{f.name}" if dataclasses.is_dataclass(value) else f.name
+            if key not in free and not f.metadata.get("checks") and f.metadata.get("params") is None:
+                missing.append(key)
+    assert not missing
+
+
+@pytest.mark.parametrize("override,key", [
+    ("--update.mode=slow", "update.mode"), ("--update.prior=mean", "update.prior"),
+    ("--update.select_on=test", "update.select_on"), ("--update.init=random", "update.init"),
+    ("--update.steps=0", "update.steps"), ("--update.pull=-1", "update.pull"),
+    ("--update.negatives=0", "update.negatives"), ("--update.prior_k=0", "update.prior_k"),
+    ("--update.retrain_lr=0", "update.retrain_lr"), ("--filter.towers=both", "filter.towers"),
+    ("--filter.collab_source=mf", "filter.collab_source"), ("--refiner.judge=gpt", "refiner.judge"),
+    ("--refiner.hard_negatives=1.5", "refiner.hard_negatives"), ("--refiner.shard_users=0", "refiner.shard_users"),
+    ("--refiner.train_users=0", "refiner.train_users"), ("--data.format=xlsx", "data.format"),
+    ("--data.split=temporal", "data.split"), ("--data.text_fields=[]", "data.text_fields"),
+    ("--backbone.dropout=1", "backbone.dropout"), ("--backbone.layers=-1", "backbone.layers"),
+    ("--backbone.patience=0", "backbone.patience"), ("--content.max_length=0", "content.max_length"),
+    ("--eval.batch_size=0", "eval.batch_size"), ("--seed=-1", "seed"), ("--name=", "name"),
+    ("--reuse={evaluate_test: other}", "reuse"), ("--filter.lm.hidden=0", "filter.lm.hidden"),
+    ("--filter.collab.epochs=0", "filter.collab.epochs"), ("--refiner.lora.dropout=1", "refiner.lora.dropout"),
+    ("--refiner.template.max_history=-1", "refiner.template.max_history"),
+    ("--refiner.lora.rank=8", "refiner.lora.rank"),
+])
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}")):
+        load_config(None, [override])
+
+
+def test_unquoted_yes_and_no_stay_words():
+    cfg = load_config(None, ["--refiner.threshold=yes", "--filter.normalize_users=no"])
+    assert cfg.refiner.threshold == "yes" and cfg.filter.normalize_users is False

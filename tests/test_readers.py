@@ -149,3 +149,47 @@ def test_dataset_cache_round_trip(tmp_path):
         np.testing.assert_array_equal(again.parts[part], first.parts[part])
     np.testing.assert_array_equal(again.is_cold, first.is_cold)
     assert list(again.item_text) == list(first.item_text)
+
+
+def test_users_dat_not_utf8_names_line(tmp_path):
+    cfg = write_citeulike(tmp_path / "c", ["1 0"], ["A"])
+    (tmp_path / "c" / "users.dat").write_bytes(b"1 0\n1 \xff\n")
+    with pytest.raises(DataError, match=r"users\.dat:2: not UTF-8"):
+        read_raw(cfg)
+
+
+def test_recbole_duplicate_item_counts_file_lines(tmp_path):
+    (tmp_path / "toy.inter").write_text("user_id:token\titem_id:token\n1\t10\n")
+    (tmp_path / "toy.item").write_text("item_id:token\ttitle:token_seq\n10\tA\n\n10\tB\n")
+    cfg = DataConfig(name="toy", format="recbole", path=str(tmp_path), user_field="user_id",
+                     item_field="item_id", split="random")
+    with pytest.raises(DataError, match=r"toy\.item:4: item '10' appears again with another text \(first at line 2\)"):
+        read_raw(cfg)
+
+
+def test_parquet_duplicate_item_names_rows(tmp_path):
+    cfg = _tabular(tmp_path, "parquet")
+    pd.DataFrame({"iid": [1, 2, 1], "title": ["x", "y", "z"], "genre": ["a", "b", "c"]}).to_parquet(
+        tmp_path / "items.parquet")
+    with pytest.raises(DataError, match=r"items\.parquet: row 3: item '1' appears again .* \(first at row 1\)"):
+        read_raw(cfg)
+
+
+def test_identical_duplicate_items_are_one_item(tmp_path):
+    cfg = _tabular(tmp_path, "csv")
+    (tmp_path / "items.csv").write_text("iid,title,genre\n1,x,g1\n2,y,g2\n3,z,\n1,x,g1\n")
+    assert len(build_dataset(read_raw(cfg), cfg).item_ids) == 3
+
+
+def test_csv_lines_count_blank_lines(tmp_path):
+    cfg = _tabular(tmp_path, "csv")
+    (tmp_path / "inter.csv").write_text("uid,iid,ts\na,1,1\n\nb,2,x\n")
+    with pytest.raises(DataError, match=r"inter\.csv:4: timestamp 'x'"):
+        read_raw(cfg)
+
+
+def test_csv_ids_keep_their_spelling(tmp_path):
+    cfg = _tabular(tmp_path, "csv")
+    (tmp_path / "inter.csv").write_text("uid,iid,ts\n007,01,1\n")
+    raw = read_raw(cfg)
+    assert raw.interactions[["user", "item"]].values.tolist() == [["007", "01"]]

@@ -61,9 +61,7 @@ def one_of(*choices: Any) -> Check:
         allowed = list(choices[0]()) if len(choices) == 1 and callable(choices[0]) else list(choices)
         if v in allowed:
             return None
-        # YAML 1.1 reads an unquoted yes/no as a boolean, which then arrives here as 'True'/'False'
-        hint = " (YAML reads an unquoted yes/no as true/false: quote it)" if v in ("True", "False") else ""
-        return f"must be one of {allowed}{hint}"
+        return f"must be one of {allowed}"
 
     return check
 
@@ -313,6 +311,26 @@ class RunConfig:
         return Path(self.runs_dir) / self.name
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (as in YAML 1.2).
+
+    YAML 1.1 also reads yes/no/on/off as booleans, which would turn ``threshold: yes`` into the
+    text 'True'; a boolean setting still accepts yes/no, since ``_coerce`` reads them as text.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader: plain data only)
+
+
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -325,7 +343,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
         (inner,) = typing.get_args(hint)[:1]
@@ -380,7 +398,7 @@ def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = _yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {err.object[err.start]:#04x})") from None
@@ -416,7 +434,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         if "=" not in body:
             raise ConfigError(f"override {arg!r} must look like --key.sub=value")
         key, raw = body.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        value = _yaml(raw) if raw else ""
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:

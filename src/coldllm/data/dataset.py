@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..config import DataConfig
-from .readers import SPLIT_PARTS, DataError, RawData, read_raw
+from .readers import PUBLISHED_FILES, SPLIT_PARTS, DataError, RawData, read_raw
 from .split import cold_start_split
 
 log = logging.getLogger(__name__)
@@ -143,19 +143,20 @@ def build_dataset(raw: RawData, cfg: DataConfig) -> ColdStartData:
         return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
     if raw.parts:
-        parts = {part: encode(frame, f"split part {part!r}") for part, frame in raw.parts.items()}
+        parts = {part: encode(frame, _source(cfg, part)) for part, frame in raw.parts.items()}
         _check_published(parts)
     else:
         inter = raw.interactions.drop_duplicates(["user", "item"])
-        pairs = encode(inter, "interactions")
+        pairs = encode(inter, _source(cfg))
         rows = cold_start_split(
             pairs[:, 0], pairs[:, 1], len(item_ids), cfg.cold_ratio, tuple(cfg.warm_ratios), cfg.seed
         )
         parts = {part: pairs[idx] for part, idx in rows.items()}
 
-    if not len(parts["train"]):
-        where = f"split part 'train' ({cfg.split_dir}/)" if raw.parts else "the interactions"
-        raise DataError(f"{where}: no training interactions after the split; nothing to train on")
+    if not len(parts["train"]):  # e.g. a user sample that kept no training pair
+        sample = f" among the data.sample_users={cfg.sample_users} sampled users" if cfg.sample_users else ""
+        raise DataError(f"{_source(cfg, 'train' if raw.parts else None)}: no training interactions{sample}; "
+                        f"nothing to train on")
     is_cold = np.ones(len(item_ids), dtype=bool)
     is_cold[parts["train"][:, 1]] = False
     text = items_table.set_index("item").loc[item_ids, "text"].fillna("").astype(str).to_numpy(dtype=object)
@@ -164,6 +165,14 @@ def build_dataset(raw: RawData, cfg: DataConfig) -> ColdStartData:
 
 def _item_source(cfg: DataConfig) -> str:
     return {"citeulike": "titles.txt", "recbole": f"{cfg.name}.item"}.get(cfg.format, cfg.items)
+
+
+def _source(cfg: DataConfig, part: str | None = None) -> str:
+    """The file a part's pairs were read from, for messages."""
+    if part is not None:
+        return str(Path(cfg.path) / cfg.split_dir / PUBLISHED_FILES.get(part, part))
+    name = {"citeulike": "users.dat", "recbole": f"{cfg.name}.inter"}.get(cfg.format, cfg.interactions)
+    return str(Path(cfg.path) / name)
 
 
 def _spelling_hint(item: str, item_ids: np.ndarray) -> str:

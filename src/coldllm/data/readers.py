@@ -133,7 +133,10 @@ def read_citeulike(cfg: DataConfig) -> RawData:
 def read_split_dir(folder: Path) -> dict[str, pd.DataFrame]:
     if not folder.is_dir():
         raise DataError(f"{folder}: split folder not found")
-    return {part: read_pair_csv(folder / name) for part, name in PUBLISHED_FILES.items()}
+    parts = {part: read_pair_csv(folder / name) for part, name in PUBLISHED_FILES.items()}
+    # held-out parts may be empty (a split without warm validation); the training part may not
+    _check_rows(parts["train"], folder / PUBLISHED_FILES["train"], "training interactions")
+    return parts
 
 
 def _read_table(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
