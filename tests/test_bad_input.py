@@ -281,7 +281,9 @@ def render_table() -> str:
                 result, _, _ = run_case(case, Path(tmp))
             finally:
                 os.chdir(start)
-        line = error_lines(result.output)[-1].replace("|", "\\|")
+            # a preset is named by its absolute path; the table shows the project folder as <project>
+            line = error_lines(result.output)[-1].replace(str(Path(tmp).resolve()), "<project>")
+        line = line.replace("|", "\\|")
         command = " ".join(["coldllm", case.args[0], "-c", case.preset, *case.args[1:]]).replace("|", "\\|")
         rows.append(f"| {n} | {case.input} | `{command}` | `{line}` | {result.exit_code} |")
     return "\n".join(rows)
