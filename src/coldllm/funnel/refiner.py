@@ -71,25 +71,20 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
     return pd.DataFrame(rows, columns=["user", "item", "label", "history"])
 
 
-def example_prompts(prompts: PromptEncoder, examples: pd.DataFrame, titles: np.ndarray) -> list[list[int]]:
-    cache: dict[int, list[int]] = {}
-    out = []
-    for user, item, history in zip(examples["user"], examples["item"], examples["history"]):
-        key = hash((user, tuple(history)))
-        if key not in cache:
-            cache[key] = prompts.prefix([titles[i] for i in history])
-        out.append(cache[key] + prompts.suffix(titles[item]))
-    return out
-
-
-def judge_examples(judge: Judge, examples: pd.DataFrame, titles: np.ndarray) -> np.ndarray:
-    """P(Yes) of each example row; rows with the same (user, history) share one prefix."""
+def example_parts(prompts: PromptEncoder, examples: pd.DataFrame, titles: np.ndarray):
+    """``(prefixes, suffixes, owner)`` of example rows: rows with the same (user, history) share
+    one prefix, as the judge and the LoRA training both pack them."""
     keys = [hash((u, tuple(h))) for u, h in zip(examples["user"], examples["history"])]
     owner = pd.factorize(pd.Series(keys))[0]
     first = np.unique(owner, return_index=True)[1]  # a row holding each owner's history
-    prefixes = [judge.prompts.prefix([titles[i] for i in examples["history"].iloc[row]]) for row in first]
-    suffixes = [judge.prompts.suffix(titles[i]) for i in examples["item"]]
-    return judge.p_yes_grouped(prefixes, suffixes, owner)
+    prefixes = [prompts.prefix([titles[i] for i in examples["history"].iloc[row]]) for row in first]
+    suffixes = [prompts.suffix(titles[i]) for i in examples["item"]]
+    return prefixes, suffixes, owner
+
+
+def judge_examples(judge: Judge, examples: pd.DataFrame, titles: np.ndarray) -> np.ndarray:
+    """P(Yes) of each example row."""
+    return judge.p_yes_grouped(*example_parts(judge.prompts, examples, titles))
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -37,7 +37,7 @@ from ..pipeline import Run, content_vectors
 from ..utils import peak_memory_mb, resolve_device, write_json
 from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, \
     read_candidates, top_users
-from .refiner import best_threshold, example_prompts, finetune_examples, judge_examples, judge_report, \
+from .refiner import best_threshold, example_parts, finetune_examples, judge_examples, judge_report, \
     simulate, user_histories
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
 from .update import FastParams, augmented_train, fit_cold_rows, knn_prior
@@ -152,7 +152,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
             ex["p_before"] = judge_examples(judge, ex, titles)
         lora = _params(LoraParams, cfg.refiner.lora, "refiner.lora")
         peft_model = add_lora(model, lora)
-        _, history = train_lora(peft_model, example_prompts(prompts, examples, titles), examples["label"].to_numpy(),
+        _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
                                 prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, lora,
                                 out_dir=folder / "adapter")
         judge = Judge(peft_model, prompts, cfg.refiner.batch_size)

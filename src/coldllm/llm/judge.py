@@ -1,12 +1,15 @@
 """The batched Yes/No judge: P(Yes) against P(No) from the next-token logits after the prompt.
 
-The fast path encodes each user's history prefix once and reuses its key/value cache for all of
-that user's candidates. Prefixes of several users are encoded together (right-padded), and their
-candidates run as batches of left-padded suffixes over the matching rows of the cache, so a batch
-is full whether a user has one candidate or a hundred. On a CPU this removes most of the tokens (a
-20-title history is ~210 tokens, a candidate ~20); on a GPU it also keeps the batches large.
-``p_yes_uncached`` is the plain reference path (whole prompts, left-padded), kept for checking and
-for models whose cache cannot be shared. On CUDA both run under bf16 autocast.
+The fast path packs one user's history prefix and *all* of that user's candidate suffixes into a
+single sequence, ``prefix | suffix_1 | suffix_2 | ...``, with a block attention mask: the prefix is
+causal, and each suffix sees the prefix and itself only, at the positions it would have right after
+the prefix. Every token is computed once and nothing is copied, so a user with twelve candidates
+costs one 210-token prefix plus twelve ~20-token suffixes instead of twelve 230-token prompts. The
+answer is read at each suffix's last token, and only the Yes and No rows of the output layer are
+applied there (the full-vocabulary logits of every position would cost more than a layer).
+
+``p_yes_uncached`` is the plain reference path (whole prompts, left-padded), kept for checking
+and as the naive speed baseline. On CUDA both run under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -15,14 +18,8 @@ import contextlib
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from .prompts import PromptEncoder
-
-
-def _yes_probability(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
-    pair = logits[:, [yes_id, no_id]].float()
-    return torch.softmax(pair, dim=-1)[:, 0]
 
 
 def autocast(device: torch.device):
@@ -32,25 +29,69 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def owner_batches(owner: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Split candidates (sorted by owner) into runs of whole owners of at most ``batch_size``
-    candidates; an owner with more candidates than that gets a run of its own."""
-    bounds = np.flatnonzero(np.diff(owner)) + 1
-    groups = np.split(np.arange(len(owner)), bounds) if len(owner) else []
-    batches, current = [], []
-    for group in groups:
-        if current and sum(map(len, current)) + len(group) > batch_size:
-            batches.append(np.concatenate(current))
-            current = []
-        current.append(group)
-    if current:
-        batches.append(np.concatenate(current))
-    return batches
+def pack_rows(owner: np.ndarray, suffix_lengths: np.ndarray, prefix_lengths: np.ndarray,
+              max_tokens: int) -> list[tuple[int, np.ndarray]]:
+    """Rows of (owner, candidate indices): an owner's candidates in order, cut so that a row's
+    prefix plus suffixes stays within ``max_tokens`` (a row always holds at least one candidate)."""
+    rows = []
+    order = np.argsort(owner, kind="stable")
+    bounds = np.flatnonzero(np.diff(owner[order])) + 1
+    for group in np.split(order, bounds) if len(order) else []:
+        who = int(owner[group[0]])
+        start, used = 0, int(prefix_lengths[who])
+        for k, j in enumerate(group):
+            if k > start and used + suffix_lengths[j] > max_tokens:
+                rows.append((who, group[start:k]))
+                start, used = k, int(prefix_lengths[who])
+            used += int(suffix_lengths[j])
+        rows.append((who, group[start:]))
+    return rows
+
+
+def answer_states(model, rows, prefixes, suffixes, pad_id: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Final hidden states at the last token of every suffix of the packed ``rows`` (from
+    ``pack_rows``), and the index of the suffix each state answers."""
+    seqs, segments, positions, ends, targets = [], [], [], [], []
+    for b, (who, idx) in enumerate(rows):
+        prefix = prefixes[who]
+        seq, seg, pos = list(prefix), [0] * len(prefix), list(range(len(prefix)))
+        for k, j in enumerate(idx):
+            s = suffixes[j]
+            seq += s
+            seg += [k + 1] * len(s)
+            pos += range(len(prefix), len(prefix) + len(s))  # where it would sit right after the prefix
+            ends.append((b, len(seq) - 1))
+            targets.append(j)
+        seqs.append(seq), segments.append(seg), positions.append(pos)
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    # padding is a segment of its own (-1) that sees only itself: no row of the mask is empty
+    seg = torch.full((len(seqs), width), -1, dtype=torch.long)
+    pos = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, (s, g, p) in enumerate(zip(seqs, segments, positions)):
+        ids[b, : len(s)], seg[b, : len(s)], pos[b, : len(s)] = torch.tensor(s), torch.tensor(g), torch.tensor(p)
+    i = torch.arange(width)
+    causal = i[:, None] >= i[None, :]
+    same = seg[:, :, None] == seg[:, None, :]
+    sees_prefix = (seg[:, None, :] == 0) & (seg[:, :, None] >= 0)
+    mask = (causal[None] & (same | sees_prefix))[:, None]  # (batch, 1, query, key), True = may attend
+    device = next(model.parameters()).device
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 position_ids=pos.to(device)).last_hidden_state
+    b, t = torch.tensor(ends, device=device).T
+    return hidden[b, t], np.asarray(targets)
 
 
 class Judge:
-    def __init__(self, model, prompts: PromptEncoder, batch_size: int = 32):
+    """P(Yes) of prompts for one model and prompt encoder.
+
+    ``batch_size``: candidates per forward pass; ``max_row_tokens``: the longest packed row (a
+    user with many candidates is split over several rows, each repeating the prefix).
+    """
+
+    def __init__(self, model, prompts: PromptEncoder, batch_size: int = 32, max_row_tokens: int = 1024):
         self.model, self.prompts, self.batch_size = model, prompts, batch_size
+        self.max_row_tokens = max_row_tokens
         self.device = next(model.parameters()).device
         self.pad_id = prompts.tokenizer.pad_token_id or 0
 
@@ -60,48 +101,37 @@ class Judge:
 
     @torch.no_grad()
     def p_yes_grouped(self, prefixes: list[list[int]], suffixes: list[list[int]], owner: np.ndarray) -> np.ndarray:
-        """P(Yes) of ``suffixes[j]`` after ``prefixes[owner[j]]``, each prefix encoded once."""
+        """P(Yes) of ``suffixes[j]`` after ``prefixes[owner[j]]``, each prefix computed once per row."""
         self.model.eval()
         owner = np.asarray(owner, dtype=np.int64)
         out = np.zeros(len(suffixes), dtype=np.float32)
-        order = np.argsort(owner, kind="stable")
+        rows = pack_rows(owner, np.array([len(s) for s in suffixes]), np.array([len(p) for p in prefixes]),
+                         self.max_row_tokens)
+        # rows of similar length share a batch, so little of a batch is padding
+        lengths = [len(prefixes[who]) + sum(len(suffixes[j]) for j in idx) for who, idx in rows]
+        batch: list[tuple[int, np.ndarray]] = []
         with autocast(self.device):
-            for batch in owner_batches(owner[order], self.batch_size):
-                rows = order[batch]
-                users, local = np.unique(owner[rows], return_inverse=True)
-                cache, mask, lengths = self._encode_prefixes([prefixes[u] for u in users])
-                for start in range(0, len(rows), self.batch_size):
-                    part = slice(start, start + self.batch_size)
-                    out[rows[part]] = self._judge_suffixes(cache, mask, lengths, local[part],
-                                                           [suffixes[r] for r in rows[part]])
+            for r in np.argsort(lengths, kind="stable"):
+                if batch and sum(len(idx) for _, idx in batch) + len(rows[r][1]) > self.batch_size:
+                    self._run_packed(batch, prefixes, suffixes, out)
+                    batch = []
+                batch.append(rows[r])
+            if batch:
+                self._run_packed(batch, prefixes, suffixes, out)
         return out
 
-    def _encode_prefixes(self, prefixes: list[list[int]]):
-        lengths = torch.tensor([len(p) for p in prefixes], device=self.device)
-        ids = torch.full((len(prefixes), int(lengths.max())), self.pad_id, dtype=torch.long, device=self.device)
-        for row, p in enumerate(prefixes):
-            ids[row, : len(p)] = torch.tensor(p, device=self.device)
-        mask = (torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]).long()
-        cache = self.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1).cache
-        return [(layer.keys, layer.values) for layer in cache.layers], mask, lengths
+    def _run_packed(self, rows, prefixes, suffixes, out: np.ndarray) -> None:
+        hidden, targets = answer_states(self.model, rows, prefixes, suffixes, self.pad_id)
+        out[targets] = self._yes_probability(hidden)
 
-    def _judge_suffixes(self, layers, prefix_mask, prefix_lengths, local: np.ndarray,
-                        suffixes: list[list[int]]) -> np.ndarray:
-        sel = torch.as_tensor(local, device=self.device)
-        n, width = len(suffixes), max(len(s) for s in suffixes)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long, device=self.device)
-        suffix_mask = torch.zeros((n, width), dtype=torch.long, device=self.device)
-        for row, s in enumerate(suffixes):  # left-padded: every prompt ends in the last column
-            ids[row, width - len(s) :] = torch.tensor(s, device=self.device)
-            suffix_mask[row, width - len(s) :] = 1
-        # a suffix continues its own prefix's positions, whatever the padding between them
-        position = prefix_lengths[sel][:, None] + (suffix_mask.cumsum(1) - 1).clamp(min=0)
-        mask = torch.cat([prefix_mask[sel], suffix_mask], dim=1)
-        # each batch gets its own rows: the model appends the suffix keys to the cache it is given
-        cache = DynamicCache([(k[sel], v[sel]) for k, v in layers], config=self.model.config)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, cache=cache,
-                            logits_to_keep=1).logits[:, -1]
-        return _yes_probability(logits, self.prompts.yes_id, self.prompts.no_id).cpu().numpy()
+    def _yes_probability(self, hidden: torch.Tensor) -> np.ndarray:
+        """P(Yes) against P(No) from final hidden states, applying only those two output rows."""
+        head = self.model.get_output_embeddings()
+        rows = torch.tensor([self.prompts.yes_id, self.prompts.no_id], device=hidden.device)
+        logits = hidden.float() @ head.weight[rows].float().T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[rows].float()
+        return _answer_softmax(self.model, logits)
 
     @torch.no_grad()
     def p_yes_uncached(self, prompts: list[list[int]]) -> np.ndarray:
@@ -122,5 +152,15 @@ class Judge:
                 # only the last position is read: skip the (batch x length x vocab) logits of the others
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
                                     logits_to_keep=1).logits[:, -1]
-                out[idx] = _yes_probability(logits, self.prompts.yes_id, self.prompts.no_id).cpu().numpy()
+                pair = logits[:, [self.prompts.yes_id, self.prompts.no_id]].float()
+                out[idx] = torch.softmax(pair, dim=-1)[:, 0].cpu().numpy()
         return out
+
+
+def _answer_softmax(model, logits: torch.Tensor) -> np.ndarray:
+    # models that soft-cap their logits (Gemma 2) do it in the full head; it is monotone but not
+    # shift-invariant, so the two-row shortcut must apply it too to give the same probabilities
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.softmax(logits, dim=-1)[:, 0].cpu().numpy()

@@ -2,9 +2,12 @@
 
 Each example is ``prefix_ids + suffix_ids`` and a label; the loss is the language-model
 cross-entropy of the answer token (" Yes" or " No") at the end of the prompt, nothing else, so
-the adapter learns the judgement and not the prompt's wording. Examples are batched by length to
-waste little compute on padding (the CPU is the budget); on CUDA the forward runs under bf16
-autocast while the adapter's weights and optimiser stay fp32. The adapter is saved with its config
+the adapter learns the judgement and not the prompt's wording. Examples that share a prefix (a
+user's positive and negative share the history) are packed into one row exactly as the judge packs
+them (``judge.pack_rows``), so the history is computed once for both and training sees the very
+attention pattern inference uses; rows are batched by length to waste little on padding (the CPU
+is the budget). On CUDA the forward runs under bf16 autocast while the adapter's weights and
+optimiser stay fp32. The adapter is saved with its config
 (``adapter_config.json`` + ``adapter_model.safetensors``) and reloads onto the same base model.
 """
 
@@ -20,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .judge import autocast
+from ..utils import atomic_path
+from .judge import answer_states, autocast, pack_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,44 +51,54 @@ def add_lora(model, params: LoraParams):
     return get_peft_model(model, config)
 
 
-def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Length-sorted batches, visited in random order: little padding, no order bias."""
-    order = np.argsort(lengths, kind="stable")
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def _batches(rows: list[tuple[int, np.ndarray]], lengths: np.ndarray, batch_size: int,
+             rng: np.random.Generator) -> list[list[int]]:
+    """Length-sorted batches of rows holding about ``batch_size`` examples, visited in random
+    order: little padding, no order bias."""
+    batches, current, count = [], [], 0
+    for r in np.argsort(lengths, kind="stable"):
+        if current and count + len(rows[r][1]) > batch_size:
+            batches.append(current)
+            current, count = [], 0
+        current.append(int(r))
+        count += len(rows[r][1])
+    if current:
+        batches.append(current)
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def answer_loss(model, prompts: list[list[int]], answers: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Cross-entropy of the answer token after each (right-padded) prompt."""
-    device = answers.device
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    ids = torch.full((len(prompts), int(lengths.max())), pad_id, dtype=torch.long, device=device)
-    for row, p in enumerate(prompts):
-        ids[row, : len(p)] = torch.tensor(p, device=device)
-    mask = (torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
-    with autocast(device):
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    last = logits[torch.arange(len(prompts), device=device), lengths - 1]
-    return F.cross_entropy(last.float(), answers)
+def answer_loss(model, rows, prefixes: list[list[int]], suffixes: list[list[int]], answers: torch.Tensor,
+                pad_id: int) -> torch.Tensor:
+    """Mean cross-entropy of the answer token after each suffix of the packed ``rows``."""
+    with autocast(answers.device):
+        hidden, targets = answer_states(model, rows, prefixes, suffixes, pad_id)
+        # the output layer on the answer positions only, not on every token of every row
+        logits = model.get_output_embeddings()(hidden)
+    return F.cross_entropy(logits.float(), answers[torch.as_tensor(targets, device=answers.device)])
 
 
-def train_lora(model, prompts: list[list[int]], labels: np.ndarray, yes_id: int, no_id: int, pad_id: int,
-               params: LoraParams, out_dir: Path | None = None) -> tuple[object, list[dict]]:
-    """Fine-tune ``model`` (a peft model from ``add_lora``); returns it and the loss history."""
+def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owner: np.ndarray, labels: np.ndarray,
+               yes_id: int, no_id: int, pad_id: int, params: LoraParams, out_dir: Path | None = None,
+               max_row_tokens: int = 1024) -> tuple[object, list[dict]]:
+    """Fine-tune ``model`` (a peft model from ``add_lora``) on the examples ``prefixes[owner[j]] +
+    suffixes[j]`` with ``labels[j]``; returns it and the loss history."""
     device = next(model.parameters()).device
     rng = np.random.default_rng(params.seed)
     answers_all = torch.tensor(np.where(labels > 0, yes_id, no_id), device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=0.0)
-    lengths = np.array([len(p) for p in prompts])
+    owner = np.asarray(owner, dtype=np.int64)
+    rows = pack_rows(owner, np.array([len(s) for s in suffixes]), np.array([len(p) for p in prefixes]),
+                     max_row_tokens)
+    lengths = np.array([len(prefixes[w]) + sum(len(suffixes[j]) for j in idx) for w, idx in rows])
     history: list[dict] = []
     model.train()
-    total_steps = params.epochs * int(np.ceil(len(prompts) / params.batch_size))
-    bar = tqdm(total=total_steps, desc="lora", unit="step")
+    plan = [_batches(rows, lengths, params.batch_size, rng) for _ in range(params.epochs)]
+    bar = tqdm(total=sum(map(len, plan)), desc="lora", unit="step")
     start = time.perf_counter()
-    for epoch in range(params.epochs):
-        for batch in _batches(lengths, params.batch_size, rng):
-            loss = answer_loss(model, [prompts[i] for i in batch], answers_all[batch], pad_id)
+    for epoch, batches in enumerate(plan):
+        for batch in batches:
+            loss = answer_loss(model, [rows[r] for r in batch], prefixes, suffixes, answers_all, pad_id)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -99,7 +113,10 @@ def train_lora(model, prompts: list[list[int]], labels: np.ndarray, yes_id: int,
     return model, history
 
 
-def load_adapter(base_model, adapter_dir: Path):
+def load_adapter(base_model, adapter_dir: Path, merge: bool = False):
+    """The base model with the adapter; ``merge`` folds it into the weights (the plain model
+    again, as fast as the base at inference, no longer trainable)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model, adapter_dir).eval()
+    model = PeftModel.from_pretrained(base_model, adapter_dir).eval()
+    return model.merge_and_unload().eval() if merge else model

@@ -2,12 +2,19 @@
 
 A prompt is built as two token sequences, a *prefix* that depends on the user only and a *suffix*
 that depends on the candidate, and the model always sees ``prefix_ids + suffix_ids``. Tokenising
-the two halves separately (never the joined string) is what lets the judge encode a user's prefix
-once and reuse its key/value cache for every candidate, with exactly the tokens training used.
-"""
+the two halves separately (never the joined string) is what lets the judge compute a user's prefix
+once for all of that user's candidates, with exactly the tokens training used.
 
+Item texts are untrusted: they come from whoever publishes an item and go into every prompt. So
+each text is cleaned of control, format (bidi, zero-width) and private-use characters, cut to a
+token budget, quoted (its own quotes replaced), and tokenised on its own with special tokens split,
+while the template's structure is tokenised separately: a title can neither break a line, nor close
+its quote, nor produce a special token, so it cannot forge the lines the model answers to. The whole
+prompt is kept within the model's context by dropping the oldest history titles.
+"""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 
@@ -28,23 +35,34 @@ class PromptTemplate:
     yes: str = field(default=" Yes", metadata={"help": "Answer text for a positive (with its leading space)."})
     no: str = field(default=" No", metadata={"help": "Answer text for a negative."})
     max_history: int = field(default=20, metadata={"help": "Most recent history titles shown (N)."})
-    max_title_chars: int = field(default=200, metadata={"help": "Longer titles are cut (huge texts)."})
+    max_title_chars: int = field(default=400, metadata={"help": "Characters kept before tokenising (huge texts)."})
+    max_title_tokens: int = field(default=48, metadata={"help": "Tokens kept of each title in a prompt."})
 
 
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())  # newlines inside a title would break the list format
+def clean_text(text: str, limit: int) -> str:
+    """One line of printable text: control and format characters (bidi overrides, zero-width
+    joiners), private-use and unassigned code points become spaces; at most ``limit`` characters."""
+    text = unicodedata.normalize("NFKC", str(text)[: 4 * limit])
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def quote(text: str) -> str:
+    # the text's own double quotes become single ones, so only the template closes a quote
+    return '"' + text.replace('"', "'") + '"'
+
+
 def prefix_text(template: PromptTemplate, history: list[str]) -> str:
+    """The prefix as text (for people and config checks; the model gets ``PromptEncoder.prefix``)."""
     shown = history[-template.max_history :] if template.max_history > 0 else []
     lines = [template.instruction, template.history_header]
-    lines += [template.history_item.format(title=_clip(t, template.max_title_chars)) for t in shown]
+    lines += [template.history_item.format(title=quote(clean_text(t, template.max_title_chars))) for t in shown]
     return "\n".join(lines) + "\n"
 
 
 def suffix_text(template: PromptTemplate, title: str) -> str:
-    return template.candidate.format(title=_clip(title, template.max_title_chars)) + "\n" + template.question
+    return template.candidate.format(title=quote(clean_text(title, template.max_title_chars))) + "\n" + template.question
 
 
 def answer_token_ids(tokenizer, template: PromptTemplate) -> tuple[int, int]:
@@ -62,16 +80,53 @@ def answer_token_ids(tokenizer, template: PromptTemplate) -> tuple[int, int]:
 
 
 class PromptEncoder:
-    """Token ids of prefixes and suffixes for one tokenizer and template."""
+    """Token ids of prefixes and suffixes for one tokenizer and template.
 
-    def __init__(self, tokenizer, template: PromptTemplate):
+    ``context``: the longest prompt the model takes (default: the tokenizer's ``model_max_length``
+    when it states one); a prefix drops its oldest titles until the longest possible suffix fits.
+    """
+
+    def __init__(self, tokenizer, template: PromptTemplate, context: int | None = None):
         self.tokenizer, self.template = tokenizer, template
         self.yes_id, self.no_id = answer_token_ids(tokenizer, template)
         self.bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and \
             tokenizer.bos_token_id is not None else []
+        stated = getattr(tokenizer, "model_max_length", None)
+        self.context = context or (int(stated) if stated and stated < 1_000_000 else None)
+        self._item_line = [self._structure(part) for part in _around_title(template.history_item)]
+        self._candidate_line = [self._structure(part) for part in _around_title(template.candidate)]
+        self._question = self._structure("\n" + template.question)
+        self._head = self.bos + self._structure(template.instruction + "\n" + template.history_header + "\n")
+        self._quote = self._structure('"')
+        self.max_suffix_tokens = (len(self._candidate_line[0]) + len(self._candidate_line[1]) + len(self._question)
+                                  + template.max_title_tokens + 2 * len(self._quote))
+
+    def _structure(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+
+    def item_ids(self, text: str) -> list[int]:
+        """A quoted, cleaned item text cut to ``max_title_tokens``; special-token strings inside it
+        are split into plain tokens, so an item can never emit the model's control tokens."""
+        body = clean_text(text, self.template.max_title_chars).replace('"', "'")
+        ids = self.tokenizer(body, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self._quote + ids[: self.template.max_title_tokens] + self._quote
 
     def prefix(self, history: list[str]) -> list[int]:
-        return self.bos + self.tokenizer.encode(prefix_text(self.template, history), add_special_tokens=False)
+        shown = history[-self.template.max_history :] if self.template.max_history > 0 else []
+        before, after = self._item_line
+        lines = [before + self.item_ids(t) + after + self._structure("\n") for t in shown]
+        room = None if self.context is None else self.context - self.max_suffix_tokens - len(self._head)
+        while room is not None and lines and sum(map(len, lines)) > room:
+            lines.pop(0)  # the oldest titles give way: the prompt must fit the model
+        return self._head + [i for line in lines for i in line]
 
     def suffix(self, title: str) -> list[int]:
-        return self.tokenizer.encode(suffix_text(self.template, title), add_special_tokens=False)
+        before, after = self._candidate_line
+        return before + self.item_ids(title) + after + self._question
+
+
+def _around_title(line: str) -> tuple[str, str]:
+    before, sep, after = line.partition("{title}")
+    if not sep:
+        raise ValueError(f"template line {line!r} has no {{title}} placeholder")
+    return before, after
