@@ -1,8 +1,8 @@
 """Stages of a run, each reading and writing artifacts under ``runs/<name>/``.
 
-``manifest.json`` records the resolved config, seed, commit, package versions and, per stage, its
-wall time, peak memory and outputs. A stage whose outputs exist is skipped unless forced, so an
-interrupted ``coldllm run`` continues where it stopped.
+A stage whose outputs exist is skipped unless forced, so an interrupted ``coldllm run`` continues
+where it stopped. The run folder and its manifest are ``run.Run``; the stages before the funnel
+live here, the funnel's in ``funnel.stages``, and ``STAGES`` lists them all in order.
 """
 
 from __future__ import annotations
@@ -10,166 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import Any, Callable
 
 from .backbones import build_backbone, load_backbone, train_backbone
-from .content import encode_texts, encoder_key
-from .config import ConfigError, RunConfig, to_dict
-from .data import ColdStartData, load_dataset
+from .config import ConfigError, to_dict
+from .content import encoder_key
 from .data.dataset import cache_key
 from .evaluate import Evaluator, embedding_scorer, format_results
-from .utils import git_commit, now_iso, package_versions, peak_memory_mb, resolve_device, write_json
+from .funnel.stages import FUNNEL_STAGES
+# re-exported: the run folder is what most callers of the pipeline also need
+from .run import NOT_INPUTS, STAGE_ARTIFACTS, STAGE_INPUTS, Run, _inputs, _with_defaults, content_vectors  # noqa: F401
+from .utils import resolve_device, write_json
 
 log = logging.getLogger(__name__)
 
 
-# The config sections each stage's artifacts depend on (a change elsewhere leaves them valid).
-STAGE_INPUTS = {
-    "prepare": ("data",),
-    "train": ("data", "backbone", "eval", "seed"),
-    "evaluate": ("data", "backbone", "eval", "seed"),
-    "content": ("data", "content"),
-    "baselines": ("data", "backbone", "eval", "seed", "content", "baselines"),
-    "filter": ("data", "backbone", "eval", "seed", "content", "filter"),
-    "finetune": ("data", "backbone", "eval", "seed", "content", "filter", "refiner"),
-    "simulate": ("data", "backbone", "eval", "seed", "content", "filter", "refiner"),
-    "update": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
-    "evaluate_coldllm": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
-}
-
-
-# What each stage leaves behind; a finished stage whose artifact is missing or unreadable is redone.
-STAGE_ARTIFACTS = {
-    "train": ("backbone/backbone.json", "backbone/best.safetensors"),
-    "filter": ("filter/candidates.parquet", "filter/warm_candidates.parquet", "filter/report.json"),
-    "finetune": ("refiner/report.json", "refiner/adapter/adapter_config.json"),
-    "simulate": ("simulate/simulated.parquet", "simulate/report.json"),
-    "update": ("update/embeddings.safetensors",),
-}
-
-# Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
-# where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
-# from its last epoch, or stops it at once when the new budget is already spent).
-NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"), "refiner": ("batch_size", "shard_users", "verdicts_from")}
-
 # The folder each stage writes, for the stages a run may take from another run (``reuse``).
 STAGE_FOLDERS = {"train": "backbone", "filter": "filter", "finetune": "refiner", "simulate": "simulate"}
-
-
-def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The config sections ``stage`` depends on (the longest matching stage name wins)."""
-    key = max((k for k in STAGE_INPUTS if stage.startswith(k)), key=len, default=None)
-    keys = STAGE_INPUTS[key] if key else tuple(config)
-    out = {k: config.get(k) for k in keys}
-    for section, value in out.items():
-        if isinstance(value, dict):
-            skip = NOT_INPUTS["*"] + NOT_INPUTS.get(section, ())
-            out[section] = {k: v for k, v in value.items() if k not in skip}
-    return out
-
-
-def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config completed with the defaults of settings added since it was written.
-
-    A new setting whose default keeps the old behaviour must not make finished stages stale.
-    """
-    def fill(default: Any, recorded: Any) -> Any:
-        if isinstance(default, dict) and isinstance(recorded, dict):
-            return {**default, **{k: fill(default.get(k), v) for k, v in recorded.items()}} if default else recorded
-        return recorded
-
-    return fill(to_dict(RunConfig()), config)
-
-
-class Run:
-    """One run folder and its manifest."""
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self.dir = cfg.run_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = self.dir / "manifest.json"
-        old = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
-        config = to_dict(cfg)
-        stages = {}
-        # A stage made under other settings than it depends on is stale: forget it, redo it.
-        for stage, record in old.get("stages", {}).items():
-            if _inputs(_with_defaults(old.get("config", {})), stage) == _inputs(config, stage):
-                stages[stage] = record
-            else:
-                log.warning("%s: settings of stage %r changed since it ran; it will be redone", self.dir, stage)
-        self.stale = set(old.get("stages", {})) - set(stages)
-        self.manifest: dict[str, Any] = {
-            "name": cfg.name,
-            "created": old.get("created", now_iso()),
-            "config": config,
-            "seed": cfg.seed,
-            "commit": git_commit(),
-            "versions": package_versions(),
-            "stages": stages,
-        }
-        self._data: ColdStartData | None = None
-
-    @property
-    def data(self) -> ColdStartData:
-        if self._data is None:
-            self._data = load_dataset(self.cfg.data)
-        return self._data
-
-    def done(self, stage: str) -> bool:
-        return self.manifest["stages"].get(stage, {}).get("status") == "done"
-
-    def broken_artifact(self, stage: str) -> str | None:
-        """The first artifact of a finished ``stage`` that is missing or unreadable, else None."""
-        record = self.manifest["stages"].get(stage, {})
-        if record.get("skipped"):
-            return None
-        for name in STAGE_ARTIFACTS.get(stage, ()):
-            path = self.dir / name
-            try:
-                if path.suffix == ".parquet":
-                    import pyarrow.parquet as pq
-
-                    pq.read_metadata(path)
-                elif path.suffix == ".safetensors":
-                    from safetensors import safe_open
-
-                    with safe_open(str(path), "pt") as fh:
-                        fh.keys()
-                elif path.suffix == ".json":
-                    json.loads(path.read_text())
-                elif not path.exists():
-                    raise FileNotFoundError(path)
-            except Exception as err:  # noqa: BLE001  (any unreadable file means: redo the stage)
-                return f"{path} ({type(err).__name__})"
-        return None
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage and record it in the manifest; a failure is recorded, then re-raised."""
-        record: dict[str, Any] = {"status": "running", "started": now_iso(), "commit": self.manifest["commit"]}
-        self.manifest["stages"][name] = record
-        self.save()
-        start = time.perf_counter()
-        try:
-            yield record
-        except BaseException as err:
-            record.update(status="failed", error=f"{type(err).__name__}: {err}")
-            raise
-        else:
-            record["status"] = "done"
-        finally:
-            record["seconds"] = round(time.perf_counter() - start, 2)
-            record["peak_memory_mb"] = round(peak_memory_mb(), 1)
-            self.save()
-
-    def save(self) -> None:
-        write_json(self.manifest_path, self.manifest)
 
 
 def prepare(run: Run) -> None:
@@ -201,11 +59,6 @@ def evaluate(run: Run, split: str = "test") -> dict[str, dict[str, float]]:
         write_json(run.dir / f"metrics_{split}.json", results)
         log.info("%s results:\n%s", split, format_results(results))
     return results
-
-
-def content_vectors(run: Run) -> np.ndarray:
-    """The item text vectors (cached by model and text hash, so this is cheap after the first call)."""
-    return encode_texts(list(run.data.item_text), run.cfg.content)
 
 
 def content(run: Run) -> None:
@@ -244,15 +97,15 @@ def baselines(run: Run, methods: list[str] | None = None) -> dict[str, dict[str,
     return reports
 
 
+# Every stage a run may list, in pipeline order: the ones above, then the funnel's.
 STAGES: dict[str, Callable[[Run], Any]] = {
     "prepare": prepare, "train": train, "evaluate_test": evaluate, "content": content, "baselines": baselines,
+    **FUNNEL_STAGES,
 }
 
 
 def all_stages() -> dict[str, Callable[[Run], Any]]:
-    from .funnel.stages import FUNNEL_STAGES  # the funnel builds on this module
-
-    return {**STAGES, **FUNNEL_STAGES}
+    return dict(STAGES)
 
 
 def reuse_stage(run: Run, stage: str, source: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluate import SETTINGS
-from .utils import git_commit, now_iso, write_json
+from .utils import atomic_path, git_commit, now_iso, write_json
 
 HEADLINE = ("recall@20", "ndcg@20")
 
@@ -130,7 +130,8 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
     if notes:
         lines += ["", notes.strip()]
     text = "\n".join(lines) + "\n"
-    (folder / "README.md").write_text(text)
+    with atomic_path(folder / "README.md") as tmp:
+        tmp.write_text(text)
     return text
 
 
@@ -265,7 +266,8 @@ def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -290,5 +292,6 @@ def _plot(docs: list[dict[str, Any]], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

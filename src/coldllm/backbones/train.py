@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +23,9 @@ from tqdm.auto import tqdm
 
 from ..config import BackboneConfig, RunConfig
 from ..data import BPRSampler, ColdStartData
+from ..early_stopping import EarlyStopping
 from ..evaluate import Evaluator, embedding_scorer
-from ..utils import read_safetensors, read_safetensors_metadata, resolve_device, write_json
+from ..utils import atomic_path, read_safetensors, read_safetensors_metadata, resolve_device, write_json
 from .base import Backbone
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,8 @@ class TrainResult:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -147,14 +146,15 @@ def train_backbone(
     else:
         torch.manual_seed(cfg.seed)
 
+    # the stopping state lives in ``result`` too: it is what the checkpoint saves and a resume reads
+    stopper = EarlyStopping(cfg.backbone.patience, result.best_score, result.best_epoch, result.bad_rounds)
+
     def validate(epoch: int) -> float:
         user_emb, item_emb = model.embeddings()
         score = validator.evaluate(embedding_scorer(user_emb, item_emb), device)[select][metric]
-        if score > result.best_score:
-            result.best_score, result.best_epoch, result.bad_rounds = score, epoch, 0
-            save_backbone(model, folder, "best")
-        else:
-            result.bad_rounds += 1
+        if stopper.update(score, epoch):
+            save_backbone(model, folder, "best")  # the best weights are kept on disk, not in memory
+        result.best_score, result.best_epoch, result.bad_rounds = stopper.best_score, stopper.best_step, stopper.bad
         return score
 
     if validate_first and result.epoch == 0 and not result.history:
@@ -164,7 +164,7 @@ def train_backbone(
     bar = tqdm(range(result.epoch, bcfg.epochs), desc=f"train {model.name}", unit="epoch",
                initial=result.epoch, total=bcfg.epochs)
     for epoch in bar:
-        if result.bad_rounds >= bcfg.patience:
+        if stopper.done:
             break
         start = time.perf_counter()
         model.train()

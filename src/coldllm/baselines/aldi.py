@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
+from ..layers import mlp
 from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
 
 
@@ -37,10 +38,6 @@ class ALDIParams(TrainParams):
     gamma: float = field(default=0.1, metadata={"help": "Rating-distillation weight."})
     freq_weight: bool = field(default=True, metadata={"help": "Weight distillation by item frequency."})
     max_weight: float = field(default=4.0, metadata={"help": "M of the frequency weight tanh(M f / mean f)."})
-
-
-def tower(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.Tanh(), nn.Linear(hidden, out_dim))
 
 
 def frequency_weights(train, max_weight: float) -> np.ndarray:
@@ -65,8 +62,8 @@ class ALDI(ColdStartMethod):
         p = self.params
         dim = ctx.item_emb.shape[1]
         self.user_emb, self.item_emb = ctx.user_emb, ctx.item_emb
-        self.item_tower = tower(ctx.content.shape[1], p.hidden, dim).to(ctx.device)
-        self.user_tower = tower(dim, p.hidden, dim).to(ctx.device)
+        self.item_tower = mlp([ctx.content.shape[1], p.hidden, dim], batch_norm=True).to(ctx.device)
+        self.user_tower = mlp([dim, p.hidden, dim], batch_norm=True).to(ctx.device)
         modules = nn.ModuleDict({"item": self.item_tower, "user": self.user_tower})
         train = ctx.data.matrix("train")
         weight = torch.from_numpy(frequency_weights(train, p.max_weight)).to(ctx.device)

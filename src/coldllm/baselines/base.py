@@ -10,7 +10,6 @@ config; an unknown key is an error naming it, as everywhere else.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, _apply
 from ..data import BPRSampler, ColdStartData
+from ..early_stopping import EarlyStopping
 from ..evaluate import Evaluator, Scorer
 from ..utils import registrar
 
@@ -124,15 +124,6 @@ class EmbeddingMethod(ColdStartMethod):
         return lambda users: self.user_emb[users] @ self.item_emb.T
 
 
-def mlp(sizes: list[int], act: type[nn.Module] = nn.Tanh, last_act: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2 or last_act:
-            layers.append(act())
-    return nn.Sequential(*layers)
-
-
 def fit_with_early_stopping(
     method: ColdStartMethod,
     ctx: FitContext,
@@ -151,7 +142,7 @@ def fit_with_early_stopping(
     torch.manual_seed(ctx.seed)
     sampler = BPRSampler(ctx.data.matrix("train"), candidates=ctx.data.warm_items, seed=ctx.seed)
     opt = torch.optim.Adam(modules.parameters(), lr=params.lr) if optimize else None
-    best, best_state, bad = -1.0, None, 0
+    stopper = EarlyStopping(params.patience)
     bar = tqdm(range(params.epochs), desc=f"fit {method.name}", unit="epoch")
     for epoch in bar:
         start, total, n = time.perf_counter(), 0.0, 0
@@ -171,16 +162,13 @@ def fit_with_early_stopping(
                 method.finish(ctx)
                 score = ctx.validator.evaluate(method.scorer(), ctx.device)["cold"][ctx.metric]
             record["val_cold"] = score
-            if score > best:
-                best, best_state, bad = score, copy.deepcopy(modules.state_dict()), 0
-            else:
-                bad += 1
+            stopper.update(score, epoch + 1, modules.state_dict())
         method.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
-        if ctx.validator is not None and bad >= params.patience:
+        if ctx.validator is not None and stopper.done:
             break
-    if best_state is not None:
-        modules.load_state_dict(best_state)
+    if stopper.best_state is not None:
+        modules.load_state_dict(stopper.best_state)
     modules.eval()
     with torch.no_grad():
         method.finish(ctx)

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
-from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, mlp, register
+from ..layers import mlp
+from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
 
 
 @dataclass

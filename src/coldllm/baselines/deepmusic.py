@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import EmbeddingMethod, FitContext, TrainParams, fit_with_early_stopping, mlp, register
+from ..layers import mlp
+from .base import EmbeddingMethod, FitContext, TrainParams, fit_with_early_stopping, register
 
 
 @register("deepmusic")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
+from ..layers import mlp
 from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
 
 
@@ -29,14 +30,6 @@ class DropoutNetParams(TrainParams):
     dropout: float = field(default=0.5, metadata={"help": "Chance of zeroing an item's preference input."})
     layers: int = field(default=2, metadata={"help": "Hidden Linear+BatchNorm+tanh layers per tower."})
     out_dim: int = field(default=0, metadata={"help": "Tower output width; 0: the backbone's dimension."})
-
-
-def tower(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.BatchNorm1d(hidden), nn.Tanh()]
-    mods.append(nn.Linear(hidden if layers else in_dim, out_dim))
-    return nn.Sequential(*mods)
 
 
 def standardise(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -60,8 +53,8 @@ class DropoutNet(ColdStartMethod):
         # Cold rows of the backbone are untrained noise: they must never reach the tower.
         item_pref[ctx.cold] = 0.0
         self.item_in = torch.cat([item_pref, ctx.content.to(item_pref.dtype)], dim=1)
-        self.user_tower = tower(dim, p.hidden, p.layers, out).to(ctx.device)
-        self.item_tower = tower(self.item_in.shape[1], p.hidden, p.layers, out).to(ctx.device)
+        self.user_tower = mlp([dim, *[p.hidden] * p.layers, out], batch_norm=True).to(ctx.device)
+        self.item_tower = mlp([self.item_in.shape[1], *[p.hidden] * p.layers, out], batch_norm=True).to(ctx.device)
         modules = nn.ModuleDict({"user": self.user_tower, "item": self.item_tower})
 
         def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
+from ..layers import mlp
 from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
 
 
@@ -42,14 +43,6 @@ class GARParams(TrainParams):
     dropout: float = field(default=0.5, metadata={"help": "Dropout in the recommender's towers."})
     gen_dropout: float = field(default=0.1, metadata={"help": "Dropout in the generator."})
     reg: float = field(default=1e-3, metadata={"help": "Weight decay of both players."})
-
-
-def tower(in_dim: int, hidden: int, out_dim: int, dropout: float, normalise_input: bool) -> nn.Sequential:
-    # BatchNorm before the tanh keeps it out of its flat (or linear) range whatever the scale of
-    # the inputs (L2-normalised text vectors have tiny coordinates, backbone embeddings large ones)
-    head = [nn.BatchNorm1d(in_dim)] if normalise_input else []
-    return nn.Sequential(*head, nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.Tanh(),
-                         nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
 
 def recommender_loss(s_real: torch.Tensor, s_neg: torch.Tensor, s_fake: torch.Tensor, beta: float) -> torch.Tensor:
@@ -71,9 +64,15 @@ class GAR(ColdStartMethod):
     def fit_model(self, ctx: FitContext) -> None:
         p = self.params
         dim = ctx.item_emb.shape[1]
-        self.generator = tower(ctx.content.shape[1], p.hidden, dim, p.gen_dropout, False).to(ctx.device)
-        self.user_tower = tower(dim, p.hidden, p.hidden, p.dropout, True).to(ctx.device)
-        self.item_tower = tower(dim, p.hidden, p.hidden, p.dropout, True).to(ctx.device)
+        # BatchNorm before each tanh keeps it out of its flat (or linear) range whatever the scale
+        # of the inputs (L2-normalised text vectors have tiny coordinates, backbone embeddings large
+        # ones); the recommender's towers normalise their embedding inputs too
+        self.generator = mlp([ctx.content.shape[1], p.hidden, dim], batch_norm=True,
+                             dropout=p.gen_dropout).to(ctx.device)
+        self.user_tower = mlp([dim, p.hidden, p.hidden], batch_norm=True, dropout=p.dropout,
+                              input_norm=True).to(ctx.device)
+        self.item_tower = mlp([dim, p.hidden, p.hidden], batch_norm=True, dropout=p.dropout,
+                              input_norm=True).to(ctx.device)
         recommender = nn.ModuleDict({"user": self.user_tower, "item": self.item_tower})
         gen_opt = torch.optim.Adam(self.generator.parameters(), lr=p.lr, weight_decay=p.reg)
         rec_opt = torch.optim.Adam(recommender.parameters(), lr=p.lr, weight_decay=p.reg)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .base import EmbeddingMethod, FitContext, TrainParams, fit_with_early_stopping, mlp, register
+from ..layers import mlp
+from .base import EmbeddingMethod, FitContext, TrainParams, fit_with_early_stopping, register
 
 
 @dataclass

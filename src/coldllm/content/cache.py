@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.readers import DataError
+from ..utils import atomic_path
 from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,7 @@ class VectorCache:
             self.hashes.append(k)
         self.folder.mkdir(parents=True, exist_ok=True)
         # vectors first, index last: an index never points past the vectors it was written with
-        tmp = self.folder / "vectors.tmp.npy"
-        np.save(tmp, self.vectors, allow_pickle=False)
-        os.replace(tmp, self.vectors_path)
-        tmp_index = self.folder / "index.tmp.parquet"
-        pd.DataFrame({"hash": self.hashes}).to_parquet(tmp_index)
-        os.replace(tmp_index, self.index_path)
+        with atomic_path(self.vectors_path) as tmp:
+            np.save(tmp, self.vectors, allow_pickle=False)
+        with atomic_path(self.index_path) as tmp:
+            pd.DataFrame({"hash": self.hashes}).to_parquet(tmp)

@@ -28,6 +28,7 @@ from torch import nn
 from ..baselines.aldi import ALDI
 from ..baselines.base import FitContext, TrainParams, fit_with_early_stopping
 from ..evaluate import Scorer
+from ..layers import mlp
 
 log = logging.getLogger(__name__)
 TOWERS = ("coupled", "collab", "lm", "random", "file")
@@ -78,8 +79,8 @@ class LanguageTower:
         item_text = torch.from_numpy(text.astype(np.float32)).to(ctx.device)
         item_text = F.normalize(item_text, dim=1)  # pooled LM states vary in norm; the direction is the content
         user_text = torch.from_numpy(history_means(ctx.data.matrix("train"), item_text.cpu().numpy())).to(ctx.device)
-        self.user_net = _mlp(text.shape[1], p.hidden, p.out_dim).to(ctx.device)
-        self.item_net = _mlp(text.shape[1], p.hidden, p.out_dim).to(ctx.device)
+        self.user_net = mlp([text.shape[1], p.hidden, p.out_dim], nn.ReLU).to(ctx.device)
+        self.item_net = mlp([text.shape[1], p.hidden, p.out_dim], nn.ReLU).to(ctx.device)
         self._user_text, self._item_text = user_text, item_text
         modules = nn.ModuleDict({"user": self.user_net, "item": self.item_net})
 
@@ -104,8 +105,6 @@ class LanguageTower:
         return lambda users: self.user_out[users] @ self.item_out.T
 
 
-def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
 @dataclass

@@ -11,7 +11,6 @@ to Parquet shards: a killed run resumes at the first missing shard and loses not
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..llm.judge import Judge
 from ..llm.prompts import PromptEncoder
+from ..utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,8 @@ def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray]
             p[todo] = judge.p_yes_grouped(prefixes, [judge.prompts.suffix(titles[i]) for i in flat[todo]], owner[todo])
         bar.update(len(flat))
         frame = pd.DataFrame({"user": users, "item": flat, "p_yes": p})
-        tmp = path.with_suffix(".tmp")
-        frame.to_parquet(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp)
     bar.close()
     if done:
         log.info("resumed: %d of %d shards were already done", done, len(shards))

@@ -3,7 +3,8 @@
 Each stage reads the artifacts of the previous ones from the run folder and writes its own:
 
     filter/    candidates.parquet (cold items' top-K users), warm_candidates.parquet, report.json
-    refiner/   adapter/ (LoRA weights + config), report.json (judge before/after, loss curve)
+    refiner/   adapter/ (LoRA weights + config), threshold.json (the acceptance threshold the
+               simulation applies), report.json (judge before/after, loss curve)
     simulate/  shard-*.parquet, simulated.parquet, report.json
     update/    the retrained backbone, report.json; metrics in metrics_coldllm_<split>.json
 """
@@ -33,8 +34,8 @@ from ..llm.judge import Judge
 from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
 from ..llm.models import load_llm
 from ..llm.prompts import PromptEncoder, PromptTemplate
-from ..pipeline import Run, content_vectors
-from ..utils import peak_memory_mb, resolve_device, write_json
+from ..run import Run, content_vectors
+from ..utils import atomic_path, peak_memory_mb, resolve_device, write_json
 from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, \
     read_candidates, top_users
 from .refiner import best_threshold, example_parts, finetune_examples, judge_examples, judge_report, \
@@ -95,8 +96,9 @@ def filter_stage(run: Run) -> dict[str, Any]:
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
             warm = top_users(warm_emb, cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
-        candidates.to_parquet(folder / "candidates.parquet")
-        warm.to_parquet(folder / "warm_candidates.parquet")
+        for frame, name in ((candidates, "candidates.parquet"), (warm, "warm_candidates.parquet")):
+            with atomic_path(folder / name) as tmp:
+                frame.to_parquet(tmp)
         report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
                   "val": funnel_coverage(candidates, data.parts["cold_val"]),
                   "test": funnel_coverage(candidates, data.parts["cold_test"])}
@@ -158,7 +160,8 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         judge = Judge(peft_model, prompts, cfg.refiner.batch_size)
         for name, ex in held_out.items():
             ex["p_after"] = judge_examples(judge, ex, titles)
-            ex.to_parquet(folder / f"held_out_{name}.parquet")
+            with atomic_path(folder / f"held_out_{name}.parquet") as tmp:
+                ex.to_parquet(tmp)
         report["before"] = {k: judge_report(ex["label"].to_numpy(), ex["p_before"].to_numpy()) for k, ex in held_out.items()}
         report["after"] = {k: judge_report(ex["label"].to_numpy(), ex["p_after"].to_numpy()) for k, ex in held_out.items()}
         hard_ex = held_out["hard"]
@@ -167,6 +170,8 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         report["lora"] = dataclasses.asdict(lora)
         report["loss_history"] = history
         report["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        # the simulation's input, in a file of its own: a report is for people and may change shape
+        write_json(folder / "threshold.json", {"threshold": report["threshold"]})
         write_json(folder / "report.json", report)
         rec.update({k: report[k] for k in ("train_examples", "before", "after", "threshold")})
     return report
@@ -204,7 +209,7 @@ def simulate_stage(run: Run) -> dict[str, Any]:
             model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
             model = load_adapter(model, run.dir / "refiner" / "adapter")
             prompts = prompt_encoder(run, tokenizer)
-            threshold = json.loads((run.dir / "refiner" / "report.json").read_text())["threshold"]
+            threshold = json.loads((run.dir / "refiner" / "threshold.json").read_text())["threshold"]
             histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
             judge = Judge(model, prompts, cfg.refiner.batch_size)
             known = known_verdicts(run)
@@ -232,7 +237,8 @@ def simulate_stage(run: Run) -> dict[str, Any]:
         else:  # the no-refiner ablation: every filtered pair becomes an interaction
             simulated = candidates[["user", "item"]].assign(p_yes=1.0, accepted=True)
         folder.mkdir(parents=True, exist_ok=True)
-        simulated.to_parquet(folder / "simulated.parquet")
+        with atomic_path(folder / "simulated.parquet") as tmp:
+            simulated.to_parquet(tmp)
         accepted = simulated[simulated["accepted"]]
         report = {"judge": judge_kind, "pairs": len(simulated), "accepted": len(accepted),
                   "accept_rate": float(simulated["accepted"].mean()) if len(simulated) else 0.0,
@@ -308,8 +314,9 @@ def update_stage(run: Run) -> dict[str, Any]:
             result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, accepted, params, validate=validate)
             user_out, item_out = user_emb, result.item_emb
             rec.update(best_step=result.best_step, best_val=result.best_score, history=result.history)
-        save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},
-                  str(folder / "embeddings.safetensors"), metadata={"fingerprint": fingerprint})
+        with atomic_path(folder / "embeddings.safetensors") as tmp:
+            save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},
+                      str(tmp), metadata={"fingerprint": fingerprint})
         rec.update(accepted_pairs=len(accepted), fingerprint=fingerprint)
     return evaluate_coldllm(run)
 

@@ -18,7 +18,6 @@ prior itself as the first candidate, so on validation it can only match or beat 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from ..early_stopping import EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.T
         return out
 
     result = FastResult(item_emb=table())
-    stopper = EarlyStopping(params.patience)
+    # no score is below the prior's (step 0), whatever the metric: it is always a candidate
+    stopper = EarlyStopping(params.patience, best_score=-float("inf"))
     if validate is not None:
         stopper.update(validate(result.item_emb), 0, result.item_emb)
         result.history.append({"step": 0, "val": stopper.best_score})
@@ -156,7 +158,8 @@ def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.T
             score = validate(current)
             result.history.append({"step": step, "loss": float(loss.detach()), "val": score})
             bar.set_postfix(val=round(score, 4))
-            if stopper.update(score, step, current):
+            stopper.update(score, step, current)
+            if stopper.done:
                 break
     bar.close()
     if validate is None:
@@ -164,18 +167,3 @@ def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.T
     else:
         result.item_emb, result.best_step, result.best_score = stopper.best_state, stopper.best_step, stopper.best_score
     return result
-
-
-class EarlyStopping:
-    """Keep the best-scoring state; ``update`` says when ``patience`` checks in a row did not improve."""
-
-    def __init__(self, patience: int):
-        self.patience, self.bad = patience, 0
-        self.best_score, self.best_step, self.best_state = -float("inf"), -1, None
-
-    def update(self, score: float, step: int, state) -> bool:
-        if score > self.best_score:
-            self.best_score, self.best_step, self.best_state, self.bad = score, step, copy.deepcopy(state), 0
-        else:
-            self.bad += 1
-        return self.bad >= self.patience

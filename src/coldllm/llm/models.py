@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
+
+from ..utils import atomic_path
 
 log = logging.getLogger(__name__)
 # name -> (package that ships it, GGUF file inside the package)
@@ -61,11 +62,9 @@ def resolve_llm(name_or_path: str, cache_dir: str | Path = "cache") -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)  # a killed conversion leaves only the .tmp folder, never a broken model
+    with atomic_path(target) as tmp:  # a killed conversion leaves no model folder, never a broken one
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
 
 
