@@ -1,0 +1,328 @@
+"""The online service over a tiny finished run: the funnel for new items, the store, the HTTP API.
+
+One tiny run (cosine judge) is built per module. The end-to-end test starts ``coldllm serve`` as a
+real process, adds an item, kills the process with SIGKILL and finds the item again after a
+restart; malformed requests of every kind are sent to that same live process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from coldllm.cli import app as cli  # noqa: E402
+from coldllm.funnel.update import knn_prior  # noqa: E402
+from coldllm.serve.app import create_app  # noqa: E402
+from coldllm.serve.online import DuplicateItem, NewItem, OnlineService  # noqa: E402
+from coldllm.serve.store import ItemStore, StoredItem, StoreError  # noqa: E402
+from test_cli import write_project  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = str(write_project(tmp))
+    result = CliRunner().invoke(cli, [
+        "run", "-c", cfg, "--stages=[prepare, train, filter, simulate, update]", "--filter.text_model=minilm",
+        "--filter.k=5", "--filter.collab={epochs: 2, hidden: 16}", "--filter.lm={epochs: 2, hidden: 16, out_dim: 8}",
+        "--refiner.judge=cosine", "--update.steps=20"])
+    assert result.exit_code == 0, result.output
+    return tmp / "runs" / "tiny"
+
+
+def fresh(run_dir: Path) -> Path:
+    """The run with no item added online yet (the filter's cached towers are kept)."""
+    for suffix in ("", "-wal", "-shm"):
+        (run_dir / "serve" / f"items.sqlite{suffix}").unlink(missing_ok=True)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def service(run_dir):
+    svc = OnlineService(fresh(run_dir))
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return TestClient(create_app(service.run_dir, service=service))
+
+
+def cold_count(service) -> int:
+    return len(service.index.snapshot.subsets["cold"].index)
+
+
+def test_added_item_is_recommended_to_its_simulated_users(client, service):
+    response = client.post("/items", json={"id": "n1", "text": "graph networks paper 999", "venue": "KDD"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["candidates"] == 5 and body["simulated_users"]
+    assert set(body["stages"]) == {"filter", "judge", "update", "store"}
+    assert all(-1.0 <= u["p_yes"] <= 1.0 for u in body["simulated_users"])  # the cosine judge's P(Yes)
+    for user in (u["user"] for u in body["simulated_users"]):
+        recs = client.get(f"/users/{user}/recommendations", params={"k": cold_count(service), "only": "cold"})
+        assert "n1" in [r["item"] for r in recs.json()["items"]]
+    info = client.get("/items/n1").json()
+    assert info["source"] == "online" and info["fields"] == {"venue": "KDD"}
+    assert info["simulated_users"] == body["simulated_users"]
+
+
+def test_update_moves_only_the_new_row_from_its_prior_towards_accepted_users(service):
+    before = service.index.item_rows().copy()
+    text = "protein folding paper 1234"
+    (added,) = service.add([NewItem(id="n2", text=text)])
+    after = service.index.item_rows()
+    assert np.array_equal(after[: len(before)], before)  # every other row frozen
+    vector = torch.as_tensor(service.encoder.encode([text]))
+    table = torch.as_tensor(before)
+    warm = service.data.warm_items
+    pool = torch.cat([torch.as_tensor(service.content[warm]), vector])
+    prior = knn_prior(pool, table[warm], torch.arange(len(warm)), torch.tensor([len(warm)]), service.cfg.update.prior_k)[0]
+    row = torch.as_tensor(after[-1])
+    users = [service.user_index(u) for u, ok in zip(added.item.users, added.item.accepted) if ok]
+    assert users and not torch.equal(row, prior)
+    user_emb = service.user_emb[users]
+    assert (user_emb @ row).mean() > (user_emb @ prior).mean()  # the accepted users now score it higher
+
+
+def test_recommendations_exclude_training_items_and_respect_only(client, service):
+    data = service.data
+    train = data.matrix("train")
+    user = 3
+    seen = {str(data.item_ids[i]) for i in train.indices[train.indptr[user]:train.indptr[user + 1]]}
+    uid = str(data.user_ids[user])
+    everything = client.get(f"/users/{uid}/recommendations", params={"k": 1000}).json()["items"]
+    ids = [r["item"] for r in everything]
+    assert seen and not seen & set(ids) and len(ids) == service.index.n_items - len(seen)
+    assert [r["score"] for r in everything] == sorted((r["score"] for r in everything), reverse=True)
+    warm = {str(data.item_ids[i]) for i in data.warm_items}
+    only_warm = client.get(f"/users/{uid}/recommendations", params={"k": 7, "only": "warm"}).json()["items"]
+    assert len(only_warm) == 7 and {r["item"] for r in only_warm} <= warm - seen
+    only_cold = client.get(f"/users/{uid}/recommendations", params={"k": 1000, "only": "cold"}).json()["items"]
+    assert not {r["item"] for r in only_cold} & warm and len(only_cold) == cold_count(service)
+
+
+def test_dataset_items_show_the_runs_own_simulated_users(client, service):
+    cold = str(service.data.item_ids[service.data.cold_items[0]])
+    info = client.get(f"/items/{cold}").json()
+    assert info["source"] == "run" and info["cold"] and info["simulated_users"]
+    warm = client.get(f"/items/{service.data.item_ids[service.data.warm_items[0]]}").json()
+    assert not warm["cold"] and warm["simulated_users"] == []
+
+
+def test_batch_is_stored_whole_or_not_at_all(client, service):
+    ok = client.post("/items/batch", json={"items": [{"id": "b1", "text": "graph networks a"},
+                                                     {"id": "b2", "text": "protein folding b"}]})
+    assert ok.status_code == 201 and [i["id"] for i in ok.json()["items"]] == ["b1", "b2"]
+    n = service.index.n_items
+    clash = client.post("/items/batch", json={"items": [{"id": "b3", "text": "graph networks c"},
+                                                        {"id": "b1", "text": "again"}]})
+    assert clash.status_code == 409 and clash.json()["detail"][0]["loc"] == ["body", "items", 1, "id"]
+    assert service.index.n_items == n and client.get("/items/b3").status_code == 404
+
+
+def test_concurrent_adds_and_reads_stay_consistent(service):
+    errors: list[BaseException] = []
+    duplicates = []
+
+    def adder(name: str) -> None:
+        try:
+            service.add([NewItem(id=name, text=f"graph networks {name}")])
+        except DuplicateItem:
+            duplicates.append(name)
+        except BaseException as err:  # noqa: BLE001  (reported below)
+            errors.append(err)
+
+    def reader() -> None:
+        for _ in range(30):
+            snap = service.index.snapshot
+            assert all(len(s.index) == len(s.items) for s in snap.subsets.values())
+            service.recommend(0, 5, "cold")
+
+    n = service.index.n_items
+    threads = [threading.Thread(target=adder, args=(f"c{i % 4}",)) for i in range(8)]
+    threads += [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(duplicates) == 4  # each of the 4 ids added exactly once
+    assert service.index.n_items == n + 4 and len(set(service.index.snapshot.item_ids)) == n + 4
+
+
+def test_store_keeps_float32_bytes_and_refuses_another_space(tmp_path):
+    path = tmp_path / "items.sqlite"
+    store = ItemStore(path, space="abc", dim=3)
+    row = np.array([0.1, -2.5, 3e-8], np.float32)
+    item = StoredItem(id="x", text="t", embedding=row, users=["u1", "u2"], p_yes=[0.9, 0.2],
+                      accepted=[True, False], fields={"a": [1, 2]})
+    store.add([item])
+    with pytest.raises(Exception):  # the second item repeats an id: the whole call rolls back
+        store.add([StoredItem(id="y", text="t", embedding=row, users=[], p_yes=[], accepted=[]), item])
+    store.close()
+    (back,) = ItemStore(path, space="abc", dim=3).load()
+    assert back.embedding.tobytes() == row.tobytes() and back.users == ["u1", "u2"] and back.accepted == [True, False]
+    assert back.fields == {"a": [1, 2]}
+    with pytest.raises(StoreError, match="space"):
+        ItemStore(path, space="other", dim=3)
+
+
+# -- a real process --------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def declared_only(url: str, length: int) -> tuple[int, dict]:
+    """A POST that declares a ``length``-byte body and sends none: the answer must come first."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.putrequest("POST", parts.path)
+    conn.putheader("content-type", "application/json")
+    conn.putheader("content-length", str(length))
+    conn.endheaders()
+    response = conn.getresponse()
+    try:
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None, json_body=None) -> tuple[int, dict]:
+    headers = {}
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+    if body is not None:
+        headers["content-type"] = "application/json"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+class LiveServer:
+    """``coldllm serve`` in its own process; ``restart`` after ``kill`` reuses the run folder."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.proc, self.url = run_dir, None, ""
+        self.log = run_dir.parent / "serve-test.log"  # a file, not a pipe: a full pipe would stall the server
+
+    def start(self) -> None:
+        port = free_port()
+        script = Path(sys.executable).with_name("coldllm")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "coldllm.cli"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([*command, "serve", str(self.run_dir), "--port", str(port)],
+                                         stdout=log, stderr=log, env={**os.environ, "TQDM_DISABLE": "1"})
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if request(self.url + "/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"server did not answer /health in time: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def live(run_dir, service, client):
+    # after the in-process tests (the same run folder, so the same store file is shared)
+    server = LiveServer(run_dir)
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_end_to_end_item_survives_sigkill(live):
+    status, body = request(live.url + "/items", "POST", json_body={"id": "e2e", "text": "graph networks deep learning"})
+    assert status == 201 and body["simulated_users"], body
+    user = body["simulated_users"][0]["user"]
+
+    def recommended() -> list[str]:
+        status, recs = request(f"{live.url}/users/{user}/recommendations?k=1000&only=cold")
+        assert status == 200
+        return [r["item"] for r in recs["items"]]
+
+    assert "e2e" in recommended()
+    online = request(live.url + "/health")[1]["online_items"]
+    live.kill()  # no shutdown of any kind: only what was committed survives
+    live.start()
+    assert "e2e" in recommended()
+    assert request(live.url + "/health")[1]["online_items"] == online
+    assert request(live.url + "/items/e2e")[1]["simulated_users"] == body["simulated_users"]
+
+
+MALFORMED = [
+    # (method, path, body: JSON | raw bytes | None | a declared length, status, a field the answer names)
+    ("POST", "/items", b"{not json", 422, "body"),
+    ("POST", "/items", None, 422, "body"),
+    ("POST", "/items", [1, 2], 422, "body"),
+    ("POST", "/items", {"text": "graph networks"}, 422, "id"),
+    ("POST", "/items", {"id": "m1"}, 422, "text"),
+    ("POST", "/items", {"id": "m2", "text": ""}, 422, "text"),
+    ("POST", "/items", {"id": "m3", "text": "   \n"}, 422, "text"),
+    ("POST", "/items", {"id": "m4", "text": "x" * 10_001}, 422, "text"),
+    ("POST", "/items", {"id": 5, "text": "graph networks"}, 422, "id"),
+    ("POST", "/items", {"id": "a/b", "text": "graph networks"}, 422, "id"),
+    ("POST", "/items", {"id": "", "text": "graph networks"}, 422, "id"),
+    ("POST", "/items", {"id": "i0", "text": "graph networks"}, 409, "id"),  # a dataset item
+    ("POST", "/items", {"id": "m5", "text": "graph networks", "extra": "x" * 20_000}, 422, "body"),
+    ("POST", "/items", 3_000_000, 413, "content-length"),  # a body over the limit: refused unread
+    ("POST", "/items/batch", {"items": []}, 422, "items"),
+    ("POST", "/items/batch", {"id": "m7", "text": "graph networks"}, 422, "items"),
+    ("POST", "/items/batch", {"items": [{"id": "m8", "text": "a b"}, {"id": "m8", "text": "c d"}]}, 409, "id"),
+    ("GET", "/users/nobody/recommendations", None, 404, "user_id"),
+    ("GET", "/users/u0/recommendations?k=0", None, 422, "k"),
+    ("GET", "/users/u0/recommendations?k=abc", None, 422, "k"),
+    ("GET", "/users/u0/recommendations?k=100000", None, 422, "k"),
+    ("GET", "/users/u0/recommendations?only=hot", None, 422, "only"),
+    ("GET", "/items/nothing-here", None, 404, "item_id"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,field", MALFORMED,
+                         ids=[f"{m} {p[:32]} {str(b)[:24]}" for m, p, b, *_ in MALFORMED])
+def test_malformed_requests_are_refused_with_the_field_named(live, method, path, body, status, field):
+    before = request(live.url + "/health")[1]["online_items"]
+    if isinstance(body, int):
+        got, answer = declared_only(live.url + path, body)
+    else:
+        raw = body if isinstance(body, bytes) else None
+        got, answer = request(live.url + path, method, body=raw, json_body=None if raw is not None or body is None else body)
+    assert got == status, answer
+    assert any(field in [str(part) for part in error["loc"]] for error in answer["detail"]), answer
+    assert request(live.url + "/health")[1]["online_items"] == before  # nothing stored half-way
