@@ -43,7 +43,7 @@ def train(run: Run, resume: bool = True) -> None:
         data = run.data
         model = build_backbone(run.cfg.backbone, data.matrix("train"), seed=run.cfg.seed)
         result = train_backbone(model, data, run.cfg, run.dir / "backbone",
-                                resume=resume and "train" not in run.stale)
+                                resume=resume and "train" not in run.stale, fingerprint=run.fingerprint("train"))
         rec.update(best_epoch=result.best_epoch, best_val=result.best_score, epochs=result.epoch,
                    train_seconds=round(result.seconds, 2))
 

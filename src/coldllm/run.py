@@ -9,6 +9,7 @@ cycle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -113,6 +114,16 @@ class Run:
         if self._data is None:
             self._data = load_dataset(self.cfg.data)
         return self._data
+
+    def fingerprint(self, stage: str) -> str:
+        """The identity of the settings ``stage`` depends on, for the checkpoints it resumes from.
+
+        The manifest forgets a change of settings as soon as the stage starts again, so a
+        checkpoint carries this itself: one written under other settings is never resumed, however
+        many times the stage was killed in between.
+        """
+        inputs = json.dumps(_inputs(self.manifest["config"], stage), sort_keys=True, default=str)
+        return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
     def done(self, stage: str) -> bool:
         return self.manifest["stages"].get(stage, {}).get("status") == "done"

@@ -18,14 +18,14 @@ import numpy as np
 import scipy.sparse as sp
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..checkpoint import load_optimizer, optimizer_tensors, save_tensors
 from ..config import BackboneConfig, RunConfig
 from ..data import BPRSampler, ColdStartData
 from ..early_stopping import EarlyStopping
 from ..evaluate import Evaluator, embedding_scorer
-from ..utils import atomic_path, read_safetensors, read_safetensors_metadata, resolve_device, write_json
+from ..utils import read_safetensors, read_safetensors_metadata, resolve_device, write_json
 from .base import Backbone
 
 log = logging.getLogger(__name__)
@@ -45,39 +45,15 @@ class TrainResult:
     fingerprint: str = ""  # identity of the inputs and settings this training belongs to
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for idx, state in opt.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state_dict = opt.state_dict()
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    state_dict["state"] = state
-    opt.load_state_dict(state_dict)
-
-
 def save_backbone(model: Backbone, folder: Path, name: str = "best") -> None:
     """Weights, and the representations they give on the graph the model was trained on.
 
     ``<name>_embeddings.safetensors`` is what was validated: a graph model rebuilt on another
     graph (the training part alone, without simulated pairs) would score differently.
     """
-    _atomic_save(dict(model.state_dict()), folder / f"{name}.safetensors")
+    save_tensors(dict(model.state_dict()), folder / f"{name}.safetensors")
     user_emb, item_emb = model.embeddings()
-    _atomic_save({"user": user_emb, "item": item_emb}, folder / f"{name}_embeddings.safetensors")
+    save_tensors({"user": user_emb, "item": item_emb}, folder / f"{name}_embeddings.safetensors")
     meta = {"model": model.name, **asdict(model.cfg), "n_users": model.n_users, "n_items": model.n_items}
     write_json(folder / "backbone.json", meta)
 
@@ -138,7 +114,7 @@ def train_backbone(
         result = saved
         tensors = read_safetensors(last_path)
         model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))})
-        _load_optimizer(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")})
+        load_optimizer(opt, {k: v.to(device) for k, v in tensors.items() if k.startswith("optim.")})
         torch.set_rng_state(tensors["rng.torch"])
         sampler.rng.bit_generator.state = result.sampler_state
         log.info("resumed from epoch %d (best %s=%.4f at %d)", result.epoch, metric,
@@ -183,7 +159,7 @@ def train_backbone(
         result.history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
         result.sampler_state = sampler.rng.bit_generator.state
-        _atomic_save({**model.state_dict(), **_optimizer_tensors(opt), "rng.torch": torch.get_rng_state()},
+        save_tensors({**model.state_dict(), **optimizer_tensors(opt), "rng.torch": torch.get_rng_state()},
                      last_path, metadata={"trainer_state": json.dumps(asdict(result))})
     bar.close()
     if result.best_epoch < 0:  # no validation ran (e.g. epochs < eval_every): keep the last weights

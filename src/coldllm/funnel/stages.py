@@ -4,7 +4,8 @@ Each stage reads the artifacts of the previous ones from the run folder and writ
 
     filter/    candidates.parquet (cold items' top-K users), warm_candidates.parquet, report.json
     refiner/   adapter/ (LoRA weights + config), threshold.json (the acceptance threshold the
-               simulation applies), report.json (judge before/after, loss curve)
+               simulation applies), report.json (judge before/after, loss curve),
+               checkpoint.safetensors (where a killed fine-tuning resumes)
     simulate/  shard-*.parquet, simulated.parquet, report.json
     update/    the retrained backbone, report.json; metrics in metrics_coldllm_<split>.json
 """
@@ -156,7 +157,8 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         peft_model = add_lora(model, lora)
         _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
                                 prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, lora,
-                                out_dir=folder / "adapter")
+                                out_dir=folder / "adapter", checkpoint=folder / "checkpoint.safetensors",
+                                base=cfg.refiner.model)
         judge = Judge(peft_model, prompts, cfg.refiner.batch_size)
         for name, ex in held_out.items():
             ex["p_after"] = judge_examples(judge, ex, titles)
@@ -269,8 +271,9 @@ def content_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor) -> t
 
 
 def update_fingerprint(run: Run) -> str:
-    """The update's inputs: its simulated pairs and the backbone it starts from."""
-    digest = hashlib.sha256()
+    """The update's inputs: its simulated pairs, the backbone it starts from and its settings (a
+    retraining killed under one learning rate must not be resumed under another)."""
+    digest = hashlib.sha256(run.fingerprint("update").encode())
     for path in (run.dir / "simulate" / "simulated.parquet", run.dir / "backbone" / "best.safetensors"):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

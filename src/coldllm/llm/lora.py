@@ -13,6 +13,8 @@ optimiser stay fp32. The adapter is saved with its config
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..utils import atomic_path
+from ..checkpoint import load_optimizer, optimizer_tensors, save_tensors
+from ..utils import atomic_path, read_safetensors, read_safetensors_metadata
 from .judge import answer_states, autocast, pack_rows
 
 log = logging.getLogger(__name__)
+# How often a fine-tuning saves where it is (seconds). When it saves never changes what it learns.
+CHECKPOINT_SECONDS = 120.0
 
 
 @dataclass
@@ -77,11 +82,25 @@ def answer_loss(model, rows, prefixes: list[list[int]], suffixes: list[list[int]
     return F.cross_entropy(logits.float(), answers[torch.as_tensor(targets, device=answers.device)])
 
 
+def _fingerprint(prefixes, suffixes, owner, labels, ids: tuple[int, int, int], params: LoraParams,
+                 max_row_tokens: int, base: str) -> str:
+    """What a fine-tuning learns from: its examples, settings and (``base``) the model it starts at."""
+    digest = hashlib.sha256(json.dumps([prefixes, suffixes, np.asarray(owner).tolist(), np.asarray(labels).tolist(),
+                                        ids, vars(params), max_row_tokens, base], default=lambda o: o.tolist()).encode())
+    return digest.hexdigest()[:16]
+
+
 def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owner: np.ndarray, labels: np.ndarray,
                yes_id: int, no_id: int, pad_id: int, params: LoraParams, out_dir: Path | None = None,
-               max_row_tokens: int = 1024) -> tuple[object, list[dict]]:
+               max_row_tokens: int = 1024, checkpoint: Path | None = None, base: str = "") -> tuple[object, list[dict]]:
     """Fine-tune ``model`` (a peft model from ``add_lora``) on the examples ``prefixes[owner[j]] +
-    suffixes[j]`` with ``labels[j]``; returns it and the loss history."""
+    suffixes[j]`` with ``labels[j]``; returns it and the loss history.
+
+    ``checkpoint``: a file the adapter, the optimiser and the RNG are saved to every
+    ``CHECKPOINT_SECONDS``; a run killed part-way resumes there and learns exactly what an
+    uninterrupted one would. A checkpoint of other examples, settings or ``base`` (the identity of
+    the base model) is never resumed.
+    """
     device = next(model.parameters()).device
     rng = np.random.default_rng(params.seed)
     answers_all = torch.tensor(np.where(labels > 0, yes_id, no_id), device=device)
@@ -94,23 +113,62 @@ def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owne
     history: list[dict] = []
     model.train()
     plan = [_batches(rows, lengths, params.batch_size, rng) for _ in range(params.epochs)]
-    bar = tqdm(total=sum(map(len, plan)), desc="lora", unit="step")
-    start = time.perf_counter()
-    for epoch, batches in enumerate(plan):
-        for batch in batches:
-            loss = answer_loss(model, [rows[r] for r in batch], prefixes, suffixes, answers_all, pad_id)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append({"epoch": epoch + 1, "step": len(history) + 1, "loss": float(loss.item()),
-                            "seconds": round(time.perf_counter() - start, 2)})
-            bar.update(1)
-            bar.set_postfix(loss=round(float(np.mean([h["loss"] for h in history[-20:]])), 4))
+    # the whole plan is drawn up front, so a resumed run only needs the number of steps done
+    steps = [(epoch, batch) for epoch, batches in enumerate(plan) for batch in batches]
+    fingerprint = _fingerprint(prefixes, suffixes, owner, labels, (yes_id, no_id, pad_id), params, max_row_tokens, base)
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if checkpoint is not None:
+        history = _resume(checkpoint, fingerprint, named, opt)
+    bar = tqdm(total=len(steps), initial=len(history), desc="lora", unit="step")
+    start, saved = time.perf_counter() - (history[-1]["seconds"] if history else 0.0), time.perf_counter()
+    for epoch, batch in steps[len(history):]:
+        loss = answer_loss(model, [rows[r] for r in batch], prefixes, suffixes, answers_all, pad_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append({"epoch": epoch + 1, "step": len(history) + 1, "loss": float(loss.item()),
+                        "seconds": round(time.perf_counter() - start, 2)})
+        bar.update(1)
+        bar.set_postfix(loss=round(float(np.mean([h["loss"] for h in history[-20:]])), 4))
+        if checkpoint is not None and (time.perf_counter() - saved >= CHECKPOINT_SECONDS or len(history) == len(steps)):
+            _save(checkpoint, fingerprint, named, opt, history)
+            saved = time.perf_counter()
     bar.close()
     model.eval()
     if out_dir is not None:
-        model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors
+        with atomic_path(out_dir) as tmp:  # the whole folder or none: a config never without its weights
+            model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
     return model, history
+
+
+def _save(path: Path, fingerprint: str, named: dict[str, torch.Tensor], opt, history: list[dict]) -> None:
+    rng = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # LoRA dropout on a GPU draws from its own generator
+        rng["rng.cuda"] = torch.cuda.get_rng_state()
+    save_tensors({**{f"param.{k}": v for k, v in named.items()}, **optimizer_tensors(opt), **rng}, path,
+                 metadata={"fingerprint": fingerprint, "history": json.dumps(history)})
+
+
+def _resume(path: Path, fingerprint: str, named: dict[str, torch.Tensor], opt) -> list[dict]:
+    """The history of the checkpoint at ``path`` after loading it into the model and ``opt``; an
+    empty history (start afresh) when there is none or it belongs to another fine-tuning."""
+    if not path.exists():
+        return []
+    meta = read_safetensors_metadata(path)
+    if meta.get("fingerprint") != fingerprint:
+        log.warning("%s belongs to another fine-tuning; starting from the beginning", path)
+        return []
+    tensors = read_safetensors(path)
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(tensors[f"param.{name}"])
+    load_optimizer(opt, tensors)
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    history = json.loads(meta["history"])
+    log.info("fine-tuning resumed at step %d", len(history))
+    return history
 
 
 def load_adapter(base_model, adapter_dir: Path, merge: bool = False):
