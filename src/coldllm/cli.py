@@ -133,6 +133,29 @@ def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
     pipeline.run_all(_setup(ctx, config), force=force)
 
 
+@app.command(context_settings=EXTRA)
+@friendly
+def report(ctx: typer.Context,
+           run_dir: Optional[Path] = typer.Argument(None, help="A run folder, e.g. runs/<name> (or give --config)."),
+           config: Optional[Path] = typer.Option(None, "--config", "-c", help="Report on this preset's run instead."),
+           out: Optional[Path] = typer.Option(None, help="Write the report here instead of RUN_DIR/report."),
+           split: str = typer.Option("test", help="val or test."),
+           device: str = typer.Option("cpu", help="Where the methods are scored again (auto uses a GPU).")) -> None:
+    """Write RUN_DIR/report/report.md: Recall/NDCG@K curves per method, the funnel, the judge's scores,
+    time and memory per stage; print the K=20 table."""
+    from .report import build_report
+
+    if run_dir is None and config is None:
+        raise ConfigError("coldllm report: give a run folder (runs/<name>) or --config")
+    if split not in ("val", "test"):
+        raise ConfigError(f"--split must be val or test, got {split!r}")
+    setup_logging()
+    folder = run_dir if run_dir is not None else load_config(config, ctx.args).run_dir
+    command = f"coldllm report {folder}" + (f" --out {out}" if out is not None else "")
+    result = build_report(folder, out, split, device, command=command)
+    typer.echo(f"{split} set, K=20:\n{result['table']}\nreport: {result['out'] / 'report.md'}")
+
+
 @app.command()
 @friendly
 def serve(run_dir: Path = typer.Argument(..., help="A finished run folder, e.g. runs/<name>."),

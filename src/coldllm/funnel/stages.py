@@ -35,6 +35,7 @@ from ..llm.judge import Judge
 from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
 from ..llm.models import load_llm
 from ..llm.prompts import PromptEncoder, PromptTemplate
+from ..report.model_card import write_model_card
 from ..run import Run, content_vectors
 from ..utils import atomic_path, peak_memory_mb, resolve_device, write_json
 from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, \
@@ -176,6 +177,10 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         write_json(folder / "threshold.json", {"threshold": report["threshold"]})
         write_json(folder / "report.json", report)
         rec.update({k: report[k] for k in ("train_examples", "before", "after", "threshold")})
+        write_model_card(folder / "adapter", base_model=cfg.refiner.model, dataset=cfg.data.name,
+                         train_examples=report["train_examples"], eval_examples=report["eval_examples"],
+                         settings=report["lora"], before=report["before"], after=report["after"],
+                         threshold=report["threshold"], commit=run.manifest["commit"])
     return report
 
 

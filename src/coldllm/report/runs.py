@@ -1,0 +1,136 @@
+"""A finished run folder, read back: its config, its dataset and the methods it can score again.
+
+A method is a pair of user and item representations scored by inner product. The run can rebuild:
+the backbone alone (its checkpoint), the ColdLLM update (``update/embeddings.safetensors``, exactly
+what was evaluated), the content prior the update started from (content-KNN in the backbone's
+space: cheap, deterministic) and the training-free controls of its ``baselines`` stage (random,
+knn), refitted on the spot. Trained baselines are not refitted: that would be a new measurement,
+not a report of this one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigError, DataConfig, RunConfig, _apply
+from ..data import ColdStartData, load_dataset
+from ..data.dataset import cache_key
+from ..utils import read_safetensors
+
+log = logging.getLogger(__name__)
+
+# baselines that learn nothing, so refitting them reproduces the run's own figures exactly
+TRAINING_FREE = ("random", "knn")
+
+
+@dataclass
+class Method:
+    name: str  # short key: backbone, coldllm, prior, random, ...
+    label: str  # legend text
+    user_emb: torch.Tensor
+    item_emb: torch.Tensor
+
+
+@dataclass
+class FinishedRun:
+    dir: Path
+    manifest: dict[str, Any]
+    cfg: RunConfig
+    data: ColdStartData
+
+    def done(self, stage: str) -> bool:
+        return self.manifest.get("stages", {}).get(stage, {}).get("status") == "done"
+
+    def has(self, artifact: str) -> bool:
+        return (self.dir / artifact).exists()
+
+
+def open_run(run_dir: Path) -> FinishedRun:
+    """The run in ``run_dir``, with its prepared dataset (the cached copy its stages used)."""
+    from ..serve.runs import read_manifest, run_config  # the service reads runs the same way
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    cfg = run_config(run_dir, manifest)
+    return FinishedRun(run_dir, manifest, cfg, _dataset(manifest, cfg))
+
+
+def _dataset(manifest: dict[str, Any], cfg: RunConfig) -> ColdStartData:
+    # The cache key hashes the data settings as the run recorded them (relative paths included);
+    # the absolute paths of ``cfg`` would name another cache folder and prepare the data again.
+    recorded = DataConfig()
+    _apply(recorded, manifest.get("config", {}).get("data", {}), prefix="data.")
+    folder = Path(cfg.data.cache_dir) / recorded.name / cache_key(recorded)
+    if (folder / "summary.json").exists():
+        return ColdStartData.load(folder)
+    try:
+        return load_dataset(cfg.data)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{cfg.data.path}: the run's data is not there ({err})") from None
+
+
+def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method]:
+    """Every method the run can score again, the backbone first."""
+    from ..backbones import load_backbone
+
+    if not run.has("backbone/backbone.json"):
+        raise ConfigError(f"{run.dir}: no trained backbone (backbone/backbone.json); run its train stage first")
+    backbone = load_backbone(run.dir / "backbone", run.data).to(device)
+    user_emb, item_emb = backbone.embeddings()
+    out = [Method("backbone", f"{run.cfg.backbone.model} backbone alone", user_emb, item_emb)]
+    out += _controls(run, user_emb, item_emb, device)
+    if run.has("update/embeddings.safetensors"):
+        if run.cfg.update.prior == "knn":
+            out.append(Method("prior", "content prior (the update's start)", user_emb,
+                              _with_cold_rows(run, item_emb, _prior(run, item_emb))))
+        tensors = read_safetensors(run.dir / "update" / "embeddings.safetensors")
+        out.append(Method("coldllm", f"ColdLLM ({run.cfg.refiner.judge} judge, {run.cfg.update.mode} update)",
+                          tensors["user"].to(device), tensors["item"].to(device)))
+    return out
+
+
+def _with_cold_rows(run: FinishedRun, item_emb: torch.Tensor, cold_rows: torch.Tensor) -> torch.Tensor:
+    items = item_emb.clone()
+    items[torch.as_tensor(run.data.cold_items, device=items.device)] = cold_rows.to(items)
+    return items
+
+
+def _content(run: FinishedRun) -> np.ndarray:
+    from ..content import encode_texts
+
+    return encode_texts(list(run.data.item_text), run.cfg.content)  # cached by model and text hash
+
+
+def _prior(run: FinishedRun, item_emb: torch.Tensor) -> torch.Tensor:
+    from ..funnel.update import knn_prior
+
+    content = torch.as_tensor(_content(run), dtype=torch.float32)
+    return knn_prior(content, item_emb.cpu(), torch.as_tensor(run.data.warm_items),
+                     torch.as_tensor(run.data.cold_items), run.cfg.update.prior_k)
+
+
+def _controls(run: FinishedRun, user_emb: torch.Tensor, item_emb: torch.Tensor, device) -> list[Method]:
+    """The training-free baselines the run measured (a ``baselines/<name>.json`` of each)."""
+    names = [n for n in TRAINING_FREE if run.has(f"baselines/{n}.json")]
+    if not names:
+        return []
+    from ..baselines import build_method
+    from ..baselines.base import FitContext
+
+    ctx = FitContext(data=run.data, content=torch.as_tensor(_content(run), dtype=torch.float32).to(device),
+                     user_emb=user_emb, item_emb=item_emb, device=torch.device(device), seed=run.cfg.seed)
+    out = []
+    for name in names:
+        saved = json.loads((run.dir / "baselines" / f"{name}.json").read_text())
+        method = build_method(name, saved.get("params") or run.cfg.baselines.params.get(name))
+        method.fit(ctx)
+        out.append(Method(name, {"random": "random control", "knn": "content-KNN control"}[name],
+                          method.user_emb, method.item_emb))
+    return out
