@@ -326,3 +326,18 @@ def test_malformed_requests_are_refused_with_the_field_named(live, method, path,
     assert got == status, answer
     assert any(field in [str(part) for part in error["loc"]] for error in answer["detail"]), answer
     assert request(live.url + "/health")[1]["online_items"] == before  # nothing stored half-way
+
+
+def test_ranked_run_items_merged_with_new_ones_give_the_full_ranking(service):
+    """The start-time top-m per user, merged with the items added online, ranks as scoring them all does."""
+    from coldllm.serve.index import RecommendationIndex
+
+    data = service.data
+    index = RecommendationIndex(service.user_emb.numpy(), service.index.item_rows()[: data.n_items],
+                                [str(i) for i in data.item_ids], data.is_cold, data.matrix("train"), top_m=4)
+    index.add(["x1", "x2"], service.index.item_rows()[:2] * 3.0)  # rows that rank high for some users
+    for user in range(0, data.n_users, 3):
+        for only in ("all", "cold", "warm"):
+            merged = index.recommend(user, 4, only)
+            full = index.recommend(user, 10_000, only)[:4]
+            assert [i for i, _ in merged] == [i for i, _ in full] and len(merged) == 4

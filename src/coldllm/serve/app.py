@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path as PathParam, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .online import Added, DuplicateItem, NewItem, OnlineService
@@ -181,12 +182,13 @@ def create_app(run_dir: Path | str, service: OnlineService | None = None) -> Fas
                               k: int = Query(20, ge=1, le=MAX_K, description="How many items."),
                               only: Literal["all", "cold", "warm"] = Query(
                                   "all", description="Rank cold items (new ones included), warm ones, or all.")
-                              ) -> Recommendations:
+                              ):
         """The user's top k, their training items excluded."""
         user = service.user_index(user_id)
         if user is None:
             raise _error(404, ["path", "user_id"], f"unknown user {user_id!r}", "not_found")
-        items = [Recommendation(item=i, score=s) for i, s in service.recommend(user, k, only)]
-        return Recommendations(user=user_id, only=only, k=k, items=items)
+        items = [{"item": i, "score": s} for i, s in service.recommend(user, k, only)]
+        # the hot path: a plain JSON answer, not re-validated against the schema it is built to
+        return JSONResponse({"user": user_id, "only": only, "k": k, "items": items})
 
     return app

@@ -3,6 +3,11 @@
 A reader takes the current snapshot (one attribute read, atomic in Python) and ranks against it
 alone, so it never sees an item half added. A writer builds the next snapshot beside it under a
 lock and publishes it with one assignment; readers take no lock at all.
+
+Users and the run's own items never change while serving: only new items are added. So each
+user's best ``top_m`` run items per subset (training items excluded) are ranked once at start, and
+a request for k <= ``top_m`` merges them with the scores of the items added online; reading the
+whole item table for every request is what would bound latency.
 """
 
 from __future__ import annotations
@@ -40,13 +45,35 @@ class RecommendationIndex:
     """Users' top-k over the dataset's items plus those added online (which are cold)."""
 
     def __init__(self, user_emb: np.ndarray, item_emb: np.ndarray, item_ids: list[str], is_cold: np.ndarray,
-                 seen: sp.csr_matrix):
+                 seen: sp.csr_matrix, top_m: int = 200):
         self.users = np.ascontiguousarray(user_emb, dtype=np.float32)
         self.seen = seen.tocsr()  # training items, never recommended back
         self.lock = threading.Lock()
         self._table = np.ascontiguousarray(item_emb, dtype=np.float32)
         self._cold = np.asarray(is_cold, bool)
+        self.n_base = len(self._table)
         self.snapshot = self._build(0, tuple(item_ids))
+        self.top_m = top_m
+        self.base_top = {name: self._rank_base(sub, top_m) for name, sub in self.snapshot.subsets.items()}
+
+    def _rank_base(self, sub: Subset, m: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's ``m`` best items of ``sub`` (item indices, -1 where fewer), scores descending."""
+        m = min(m, len(sub.index))
+        items = np.full((len(self.users), m), -1, np.int64)
+        scores = np.full((len(self.users), m), -np.inf, np.float32)
+        for start in range(0, len(self.users), block):
+            users = np.arange(start, min(start + block, len(self.users)))
+            s = self.users[users] @ sub.items.T
+            seen = self.seen[users].tocoo()
+            pos = sub.position[seen.col]
+            s[seen.row[pos >= 0], pos[pos >= 0]] = -np.inf
+            top = np.argpartition(-s, m - 1, axis=1)[:, :m] if m < s.shape[1] else np.tile(np.arange(s.shape[1]), (len(users), 1))
+            top_s = np.take_along_axis(s, top, 1)
+            order = np.argsort(-top_s, axis=1, kind="stable")
+            top, top_s = np.take_along_axis(top, order, 1), np.take_along_axis(top_s, order, 1)
+            items[users] = np.where(np.isfinite(top_s), sub.index[top], -1)
+            scores[users] = top_s
+        return items, scores
 
     def _build(self, version: int, item_ids: tuple[str, ...]) -> Snapshot:
         rows = {"all": np.arange(len(self._table)), "cold": np.flatnonzero(self._cold),
@@ -72,6 +99,8 @@ class RecommendationIndex:
     def recommend(self, user: int, k: int, only: str = "all") -> list[tuple[str, float]]:
         """The user's k best (raw item id, score) among ``only`` items, training items excluded."""
         snap = self.snapshot  # one consistent view for the whole request
+        if k <= self.top_m:
+            return self._merged(snap, user, k, only)
         sub = snap.subsets[only]
         scores = sub.items @ self.users[user]
         seen = sub.position[self.seen.indices[self.seen.indptr[user]:self.seen.indptr[user + 1]]]
@@ -84,3 +113,20 @@ class RecommendationIndex:
         top = top[np.argsort(-scores[top], kind="stable")]
         top = top[np.isfinite(scores[top])][:k]
         return [(snap.item_ids[i], float(s)) for i, s in zip(sub.index[top], scores[top])]
+
+    def _merged(self, snap: Snapshot, user: int, k: int, only: str) -> list[tuple[str, float]]:
+        """The ranked run items of ``user`` merged with the items added online (never seen in training)."""
+        items, scores = self.base_top[only][0][user], self.base_top[only][1][user]
+        if only != "warm" and len(snap.item_ids) > self.n_base:
+            sub = snap.subsets["cold"]
+            first = int(np.searchsorted(sub.index, self.n_base))  # added items are the last cold rows
+            items = np.concatenate([items, sub.index[first:]])
+            scores = np.concatenate([scores, sub.items[first:] @ self.users[user]])
+        keep = items >= 0
+        items, scores = items[keep], scores[keep]
+        k = min(k, len(items))
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(snap.item_ids[i], float(s)) for i, s in zip(items[top], scores[top])]
