@@ -100,3 +100,49 @@ def test_out_of_range_values_name_the_key(override, key):
 def test_unquoted_yes_and_no_stay_words():
     cfg = load_config(None, ["--refiner.threshold=yes", "--filter.normalize_users=no"])
     assert cfg.refiner.threshold == "yes" and cfg.filter.normalize_users is False
+
+
+def test_a_preset_path_is_relative_to_the_preset(tmp_path, monkeypatch):
+    """The same preset names the same data from any folder; paths from the shell stay the shell's."""
+    import os
+
+    (tmp_path / "project" / "configs").mkdir(parents=True)
+    preset = tmp_path / "project" / "configs" / "mine.yaml"
+    preset.write_text("data: {format: csv, path: ../data, split: random}\n"
+                      "filter: {towers: file, file: ../candidates.csv}\n")
+    (tmp_path / "elsewhere").mkdir()
+    for cwd in (tmp_path / "project", tmp_path / "elsewhere", tmp_path / "project" / "configs"):
+        monkeypatch.chdir(cwd)
+        cfg = load_config(preset)
+        assert os.path.realpath(cfg.data.path) == os.path.realpath(tmp_path / "project" / "data")
+        assert os.path.realpath(cfg.filter.file) == os.path.realpath(tmp_path / "project" / "candidates.csv")
+        assert not os.path.isabs(cfg.data.path)  # recorded relative to the folder that holds runs/
+    monkeypatch.chdir(tmp_path / "project")
+    assert load_config(preset).data.path == "data"
+    # a child preset inherits the path as its parent meant it
+    (tmp_path / "project" / "child.yaml").write_text("extends: configs/mine.yaml\nname: child\n")
+    assert load_config(tmp_path / "project" / "child.yaml").data.path == "data"
+    # the command line and the environment speak for the current folder
+    assert load_config(preset, ["--data.path=here"]).data.path == "here"
+    (tmp_path / "project" / "configs" / "env.yaml").write_text("data: {path: '${MY_DATA:-../data}/ml'}\n")
+    assert load_config(tmp_path / "project" / "configs" / "env.yaml").data.path == "data/ml"
+    monkeypatch.setenv("MY_DATA", "shell")
+    assert load_config(tmp_path / "project" / "configs" / "env.yaml").data.path == "shell/ml"
+    monkeypatch.setenv("MY_DATA", "/abs/data")
+    assert load_config(tmp_path / "project" / "configs" / "env.yaml").data.path == "/abs/data/ml"
+
+
+def test_the_citeulike_preset_runs_the_whole_funnel():
+    """`coldllm run -c configs/citeulike.yaml` goes on to the funnel, as the README says."""
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "citeulike.yaml")
+    assert cfg.stages[-4:] == ["filter", "finetune", "simulate", "update"] and cfg.stages[:2] == ["prepare", "train"]
+
+
+def test_min_rating_is_checked_against_the_data(tmp_path):
+    with pytest.raises(ConfigError, match="CiteULike has no ratings"):
+        load_config(None, ["--data.min_rating=4"])
+    with pytest.raises(ConfigError, match="split 'published'"):
+        load_config(None, ["--data.format=csv", "--data.min_rating=4"])
+    assert load_config(None, ["--data.format=csv", "--data.split=random", "--data.min_rating=4"]).data.min_rating == 4

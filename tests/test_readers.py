@@ -193,3 +193,52 @@ def test_csv_ids_keep_their_spelling(tmp_path):
     (tmp_path / "inter.csv").write_text("uid,iid,ts\n007,01,1\n")
     raw = read_raw(cfg)
     assert raw.interactions[["user", "item"]].values.tolist() == [["007", "01"]]
+
+
+def _movielens(tmp_path):
+    """Explicit 1-5 star ratings, as in MovieLens: only 4 and 5 are likes."""
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,10,5,100\n1,11,2,101\n2,10,1,102\n2,12,4.5,103\n3,11,4,104\n")
+    (tmp_path / "movies.csv").write_text("movieId,title\n10,Heat\n11,Ran\n12,Alien\n")
+    return DataConfig(format="csv", path=str(tmp_path), interactions="ratings.csv", items="movies.csv",
+                      user_field="userId", item_field="movieId", timestamp_field="timestamp", split="random",
+                      min_rating=4)
+
+
+def test_min_rating_keeps_only_likes(tmp_path):
+    cfg = _movielens(tmp_path)
+    raw = read_raw(cfg)
+    # the 2-star and 1-star rows are not interactions; a timestamp stays with its row
+    assert raw.interactions[["user", "item"]].values.tolist() == [["1", "10"], ["2", "12"], ["3", "11"]]
+    assert raw.interactions["timestamp"].tolist() == [100, 103, 104]
+    cfg.min_rating = 0  # the default reads no rating: every row is an interaction
+    assert len(read_raw(cfg).interactions) == 5
+
+
+def test_min_rating_in_recbole_files(tmp_path):
+    (tmp_path / "ml.inter").write_text("user_id:token\titem_id:token\trating:float\n1\t10\t5\n\n2\t11\t2\n3\t11\t4\n")
+    (tmp_path / "ml.item").write_text("item_id:token\ttitle:token_seq\n10\tHeat\n11\tRan\n")
+    cfg = DataConfig(name="ml", format="recbole", path=str(tmp_path), user_field="user_id", item_field="item_id",
+                     split="random", min_rating=3)
+    assert read_raw(cfg).interactions.values.tolist() == [["1", "10"], ["3", "11"]]
+    (tmp_path / "ml.inter").write_text("user_id:token\titem_id:token\trating:float\n1\t10\t5\n\n2\t11\tgood\n")
+    with pytest.raises(DataError, match=r"ml\.inter:4: rating 'good' in 'rating' is not a number"):
+        read_raw(cfg)
+
+
+def test_min_rating_needs_a_rating_column(tmp_path):
+    cfg = _movielens(tmp_path)
+    cfg.rating_field = "stars"
+    with pytest.raises(DataError, match=r"ratings\.csv: data\.min_rating is set but the rating column 'stars'"):
+        read_raw(cfg)
+    cfg.rating_field, cfg.min_rating = "rating", 6
+    with pytest.raises(DataError, match="no interaction is rated at least data.min_rating=6"):
+        read_raw(cfg)
+
+
+def test_new_data_settings_at_their_defaults_keep_the_cache_key():
+    from coldllm.data.dataset import cache_key
+
+    cfg = DataConfig()
+    assert cache_key(cfg) == cache_key(DataConfig(min_rating=0.0, rating_field="rating"))
+    assert cache_key(cfg) != cache_key(DataConfig(min_rating=4))

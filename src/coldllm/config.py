@@ -114,7 +114,9 @@ class DataConfig:
     format: str = _help("Reader: citeulike | csv | parquet | recbole.", "citeulike",
                         check=one_of(registry("coldllm.data.readers", "READERS")))
     path: str = _help(
-        "Directory of the raw files. ${VAR:-default} is expanded from the environment.",
+        "Directory of the raw files. ${VAR:-default} is expanded from the environment. Written in a preset, a "
+        "relative path is relative to the preset's folder; from the environment or the command line, to the "
+        "current directory.",
         "${COLDLLM_DATA:-../shared/data}/citeulike", check=nonempty,
     )
     interactions: str = _help("csv/parquet: interactions file inside `path`.", "interactions.csv", check=nonempty)
@@ -122,7 +124,12 @@ class DataConfig:
                        check=nonempty)
     user_field: str = _help("Column holding the user id.", "user", check=nonempty)
     item_field: str = _help("Column holding the item id.", "item", check=nonempty)
-    timestamp_field: str = _help("Optional timestamp column ('' for none).", "")
+    timestamp_field: str = _help("Optional timestamp column ('' for none): read and checked, not used by the "
+                                 "split (cold items are chosen at random, not by time).", "")
+    rating_field: str = _help("csv/parquet/recbole: column holding an explicit rating (read with min_rating).",
+                              "rating", check=nonempty)
+    min_rating: float = _help("Keep only interactions rated at least this (e.g. 4 of 5 stars: a 1-2 is not a "
+                              "like); 0 keeps every row and reads no rating.", 0.0, check=at_least(0))
     text_fields: list[str] = _help(
         "Item-table columns joined into the item text.", factory=lambda: ["title"], check=(nonempty, each(nonempty))
     )
@@ -409,11 +416,43 @@ def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{where}: invalid YAML: {' '.join(str(problem).split())}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    _anchor_paths(values, path.parent)
     parent = values.pop("extends", None)
     if parent is None:
         return values
     base = _read_preset(path.parent / parent, seen + (path,))
     return _merge(base, values)
+
+
+# The settings that name files: in a preset they are relative to the preset's folder, so a preset
+# means the same data whichever folder the command is started from.
+PATH_KEYS = (("data", "path"), ("filter", "file"))
+
+
+def _anchor_paths(values: dict[str, Any], folder: Path) -> None:
+    """Resolve the relative ``PATH_KEYS`` of one preset against its ``folder``.
+
+    A variable's value comes from the shell, so a relative one that starts the path is relative to
+    the current directory, as any path typed there; a default written in the preset is relative to
+    the preset. A relative result is written relative to the current directory (run folders record
+    paths relative to the folder that holds ``runs_dir``, and the data cache is keyed by the
+    recorded path); an absolute one stays as it was given.
+    """
+    for section, key in PATH_KEYS:
+        raw = values.get(section, {}).get(key) if isinstance(values.get(section), dict) else None
+        if not isinstance(raw, str) or not raw:
+            continue
+        expanded = expand_env(raw)
+        if os.path.isabs(expanded):
+            values[section][key] = os.path.normpath(expanded)
+            continue
+        lead = _ENV.match(raw)
+        from_shell = lead is not None and bool(os.environ.get(lead.group(1)))
+        target = os.path.normpath((Path.cwd() if from_shell else folder.resolve()) / expanded)
+        try:
+            values[section][key] = os.path.relpath(target, Path.cwd())
+        except ValueError:  # another drive: no relative path exists
+            values[section][key] = target
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -557,9 +596,20 @@ def _template_placeholders(cfg: RunConfig) -> str | None:
     return f"config key 'refiner.template' cannot be formatted: {problem}"
 
 
+def _ratings(cfg: RunConfig) -> str | None:
+    if cfg.data.min_rating <= 0:
+        return None
+    if cfg.data.format == "citeulike":
+        return "config key 'data.min_rating' is set but CiteULike has no ratings (every saved article is a like)"
+    if cfg.data.split == "published":
+        return ("config key 'data.min_rating' filters the interactions file, which data.split 'published' does "
+                "not split: filter the split files themselves, or use data.split 'random'")
+    return None
+
+
 # Rules that tie settings together; each returns what is wrong, or None.
 CROSS_CHECKS: tuple[Callable[[RunConfig], "str | None"], ...] = (
-    _metric_in_ks, _candidate_file, _template_placeholders,
+    _metric_in_ks, _candidate_file, _template_placeholders, _ratings,
 )
 
 

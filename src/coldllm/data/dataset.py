@@ -203,9 +203,17 @@ def _check_published(parts: dict[str, np.ndarray]) -> None:
             log.warning("split part %r: %d item(s) have no training pairs", part, len(unknown))
 
 
+# Data settings added after caches were first keyed, with the default that behaves as before: left
+# out of the key at that default, so a cache prepared before they existed is still found.
+LATER_SETTINGS = {"rating_field": "rating", "min_rating": 0.0}
+
+
 def cache_key(cfg: DataConfig) -> str:
     fields = asdict(cfg)
     fields.pop("cache_dir")
+    for key, default in LATER_SETTINGS.items():
+        if fields.get(key) == default:
+            fields.pop(key)
     fields["version"] = FORMAT_VERSION
     return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 

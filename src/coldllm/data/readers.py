@@ -268,6 +268,29 @@ def _check_unique_items(items: pd.DataFrame, path: Path, lines: list[int] | None
                         f"(first at {f'line {line}' if line is not None else f'row {first + 1}'})")
 
 
+def _liked(frame: pd.DataFrame, cfg: DataConfig, path: Path, lines: list[int] | None = None) -> np.ndarray:
+    """Which rows are likes: rated at least ``data.min_rating`` (all rows when it is 0).
+
+    Explicit ratings are not implicit feedback: a MovieLens 1 or 2 of 5 says the user did not like the
+    film, and counted as an interaction it would teach the backbone the opposite.
+    """
+    if cfg.min_rating <= 0:
+        return np.ones(len(frame), dtype=bool)
+    if cfg.rating_field not in frame.columns:
+        raise DataError(f"{path}: data.min_rating is set but the rating column {cfg.rating_field!r} is not in "
+                        f"{list(frame.columns)} (name it with data.rating_field)")
+    ratings = pd.to_numeric(frame[cfg.rating_field], errors="coerce")
+    bad = ratings.isna().to_numpy()
+    if bad.any():
+        row = int(bad.argmax())
+        raise DataError(f"{_line_of(path, row, lines)}: rating {frame[cfg.rating_field].iloc[row]!r} in "
+                        f"{cfg.rating_field!r} is not a number")
+    liked = (ratings >= cfg.min_rating).to_numpy()
+    if not liked.any():
+        raise DataError(f"{path}: no interaction is rated at least data.min_rating={cfg.min_rating:g}")
+    return liked
+
+
 def read_tabular(cfg: DataConfig) -> RawData:
     """Interactions (``user,item[,timestamp]``) and an item table, as CSV or Parquet."""
     root = Path(cfg.path)
@@ -280,6 +303,8 @@ def read_tabular(cfg: DataConfig) -> RawData:
     if cfg.timestamp_field:
         _check_ids(frame, inter_path, [cfg.timestamp_field])
         inter["timestamp"] = _timestamps(frame, cfg.timestamp_field, inter_path)
+    # filtered after the row checks: their messages name file lines, counted on the unfiltered rows
+    inter = inter[_liked(frame, cfg, inter_path)].reset_index(drop=True)
     items_path = root / cfg.items
     table = _read_table(items_path, id_columns=(cfg.item_field,))
     _check_ids(table, items_path, [cfg.item_field])
@@ -333,6 +358,7 @@ def read_recbole(cfg: DataConfig) -> RawData:
     if cfg.timestamp_field:
         _check_ids(inter_frame, inter_path, [cfg.timestamp_field], inter_lines)
         inter["timestamp"] = _timestamps(inter_frame, cfg.timestamp_field, inter_path, inter_lines)
+    inter = inter[_liked(inter_frame, cfg, inter_path, inter_lines)].reset_index(drop=True)
     item_frame = read_atomic(item_path)
     item_lines = item_frame.attrs["lines"]
     _check_ids(item_frame, item_path, [cfg.item_field], item_lines)
