@@ -250,6 +250,7 @@ class LiveServer:
                     return
             except OSError:
                 time.sleep(0.2)
+        self.kill()  # never leave a process behind
         raise AssertionError(f"server did not answer /health in time: {self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
@@ -262,9 +263,11 @@ class LiveServer:
 def live(run_dir, service, client):
     # after the in-process tests (the same run folder, so the same store file is shared)
     server = LiveServer(run_dir)
-    server.start()
-    yield server
-    server.kill()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
 
 
 def test_end_to_end_item_survives_sigkill(live):

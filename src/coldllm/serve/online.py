@@ -74,7 +74,7 @@ class OnlineService:
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
             same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)
             self.lm_encoder = self.encoder if same else build_encoder(text_cfg)
-        self.towers = load_or_fit(self.run_dir, cfg, data, self.content, self.lm_text)
+        self.towers = load_or_fit(self.run_dir, cfg, manifest, data, self.content, self.lm_text)
         self.judge = build_judge(cfg, self.run_dir, data, self.content)
         path = self.run_dir / "update" / "embeddings.safetensors"
         tensors = load_file(str(path))

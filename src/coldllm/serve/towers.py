@@ -74,18 +74,21 @@ class FilterTowers:
         return [(u[u >= 0].astype(np.int64), s[u >= 0]) for u, s in zip(users, scores)]
 
 
-def fingerprint(run_dir: Path, cfg: RunConfig) -> str:
-    """What the towers depend on: the backbone's weights and the settings of the filter stage."""
-    from ..pipeline import _inputs  # the one definition of which settings a stage depends on
-    from ..config import to_dict
-
+def fingerprint(run_dir: Path, manifest: dict) -> str:
+    """What the towers depend on, read from the run's own records (not from today's config
+    defaults, which may grow new settings): the backbone's weights, the filter's output, and the
+    recorded settings of the filter stage."""
     digest = hashlib.sha256(FORMAT.encode())
-    digest.update((run_dir / "backbone" / "best.safetensors").read_bytes())
-    digest.update(json.dumps(_inputs(to_dict(cfg), "filter"), sort_keys=True, default=str).encode())
+    for name in ("backbone/best.safetensors", "filter/candidates.parquet"):
+        digest.update((run_dir / name).read_bytes())
+    recorded = manifest.get("config", {})
+    settings = {k: recorded.get(k) for k in ("seed", "content", "filter")}
+    settings["prior_k"] = recorded.get("update", {}).get("prior_k")
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 
-def load_or_fit(run_dir: Path, cfg: RunConfig, data: ColdStartData, content: np.ndarray,
+def load_or_fit(run_dir: Path, cfg: RunConfig, manifest: dict, data: ColdStartData, content: np.ndarray,
                 lm_text: np.ndarray | None) -> FilterTowers:
     towers = cfg.filter.towers
     if towers == "file":
@@ -94,7 +97,7 @@ def load_or_fit(run_dir: Path, cfg: RunConfig, data: ColdStartData, content: np.
     if towers == "random":
         return FilterTowers(towers=towers, users=np.zeros((data.n_users, 1), np.float32))
     path = run_dir / "serve" / "filter.safetensors"
-    key = fingerprint(run_dir, cfg)
+    key = fingerprint(run_dir, manifest)
     tensors = specs = None
     if path.exists():
         from safetensors import safe_open
