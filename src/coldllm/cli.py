@@ -19,7 +19,16 @@ from .config import ConfigError, RunConfig, load_config
 from .data import DataError
 from .utils import setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# one line per paragraph: the help renderer keeps line breaks as they are written
+HELP = (
+    "Cold-start item recommendation: a language model simulates the users of each new item.\n\n"
+    "The stages, in order: prepare -> train -> evaluate -> content -> baselines, then the funnel: filter -> "
+    "finetune -> simulate -> update. `coldllm run` runs those the preset lists under `stages`, skipping "
+    "finished ones; each writes its artifacts under runs/<name>/, and `coldllm report` shows a finished run.\n\n"
+    "Every stage command takes --config configs/<preset>.yaml and any --section.key=value override, e.g. "
+    "coldllm train -c configs/citeulike.yaml --backbone.model=mf --name=mf"
+)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML preset under configs/.")
 
@@ -74,7 +83,7 @@ def friendly(fn):
 @app.command(context_settings=EXTRA)
 @friendly
 def prepare(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
-    """Read the raw data, split it and cache the prepared dataset."""
+    """Read the raw data, hold out the cold items (the split) and cache the dataset as Parquet."""
     pipeline.prepare(_setup(ctx, config))
 
 
@@ -82,7 +91,7 @@ def prepare(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
 @friendly
 def train(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
           fresh: bool = typer.Option(False, help="Ignore an existing checkpoint.")) -> None:
-    """Train the collaborative backbone with BPR (resumes from runs/<name>/backbone/last.safetensors)."""
+    """Train the collaborative backbone (MF, LightGCN, NGCF) with BPR on warm interactions; resumes."""
     pipeline.train(_setup(ctx, config), resume=not fresh)
 
 
@@ -90,14 +99,14 @@ def train(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
 @friendly
 def evaluate(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
              split: str = typer.Option("test", help="val or test.")) -> None:
-    """Full-ranking Recall/NDCG on the overall, cold and warm settings."""
+    """Full-ranking Recall/NDCG@K of the backbone alone: overall, cold and warm."""
     pipeline.evaluate(_setup(ctx, config), split)
 
 
 @app.command(context_settings=EXTRA)
 @friendly
 def content(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
-    """Encode every item's text (cached by model and text hash)."""
+    """Encode every item's text into a vector (cached by model and text hash)."""
     pipeline.content(_setup(ctx, config))
 
 
@@ -105,7 +114,7 @@ def content(ctx: typer.Context, config: Optional[Path] = ConfigOpt) -> None:
 @friendly
 def baselines(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
               method: Optional[list[str]] = typer.Option(None, help="Only these methods (repeatable).")) -> None:
-    """Fit and evaluate the content-mapping cold-start methods on the trained backbone."""
+    """Fit and evaluate the content-mapping cold-start baselines (DropoutNet ... ALDI) on the backbone."""
     pipeline.baselines(_setup(ctx, config), method)
 
 
@@ -119,17 +128,19 @@ def _funnel_command(stage: str, doc: str) -> None:
     app.command(name=stage, context_settings=EXTRA)(friendly(command))
 
 
-_funnel_command("filter", "Coupled filter: the top-K users of every cold item (ALDI + LM two-tower, FAISS).")
-_funnel_command("finetune", "LoRA-fine-tune the language-model judge on warm training interactions.")
-_funnel_command("simulate", "Judge every filtered pair; accepted pairs become simulated interactions.")
-_funnel_command("update", "Retrain the backbone on real + simulated interactions, then evaluate.")
+_funnel_command("filter", "Funnel 1: the top-K candidate users of every cold item (ALDI + language-model two-tower, "
+                          "FAISS).")
+_funnel_command("finetune", "Funnel 2: LoRA-tune the language-model judge on warm Yes/No examples (refiner.judge=llm).")
+_funnel_command("simulate", "Funnel 3: judge every candidate pair; the accepted ones become simulated interactions.")
+_funnel_command("update", "Funnel 4: cold items get embeddings from their accepted pairs (fast: cold rows only; or "
+                          "retrain), then evaluate.")
 
 
 @app.command(context_settings=EXTRA)
 @friendly
 def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
         force: bool = typer.Option(False, help="Redo stages already done.")) -> None:
-    """Every stage in order, skipping the finished ones."""
+    """Every stage the preset lists under `stages`, in order, skipping the finished ones."""
     pipeline.run_all(_setup(ctx, config), force=force)
 
 
@@ -141,8 +152,7 @@ def report(ctx: typer.Context,
            out: Optional[Path] = typer.Option(None, help="Write the report here instead of RUN_DIR/report."),
            split: str = typer.Option("test", help="val or test."),
            device: str = typer.Option("cpu", help="Where the methods are scored again (auto uses a GPU).")) -> None:
-    """Write RUN_DIR/report/report.md: Recall/NDCG@K curves per method, the funnel, the judge's scores,
-    time and memory per stage; print the K=20 table."""
+    """Write RUN_DIR/report/report.md (Recall/NDCG@K curves, funnel, judge, time, memory); print the K=20 table."""
     from .report import build_report
 
     if run_dir is None and config is None:

@@ -21,7 +21,7 @@ import numpy as np
 from .config import RunConfig, to_dict
 from .content import encode_texts
 from .data import ColdStartData, load_dataset
-from .utils import git_commit, now_iso, package_versions, peak_memory_mb, write_json
+from .utils import git_commit, now_iso, package_versions, peak_memory_mb, record_summary, write_json
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,9 @@ class Run:
             record["seconds"] = round(time.perf_counter() - start, 2)
             record["peak_memory_mb"] = round(peak_memory_mb(), 1)
             self.save()
+            if record["status"] == "done":  # what the stage did, one line on the terminal and in log.txt
+                log.info("stage %s done in %.1f s, peak %.0f MB: %s", name, record["seconds"],
+                         record["peak_memory_mb"], record_summary(record))
 
     def save(self) -> None:
         write_json(self.manifest_path, self.manifest)

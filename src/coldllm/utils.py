@@ -153,6 +153,40 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
         raise _unreadable_safetensors(Path(path), err) from None
 
 
+# Libraries whose INFO lines say nothing a user acts on (faiss lists every CPU build it tried to load);
+# their warnings still show.
+QUIET_LOGGERS = ("faiss", "transformers", "sentence_transformers", "huggingface_hub", "peft", "accelerate",
+                 "httpx", "urllib3", "filelock", "matplotlib", "PIL")
+# Warnings of library internals that no setting of ours can change: (category, message, module).
+KNOWN_WARNINGS = (
+    (FutureWarning, "", r"(transformers|peft)(\..*)?$"),
+    (DeprecationWarning, "", r"(transformers|peft|huggingface_hub|sentence_transformers)(\..*)?$"),
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", ""),  # raised from peft's call
+    (UserWarning, r"Sparse CSR tensor support is in beta", ""),  # LightGCN's adjacency: works as intended
+)
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter off the terminal: INFO lines, known deprecation warnings and the
+    "Loading weights" progress bar of every model load."""
+    import warnings
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category, message, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    # transformers reads this when it is imported; when it already is, it is told directly
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
@@ -160,3 +194,35 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
         handlers.append(logging.FileHandler(log_file))
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
+    quiet_libraries()
+
+
+# Record entries that are bookkeeping or too long for one line (curves, paths, fingerprints).
+NOT_SUMMARISED = {"status", "started", "commit", "seconds", "peak_memory_mb", "history", "loss_history",
+                  "fingerprint", "shards", "cache", "device", "differs"}
+
+
+def _flatten(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            # the number of users evaluated is context, not a result
+            if key not in NOT_SUMMARISED and not (key == "users" and prefix.startswith("metrics")):
+                yield from _flatten(f"{prefix}.{key}" if prefix else str(key), sub)
+    elif isinstance(value, (bool, int, float, str)):
+        yield prefix, value
+
+
+def record_summary(record: dict[str, Any], limit: int = 12, width: int = 400) -> str:
+    """What a stage did, in one line, from its manifest record: ``best_epoch=200, best_val=0.1919``.
+
+    Nested results read as dotted keys (``cold.recall@20=0.3496``; a ``metrics`` level is left
+    out); floats keep four significant digits. At most ``limit`` entries and ``width`` characters.
+    """
+    parts = []
+    for key, value in _flatten("", record):
+        key = key.removeprefix("metrics.")
+        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    line = ", ".join(parts[:limit])
+    if len(parts) > limit or len(line) > width:
+        line = line[: width - 4].rstrip(", ") + ", ..."
+    return line or "no figures recorded"
