@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 install: $(VENV)/.installed
 
+# the run, then its report: the K=20 table on the terminal, curves and funnel in runs/<name>/report/
 run: install
 	$(BIN)/coldllm run --config $(CONFIG)
+	$(BIN)/coldllm report --config $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest
