@@ -31,6 +31,8 @@ def test_funnel_end_to_end(tmp_path, tiny_llm_dir):
     held = pd.read_parquet(run_dir / "refiner" / "held_out_hard.parquet")
     assert {"p_before", "p_after", "label"} <= set(held.columns) and held["label"].sum() == len(held) / 2
     assert (run_dir / "refiner" / "adapter" / "adapter_config.json").exists()
+    card = (run_dir / "refiner" / "adapter" / "README.md").read_text()  # the model card beside the weights
+    assert f"base_model: {tiny_llm_dir}" in card and "| hard |" in card and manifest_commit(run_dir) in card
     simulated = pd.read_parquet(run_dir / "simulate" / "simulated.parquet")
     assert len(simulated) == len(candidates) and simulated["p_yes"].between(0, 1).all()
     assert list((run_dir / "simulate" / "shards").glob("*/shard-*.parquet"))
@@ -38,6 +40,10 @@ def test_funnel_end_to_end(tmp_path, tiny_llm_dir):
     assert set(metrics) == {"overall", "cold", "warm"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(manifest["stages"][s]["status"] == "done" for s in ("filter", "finetune", "simulate", "update"))
+
+
+def manifest_commit(run_dir) -> str:
+    return json.loads((run_dir / "manifest.json").read_text())["commit"]
 
 
 def test_unknown_stage_is_named(tmp_path):
