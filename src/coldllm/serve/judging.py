@@ -67,14 +67,14 @@ class LMJudge:
         from ..utils import resolve_device
 
         adapter = run_dir / "refiner" / "adapter"
-        report = run_dir / "refiner" / "report.json"
-        if not (adapter / "adapter_config.json").exists() or not report.exists():
+        threshold = run_dir / "refiner" / "threshold.json"  # the finetune stage's named output
+        if not (adapter / "adapter_config.json").exists() or not threshold.exists():
             raise ConfigError(f"{run_dir}: refiner.judge=llm but the finetune stage left no adapter in {adapter}")
         model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, resolve_device(cfg.refiner.device))
         # merged: the same weights as the adapter on top of the base, at the base model's speed
         model = load_adapter(model, adapter, merge=True)
         self.prompts = PromptEncoder(tokenizer, prompt_template(cfg))
-        self.threshold = float(json.loads(report.read_text())["threshold"])
+        self.threshold = float(json.loads(threshold.read_text())["threshold"])
         self.judge = Judge(model, self.prompts, cfg.refiner.batch_size)
         self.histories, self.titles = histories, titles
         self._prefixes: dict[int, list[int]] = {}  # tokenised once per user, on first use
