@@ -1,0 +1,311 @@
+"""Where the time goes: every long stage against the machine's measured limit.
+
+    python benchmarks/speed.py [--sections machine judge lora lightgcn eval filter] [--device auto]
+                               [--users 24] [--candidates-from runs/bench-citeulike-lightgcn-coldllm]
+
+First the machine: fp32 matrix-multiply throughput (a large GEMM) and memory bandwidth (a large
+copy). Then each stage on the real CiteULike data, its wall time, its work (FLOPs, bytes or tokens)
+and that work's share of the limit that bounds it:
+
+- judge: real users with their real filter candidates (so the prefix is shared as often as in the
+  simulation), judged one prompt per pair (naive), as batched whole prompts, and by the packed
+  engine, with the largest |dP(Yes)| between them; optionally int8 dynamic quantisation, with its
+  agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
+  output layer excluded: the engine applies only its Yes/No rows).
+- lora: packed LoRA steps (forward and backward: ~3x the forward FLOPs) in examples/s.
+- lightgcn: one BPR epoch of the preset's LightGCN; the sparse propagation's bytes (each nonzero
+  reads one 200-float row, forward and backward) against the copy bandwidth.
+- eval: full-ranking evaluation of the test split; filter: the exact top-K users of every cold item.
+
+Writes ``results/speed/<device>.json`` (commit, date, machine, threads per entry) and a plot of the
+shares beside it. Timings belong here, never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from coldllm.config import load_config
+from coldllm.data import load_dataset
+from coldllm.funnel.refiner import user_histories
+from coldllm.llm.judge import Judge, pack_rows
+from coldllm.llm.models import load_llm
+from coldllm.llm.prompts import PromptEncoder, PromptTemplate
+from coldllm.utils import git_commit, now_iso, package_versions, peak_memory_mb, resolve_device, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("machine", "judge", "lora", "lightgcn", "eval", "filter")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them to the end
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeat: int = 1, warm_up: bool = True) -> tuple[float, object]:
+    if warm_up:  # allocations, kernel selection, lazy imports; long runs warm up on a small job instead
+        fn()
+        sync(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        out = fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeat, out
+
+
+def machine(device: torch.device) -> dict:
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds, _ = timed(lambda: a @ b, device, repeat=5)
+    big = torch.empty(64 * 2**20, device=device)  # 256 MB: far beyond any cache
+    dst = torch.empty_like(big)
+    copy_seconds, _ = timed(lambda: dst.copy_(big), device, repeat=5)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {"device": name, "threads": torch.get_num_threads(),
+            "matmul_gflops": round(2 * n**3 / seconds / 1e9, 1),
+            "copy_gbytes_per_s": round(2 * big.numel() * 4 / copy_seconds / 1e9, 2)}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def forward_flops_per_token(model) -> int:
+    """2 FLOPs per weight of the transformer body (embeddings are lookups; the output layer is
+    applied to two rows only by the packed engine)."""
+    body = sum(p.numel() for p in model.get_decoder().parameters())
+    return 2 * (body - model.get_input_embeddings().weight.numel())
+
+
+def judge_jobs(data, prompts: PromptEncoder, histories, candidates: pd.DataFrame | None, n_users: int, seed: int):
+    """(prefixes, suffixes, owner) for ``n_users`` users and their real candidates."""
+    rng = np.random.default_rng(seed)
+    if candidates is None:  # no filter run at hand: 12 random cold items each (the average share)
+        users = rng.choice(np.flatnonzero([len(h) >= 2 for h in histories]), n_users, replace=False)
+        pairs = [(u, i) for u in users for i in rng.choice(data.cold_items, 12, replace=False)]
+    else:
+        users = rng.choice(candidates["user"].unique(), n_users, replace=False)
+        pairs = candidates[candidates["user"].isin(users)][["user", "item"]].to_numpy().tolist()
+    index = {u: k for k, u in enumerate(users)}
+    prefixes = [prompts.prefix([data.item_text[i] for i in histories[u]]) for u in users]
+    suffixes = [prompts.suffix(data.item_text[i]) for _, i in pairs]
+    owner = np.array([index[u] for u, _ in pairs])
+    return prefixes, suffixes, owner
+
+
+def judge_section(args, data, cfg, device, limits) -> dict:
+    model, tokenizer = load_llm(args.model, cfg.content.cache_dir, device)
+    prompts = PromptEncoder(tokenizer, PromptTemplate())
+    histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
+    path = Path(args.candidates_from) / "filter" / "candidates.parquet" if args.candidates_from else None
+    candidates = pd.read_parquet(path) if path and path.exists() else None
+    prefixes, suffixes, owner = judge_jobs(data, prompts, histories, candidates, args.users, cfg.seed)
+    whole = [prefixes[o] + s for o, s in zip(owner, suffixes)]
+    n = len(suffixes)
+    packed_judge = Judge(model, prompts, args.batch_size)
+    packed_judge.p_yes_grouped(prefixes[:1], suffixes[:2], np.zeros(2, dtype=np.int64))  # warm-up
+    packed_seconds, packed = timed(lambda: packed_judge.p_yes_grouped(prefixes, suffixes, owner), device, warm_up=False)
+    batched_seconds, batched = timed(lambda: Judge(model, prompts, 16).p_yes_uncached(whole), device, warm_up=False)
+    sample = np.random.default_rng(0).choice(n, min(n, args.naive_pairs), replace=False)
+    naive_judge = Judge(model, prompts, 1)
+    naive_seconds, naive = timed(lambda: naive_judge.p_yes_uncached([whole[j] for j in sample]), device, warm_up=False)
+    rows = pack_rows(owner, np.array(list(map(len, suffixes))), np.array(list(map(len, prefixes))),
+                     packed_judge.max_row_tokens)
+    packed_tokens = sum(len(prefixes[w]) + sum(len(suffixes[j]) for j in idx) for w, idx in rows)
+    flops = forward_flops_per_token(model)
+    tokens_per_s = packed_tokens / packed_seconds
+    out = {
+        "pairs": n, "users": int(args.users), "candidates_from": str(path) if candidates is not None else "random",
+        "mean_prefix_tokens": round(float(np.mean(list(map(len, prefixes)))), 1),
+        "mean_suffix_tokens": round(float(np.mean(list(map(len, suffixes)))), 1),
+        "pairs_per_s": round(n / packed_seconds, 2),
+        "batched_pairs_per_s": round(n / batched_seconds, 2),
+        "naive_pairs_per_s": round(len(sample) / naive_seconds, 2),
+        "speedup_vs_naive": round((n / packed_seconds) / (len(sample) / naive_seconds), 2),
+        "speedup_vs_batched": round(batched_seconds / packed_seconds, 2),
+        "tokens_per_s": round(tokens_per_s, 1),
+        "whole_prompt_tokens_per_s": round(sum(map(len, whole)) / batched_seconds, 1),
+        "flops_per_token": flops,
+        "share_of_matmul_limit": round(tokens_per_s * flops / (limits["matmul_gflops"] * 1e9), 3),
+        "max_abs_dp_yes": float(max(np.abs(packed - batched).max(), np.abs(packed[sample] - naive).max())),
+        "projected_hours_for_67920_pairs": round(67920 / (n / packed_seconds) / 3600, 2),
+        "batch_size": args.batch_size,
+    }
+    if device.type == "cpu":
+        out["int8"] = int8_trial(model, prompts, prefixes, suffixes, owner, packed, packed_seconds, args.batch_size)
+    return out
+
+
+def int8_trial(model, prompts, prefixes, suffixes, owner, reference, reference_seconds, batch_size) -> dict:
+    """Dynamic int8 quantisation of the linear layers: its speed and how far its answers move."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+        # the body's linear layers only: the engine reads two rows of the output layer's weight
+        body = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                and m is not model.get_output_embeddings()}
+        quantized = quantize_dynamic(model, body, dtype=torch.qint8)
+        seconds, p = timed(lambda: Judge(quantized, prompts, batch_size).p_yes_grouped(prefixes, suffixes, owner),
+                           torch.device("cpu"), warm_up=False)
+    except Exception as err:  # the quantisation backend differs by build: report, do not fail
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    return {"speedup_vs_fp32": round(reference_seconds / seconds, 2), "max_abs_dp_yes": float(np.abs(p - reference).max()),
+            "decision_agreement": float(((p > 0.5) == (reference > 0.5)).mean())}
+
+
+def lora_section(args, data, cfg, device, limits) -> dict:
+    from coldllm.funnel.refiner import example_parts, finetune_examples
+    from coldllm.llm.lora import LoraParams, add_lora, answer_loss
+
+    model, tokenizer = load_llm(args.model, cfg.content.cache_dir, device)
+    prompts = PromptEncoder(tokenizer, PromptTemplate())
+    train = data.matrix("train")
+    users = np.random.default_rng(cfg.seed).choice(np.flatnonzero(np.diff(train.indptr) >= 2), 4 * 8, replace=False)
+    examples = finetune_examples(train, users, data.warm_items, prompts.template.max_history, cfg.seed)
+    prefixes, suffixes, owner = example_parts(prompts, examples, data.item_text)
+    params = LoraParams(batch_size=16)
+    peft_model = add_lora(model, params).train()
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=params.lr)
+    rows = pack_rows(owner, np.array(list(map(len, suffixes))), np.array(list(map(len, prefixes))), 1024)
+    answers = torch.tensor(np.where(examples["label"].to_numpy() > 0, prompts.yes_id, prompts.no_id), device=device)
+    batches = [rows[i : i + params.batch_size // 2] for i in range(0, len(rows), params.batch_size // 2)]
+
+    def steps():
+        for batch in batches:
+            loss = answer_loss(peft_model, batch, prefixes, suffixes, answers, tokenizer.pad_token_id or 0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    seconds, _ = timed(steps, device, warm_up=False)
+    tokens = sum(len(prefixes[w]) + sum(len(suffixes[j]) for j in idx) for w, idx in rows)
+    flops = 3 * forward_flops_per_token(model)
+    return {"examples": len(suffixes), "steps": len(batches), "examples_per_s": round(len(suffixes) / seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1), "whole_prompt_tokens": sum(len(prefixes[o]) + len(s) for o, s in zip(owner, suffixes)),
+            "packed_tokens": tokens,
+            "share_of_matmul_limit": round(tokens / seconds * flops / (limits["matmul_gflops"] * 1e9), 3),
+            "projected_minutes_for_6000_examples": round(6000 / (len(suffixes) / seconds) / 60, 1)}
+
+
+def lightgcn_section(args, data, cfg, device, limits) -> dict:
+    from coldllm.backbones import build_backbone
+    from coldllm.data.sampling import BPRSampler
+
+    train = data.matrix("train")
+    model = build_backbone(cfg.backbone, data.n_users, data.n_items, train).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.backbone.lr)
+    sampler = BPRSampler(train, candidates=np.flatnonzero(np.diff(train.tocsc().indptr) > 0), seed=cfg.seed)
+
+    def epoch() -> int:
+        steps = 0
+        for users, pos, neg in sampler.epoch(cfg.backbone.batch_size):
+            loss = model.bpr_loss(*(torch.from_numpy(a).to(device) for a in (users, pos, neg)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        return steps
+
+    seconds, steps = timed(epoch, device)
+    adj = model.adj
+    propagate_seconds, _ = timed(lambda: model.propagate(), device, repeat=3)
+    nnz, dim, layers = adj.values().numel(), cfg.backbone.dim, cfg.backbone.layers
+    # per propagation: each nonzero reads a dim-float row (+ its 12-byte index/value) and each
+    # layer writes an (n x dim) result; a training step runs it forward and backward
+    n = adj.shape[0]
+    bytes_per_propagation = layers * (nnz * (dim * 4 + 12) + n * dim * 4)
+    epoch_bytes = steps * 2 * bytes_per_propagation
+    return {"model": cfg.backbone.model, "dim": dim, "layers": layers, "batch_size": cfg.backbone.batch_size,
+            "steps_per_epoch": steps, "epoch_seconds": round(seconds, 2),
+            "propagation_seconds": round(propagate_seconds, 4),
+            "propagation_gbytes_per_s": round(bytes_per_propagation / propagate_seconds / 1e9, 2),
+            "share_of_bandwidth_limit": round(epoch_bytes / seconds / 1e9 / limits["copy_gbytes_per_s"], 3),
+            "propagation_share_of_epoch": round(steps * 2 * propagate_seconds / seconds, 3)}
+
+
+def eval_section(args, data, cfg, device, limits) -> dict:
+    from coldllm.evaluate import Evaluator, embedding_scorer
+
+    gen = torch.Generator().manual_seed(0)
+    users = torch.randn(data.n_users, cfg.backbone.dim, generator=gen)
+    items = torch.randn(data.n_items, cfg.backbone.dim, generator=gen)
+    evaluator = Evaluator(data, "test", cfg.eval.ks, cfg.eval.batch_size)
+    seconds, _ = timed(lambda: evaluator.evaluate(embedding_scorer(users, items), device), device)
+    flops = 2 * data.n_users * data.n_items * cfg.backbone.dim
+    return {"seconds": round(seconds, 3), "users": data.n_users, "items": data.n_items,
+            "share_of_matmul_limit": round(flops / seconds / (limits["matmul_gflops"] * 1e9), 3)}
+
+
+def filter_section(args, data, cfg, device, limits) -> dict:
+    from coldllm.funnel.filter import build_index
+
+    gen = np.random.default_rng(0)
+    users = gen.standard_normal((data.n_users, cfg.backbone.dim)).astype(np.float32)
+    items = gen.standard_normal((len(data.cold_items), cfg.backbone.dim)).astype(np.float32)
+    index = build_index(users, "flat")
+    seconds, _ = timed(lambda: index.search(items, cfg.filter.k), torch.device("cpu"))
+    flops = 2 * data.n_users * len(items) * cfg.backbone.dim
+    return {"seconds": round(seconds, 4), "cold_items": len(items), "k": cfg.filter.k,
+            "share_of_matmul_limit": round(flops / seconds / (limits["matmul_gflops"] * 1e9), 3)}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shares = {name: report[name].get("share_of_matmul_limit", report[name].get("share_of_bandwidth_limit"))
+              for name in SECTIONS[1:] if isinstance(report.get(name), dict)}
+    shares = {k: v for k, v in shares.items() if v is not None}
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh(list(shares), list(shares.values()), color="#4c72b0")
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("share of the machine's limit (matmul, or copy bandwidth for lightgcn)")
+    ax.set_title(f"{report['machine']['device']}, {report['machine']['threads']} threads", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--naive-pairs", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--candidates-from", default="runs/bench-citeulike-lightgcn-coldllm")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    cfg = load_config(ROOT / "configs" / "citeulike.yaml")
+    data = load_dataset(cfg.data)
+    out = ROOT / "results" / "speed" / f"{'cpu' if device.type == 'cpu' else 'gpu'}.json"
+    report = {"commit": git_commit(ROOT), "created": now_iso(), "versions": package_versions(),
+              "config": vars(args), "machine": machine(device)}
+    limits = report["machine"]
+    for name in args.sections[1:] if args.sections[0] == "machine" else args.sections:
+        start = time.perf_counter()
+        report[name] = globals()[f"{name}_section"](args, data, cfg, device, limits)
+        report[name]["section_seconds"] = round(time.perf_counter() - start, 1)
+        print(name, report[name], flush=True)
+    report["peak_memory_mb"] = round(peak_memory_mb(), 1)
+    write_json(out, report)
+    plot(report, out.with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
