@@ -194,6 +194,12 @@ CASES = [
          setup=rewrite("data/items.csv", "item,title\ni1,first\ni2,b\ni1,second\n")),
     Case("timestamp", "a timestamp that is not a number", ["prepare", "--data.timestamp_field=ts"],
          "data/inter.csv:3: timestamp 'soon'", setup=rewrite("data/inter.csv", "user,item,ts\nu0,i1,1\nu1,i2,soon\n")),
+    Case("rating-column", "a rating threshold with no rating column", ["prepare", "--data.min_rating=4"],
+         "data/inter.csv: data.min_rating is set but the rating column 'rating' is not in"),
+    Case("rating-not-number", "a rating that is not a number", ["prepare", "--data.min_rating=4"],
+         "data/inter.csv:3: rating 'good'", setup=rewrite("data/inter.csv", "user,item,rating\nu0,i1,5\nu1,i2,good\n")),
+    Case("rating-citeulike", "a rating threshold on CiteULike, which has no ratings",
+         [OVERRIDE, "--data.format=citeulike", "--data.min_rating=4"], "CiteULike has no ratings"),
     # -- artifacts ----------------------------------------------------------------------------------
     Case("checkpoint-truncated", "truncated backbone checkpoint", ["evaluate"],
          "runs/tiny/backbone/best.safetensors: truncated or corrupt", setup=truncate("backbone/best.safetensors"),

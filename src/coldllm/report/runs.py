@@ -88,7 +88,9 @@ def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method
     out += _controls(run, user_emb, item_emb, device)
     if run.has("update/embeddings.safetensors"):
         if run.cfg.update.prior == "knn":
-            out.append(Method("prior", "content prior (the update's start)", user_emb,
+            starts_there = run.cfg.update.mode == "fast" or run.cfg.update.init == "backbone"
+            label = "content prior (the update's start)" if starts_there else "content prior (content-KNN)"
+            out.append(Method("prior", label, user_emb,
                               _with_cold_rows(run, item_emb, _prior(run, item_emb))))
         tensors = read_safetensors(run.dir / "update" / "embeddings.safetensors")
         out.append(Method("coldllm", f"ColdLLM ({run.cfg.refiner.judge} judge, {run.cfg.update.mode} update)",
