@@ -17,6 +17,8 @@ reuse what they do not change:
     coldllm-lm           language-model sub-tower only, cosine judge
     coldllm-random       K random users per cold item, cosine judge
     coldllm-retrain      no-refiner pairs, the backbone trained again (the paper's kind of update)
+    onepass              the one-pass simulator: each item's text once, its top-K users of a
+                         distribution over all users, all accepted (no filter, no judge)
     paper-filter         the paper's released candidates, all accepted            (reference)
     paper-refiner        the paper's candidates, its 7B refiner's Yes answers     (reference)
     coldllm-oracle-rR-fF an oracle judge that reads held-out labels: real pairs accepted with
@@ -68,6 +70,7 @@ VARIANTS = {
     "coldllm-collab": (["--filter.towers=collab", "--refiner.judge=cosine"], {}),
     "coldllm-lm": (["--filter.towers=lm", "--refiner.judge=cosine"], {}),
     "coldllm-random": (["--filter.towers=random", "--refiner.judge=cosine"], {}),
+    "onepass": (["--filter.towers=onepass", "--refiner.judge=all"], {}),
     "coldllm-retrain": (["--refiner.judge=all", "--update.mode=retrain"], {"filter": "coldllm", "simulate": "coldllm-no-refiner"}),
     "paper-filter": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=all"], {}),
     "paper-refiner": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=file"],
@@ -128,6 +131,17 @@ def funnel_statistics(run: Run) -> dict:
     return stats
 
 
+def language_model_calls(run: Run) -> dict:
+    """Language-model passes the simulation made for the cold items: one over each item's text
+    (the filter's language-model tower, or the one-pass simulator), plus one per judged pair when
+    the judge is the language model."""
+    text = 0 if run.cfg.filter.towers in ("collab", "random", "file") else len(run.data.cold_items)
+    judged = 0
+    if run.cfg.refiner.judge == "llm":
+        judged = len(pd.read_parquet(run.dir / "simulate" / "simulated.parquet", columns=["user"]))
+    return {"llm_calls": text + judged, "llm_calls_detail": {"item_text": text, "judged_pairs": judged}}
+
+
 def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
                    borrow: dict[str, str] | None = None) -> None:
     cfg = load_config(preset, overrides_for(backbone, variant, FUNNEL, extra, borrow))
@@ -149,6 +163,7 @@ def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
             "own_stages": own,
             "val": stages["evaluate_coldllm_val"]["metrics"],
             "funnel": funnel_statistics(run),
+            **language_model_calls(run),
             "paper_protocol": Evaluator(run.data, "test", cfg.eval.ks, reference=True).evaluate(
                 embedding_scorer(*updated_embeddings(run))),
         },

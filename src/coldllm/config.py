@@ -198,8 +198,10 @@ def _lazy(module: str, name: str) -> Callable[[], type]:
 @dataclass
 class FilterConfig:
     k: int = _help("Users kept per cold item (K).", 20, check=at_least(1))
-    towers: str = _help("coupled | collab | lm | random (ablations) | file (candidates read from `file`).",
-                        "coupled", check=one_of("coupled", "collab", "lm", "random", "file"))
+    towers: str = _help("coupled | collab | lm | random (ablations) | file (candidates read from `file`) | "
+                        "onepass (the one-pass simulator: the item's text once, a distribution over all users; "
+                        "with refiner.judge=all its top-K are the simulated pairs).",
+                        "coupled", check=one_of("coupled", "collab", "lm", "random", "file", "onepass"))
     collab_source: str = _help("What the collaborative sub-tower is: aldi (the paper's student) | knn "
                                "(content-KNN item vectors against the backbone's users).", "aldi",
                                check=one_of("aldi", "knn"))
@@ -216,6 +218,8 @@ class FilterConfig:
                          params=_lazy("coldllm.baselines.aldi", "ALDIParams"))
     lm: dict = _help("Language-model tower hyper-parameters (funnel.filter.LMTowerParams).", factory=dict,
                      params=_lazy("coldllm.funnel.filter", "LMTowerParams"))
+    onepass: dict = _help("One-pass simulator hyper-parameters (funnel.onepass.OnePassParams).", factory=dict,
+                          params=_lazy("coldllm.funnel.onepass", "OnePassParams"))
 
 
 @dataclass
@@ -504,7 +508,7 @@ PARAM_CHECKS: dict[str, tuple[Check, ...]] = {
     "dropout": (between(0, 1, high_open=True),), "gen_dropout": (between(0, 1, high_open=True),),
     "batch_size": (at_least(1),), "batch": (at_least(1),), "epochs": (at_least(1),), "patience": (at_least(1),),
     "hidden": (at_least(1),), "out_dim": (at_least(0),), "layers": (at_least(0),), "r": (at_least(1),),
-    "k": (at_least(1),), "n_neg": (at_least(1),), "seed": (at_least(0),),
+    "k": (at_least(1),), "n_neg": (at_least(1),), "seed": (at_least(0),), "align": (at_least(0),),
     "max_history": (at_least(0),), "max_title_chars": (at_least(2),), "max_title_tokens": (at_least(1),),
 }
 

@@ -31,7 +31,7 @@ from ..evaluate import Scorer
 from ..layers import mlp
 
 log = logging.getLogger(__name__)
-TOWERS = ("coupled", "collab", "lm", "random", "file")
+TOWERS = ("coupled", "collab", "lm", "random", "file", "onepass")
 COLLAB_SOURCES = ("aldi", "knn")
 
 

@@ -42,6 +42,7 @@ from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerPara
     read_candidates, top_users
 from .refiner import best_threshold, example_parts, finetune_examples, judge_examples, judge_report, \
     simulate, user_histories
+from .onepass import OnePass, OnePassParams
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
 from .update import FastParams, augmented_train, fit_cold_rows, knn_prior
 
@@ -85,7 +86,12 @@ def filter_stage(run: Run) -> dict[str, Any]:
                       else KNNTower(ctx, cfg.update.prior_k))
         if towers in ("coupled", "lm"):
             lm = LanguageTower(_params(LMTowerParams, cfg.filter.lm, "filter.lm")).fit(ctx, llm_text_vectors(run))
-        if towers in ("random", "file"):
+        if towers == "onepass":
+            simulator = OnePass(_params(OnePassParams, cfg.filter.onepass, "filter.onepass")).fit(ctx, llm_text_vectors(run))
+            candidates = top_users(simulator.embeddings(ctx.cold), cfg.filter.k, cfg.filter.index)
+            warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
+            rec["onepass_history"] = simulator.history
+        elif towers in ("random", "file"):
             candidates = (random_users(data.n_users, data.cold_items, cfg.filter.k, cfg.seed) if towers == "random"
                           else read_candidates(cfg.filter.file, data.user_ids, data.item_ids, data.cold_items))
             warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
