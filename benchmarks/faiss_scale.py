@@ -124,36 +124,46 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def family_builders(dim: int) -> dict:
-    """Each family: its build settings, a builder, and the search-time settings swept on one build."""
+    """Each family: its build settings, a builder, and the search-time settings swept on one build.
+
+    A ``-l2`` family searches the users after the reduction of maximum inner product to nearest
+    neighbour (Bachrach et al., 2014): every user gains a coordinate sqrt(R^2 - |u|^2), R the
+    largest user norm, every item a 0, so the smallest L2 distance is the largest inner product.
+    Graph and cluster indexes assume a metric; raw inner product over users of unequal norms is
+    not one, and the reduction gives them one without changing the ranking.
+    """
     import faiss
 
-    ip = faiss.METRIC_INNER_PRODUCT
+    ip, l2 = faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2
 
-    def ivf(nlist: int):
-        def build(x):
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, ip)
+    def quantizer(d, metric):
+        return faiss.IndexFlatIP(d) if metric == ip else faiss.IndexFlatL2(d)
+
+    def ivf(nlist: int, metric=ip):
+        def build(d):
+            index = faiss.IndexIVFFlat(quantizer(d, metric), d, nlist, metric)
             # 64 training points per list (faiss's floor is 39): the k-means stays minutes, not hours
             index.cp.max_points_per_centroid = 64
             return index
         return build
 
-    def ivf_sq8(nlist: int):
-        def build(x):
-            index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
+    def ivf_sq8(nlist: int, metric=ip):
+        def build(d):
+            index = faiss.IndexIVFScalarQuantizer(quantizer(d, metric), d, nlist, faiss.ScalarQuantizer.QT_8bit, metric)
             index.cp.max_points_per_centroid = 64
             return index
         return build
 
-    def ivf_pq(nlist: int, m: int):
-        def build(x):
-            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, ip)
+    def ivf_pq(nlist: int, m: int, metric=ip):
+        def build(d):
+            index = faiss.IndexIVFPQ(quantizer(d, metric), d, nlist, m, 8, metric)
             index.cp.max_points_per_centroid = 64
             return index
         return build
 
-    def hnsw(m: int, ef_construction: int):
-        def build(x):
-            index = faiss.IndexHNSWFlat(dim, m, ip)
+    def hnsw(m: int, ef_construction: int, metric=ip):
+        def build(d):
+            index = faiss.IndexHNSWFlat(d, m, metric)
             index.hnsw.efConstruction = ef_construction
             return index
         return build
@@ -165,15 +175,28 @@ def family_builders(dim: int) -> dict:
         index.hnsw.efSearch = value
 
     pq_m = dim // 4  # 4 dimensions per byte: 16 bytes a user at 64-d, 50 at 200-d
+    ef = (16, 32, 64, 128, 256, 512)
+    l2_hnsw = {"kind": "hnsw", "reduction": "mips-to-l2", "efConstruction": 40}
     return {
         "ivf1024": ({"kind": "ivf", "nlist": 1024}, ivf(1024), "nprobe", (4, 8, 16, 32, 64), set_nprobe),
         "ivf4096": ({"kind": "ivf", "nlist": 4096}, ivf(4096), "nprobe", (8, 16, 32, 64, 128), set_nprobe),
-        "hnsw16": ({"kind": "hnsw", "M": 16, "efConstruction": 40}, hnsw(16, 40), "efSearch", (16, 32, 64, 128, 256), set_ef),
-        "hnsw32": ({"kind": "hnsw", "M": 32, "efConstruction": 40}, hnsw(32, 40), "efSearch", (16, 32, 64, 128, 256), set_ef),
+        "hnsw16": ({"kind": "hnsw", "M": 16, "efConstruction": 40}, hnsw(16, 40), "efSearch", ef[:5], set_ef),
+        "hnsw32": ({"kind": "hnsw", "M": 32, "efConstruction": 40}, hnsw(32, 40), "efSearch", ef, set_ef),
+        "ivf1024-l2": ({"kind": "ivf", "reduction": "mips-to-l2", "nlist": 1024}, ivf(1024, l2), "nprobe",
+                       (8, 16, 32, 64, 128), set_nprobe),
+        "hnsw16-l2": ({**l2_hnsw, "M": 16}, hnsw(16, 40, l2), "efSearch", ef, set_ef),
+        "hnsw32-l2": ({**l2_hnsw, "M": 32}, hnsw(32, 40, l2), "efSearch", ef, set_ef),
         "ivf1024-sq8": ({"kind": "ivf-sq8", "nlist": 1024}, ivf_sq8(1024), "nprobe", (8, 16, 32, 64), set_nprobe),
         "ivf1024-pq": ({"kind": "ivf-pq", "nlist": 1024, "pq_m": pq_m, "pq_bits": 8}, ivf_pq(1024, pq_m),
                        "nprobe", (8, 16, 32, 64), set_nprobe),
     }
+
+
+def mips_to_l2(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Users and items with the extra coordinate of the inner-product-to-L2 reduction."""
+    sq = np.einsum("ij,ij->i", users, users)
+    extra = np.sqrt(np.maximum(sq.max() - sq, 0.0)).astype(np.float32)
+    return (np.hstack([users, extra[:, None]]), np.hstack([items, np.zeros((len(items), 1), np.float32)]))
 
 
 def run_dim(dim: int, args, rng: np.random.Generator) -> dict:
@@ -197,23 +220,25 @@ def run_dim(dim: int, args, rng: np.random.Generator) -> dict:
                 "query_seconds": round(exact_seconds, 3), "ms_per_query": round(1e3 * exact_seconds / len(items), 4)}]
     print(f"[{dim}-d] exact: {exact_seconds:.1f} s for {len(items)} queries", flush=True)
     out = {"dim": dim, "data": shape_stats(users), "entries": entries, "skipped": {}}
-    indexes = {"flat": flat}
+    indexes = {"flat": (flat, items)}  # each index with the queries it answers
 
     for family, (settings, make, knob, values, set_knob) in family_builders(dim).items():
         if args.families and family not in args.families:
             continue
-        if family.startswith("hnsw") and not hnsw_fits(family, settings, dim, users, args, out):
-            continue
+        reduced = "reduction" in settings
         start = time.perf_counter()
-        index = make(users)
-        index.train(users)
-        index.add(users)
-        build = time.perf_counter() - start
+        x, q = mips_to_l2(users, items) if reduced else (users, items)
+        if family.startswith("hnsw") and not hnsw_fits(family, make, x, args, out, settings):
+            continue
+        index = make(x.shape[1])
+        index.train(x)
+        index.add(x)
+        build = time.perf_counter() - start  # the reduction's extra coordinate is part of building
         size = index_bytes(index) / 2**20
         print(f"[{dim}-d] {family}: built in {build:.1f} s, {size:.0f} MB", flush=True)
         for value in values:
             set_knob(index, value)
-            seconds, found = timed_search(index, items, args.k)
+            seconds, found = timed_search(index, q, args.k)
             entry = {"name": f"{family}/{knob}={value}", "dim": dim, "settings": {**settings, knob: value},
                      "recall": round(recall(found, exact), 4), "speedup": round(exact_seconds / seconds, 2),
                      "build_seconds": round(build, 2), "memory_mb": round(size, 1),
@@ -222,30 +247,27 @@ def run_dim(dim: int, args, rng: np.random.Generator) -> dict:
             entries.append(entry)
             print(f"[{dim}-d]   {entry['name']}: recall {entry['recall']:.3f}, {entry['speedup']:.1f}x", flush=True)
         if args.simd:  # kept for the SIMD timings; otherwise freed before the next family is built
-            indexes[family] = index
-        del index
+            indexes[family] = (index, q)
+        del index, x, q
     if args.simd:
-        out["simd"] = simd_levels(indexes, items, exact, args)
+        out["simd"] = simd_levels(indexes, exact, args)
     return out
 
 
-def hnsw_fits(family: str, settings: dict, dim: int, users: np.ndarray, args, out: dict) -> bool:
+def hnsw_fits(family: str, make, users: np.ndarray, args, out: dict, settings: dict) -> bool:
     """HNSW's build is the slow one on two cores: time it on a sample and extrapolate first.
 
     Its insertion cost grows roughly as n log n, so the projection scales the sample's time by
     (N log N) / (n log n); a family whose projection exceeds ``--max-build-seconds`` is skipped
     and the projection recorded instead of a measurement.
     """
-    import faiss
-
     n = min(args.hnsw_probe, len(users))
-    index = faiss.IndexHNSWFlat(dim, settings["M"], faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = settings["efConstruction"]
+    index = make(users.shape[1])
     start = time.perf_counter()
     index.add(users[:n])
     sample = time.perf_counter() - start
     projected = sample * (len(users) * np.log(len(users))) / (n * np.log(n))
-    print(f"[{dim}-d] {family}: {n} users in {sample:.1f} s, {len(users)} projected at {projected:.0f} s", flush=True)
+    print(f"[{users.shape[1]}-d] {family}: {n} users in {sample:.1f} s, {len(users)} projected at {projected:.0f} s", flush=True)
     if projected > args.max_build_seconds:
         out["skipped"][family] = {"settings": settings, "probe_users": n, "probe_build_seconds": round(sample, 2),
                                   "projected_build_seconds": round(projected), "limit_seconds": args.max_build_seconds}
@@ -253,7 +275,7 @@ def hnsw_fits(family: str, settings: dict, dim: int, users: np.ndarray, args, ou
     return True
 
 
-def simd_levels(indexes: dict, items: np.ndarray, exact: np.ndarray, args) -> list[dict]:
+def simd_levels(indexes: dict, exact: np.ndarray, args) -> list[dict]:
     """The same searches at each SIMD level the build carries (generic, AVX2, AVX-512...).
 
     Batched exact search is a BLAS matrix product, whose kernels faiss does not dispatch; the
@@ -262,9 +284,9 @@ def simd_levels(indexes: dict, items: np.ndarray, exact: np.ndarray, args) -> li
     import faiss
 
     chosen = {"flat (one query at a time)": ("flat", None, True), "hnsw32/efSearch=128": ("hnsw32", 128, False),
+              "hnsw32-l2/efSearch=128": ("hnsw32-l2", 128, False),
               "ivf1024-sq8/nprobe=32": ("ivf1024-sq8", 32, False),
               "ivf1024-pq/nprobe=32": ("ivf1024-pq", 32, False)}
-    queries = items[: args.simd_queries]
     original, threads = faiss.SIMDConfig.get_level(), faiss.omp_get_max_threads()
     # one thread: the kernels' own speed, without waiting on a second thread of a busy machine
     faiss.omp_set_num_threads(1)
@@ -277,7 +299,8 @@ def simd_levels(indexes: dict, items: np.ndarray, exact: np.ndarray, args) -> li
         for label, (family, knob, single) in chosen.items():
             if family not in indexes:
                 continue
-            index = indexes[family]
+            index, queries = indexes[family]
+            queries = queries[: args.simd_queries]
             if knob is not None:
                 if family.startswith("hnsw"):
                     index.hnsw.efSearch = knob
