@@ -347,7 +347,27 @@ def faiss_build() -> dict:
         info["dispatched_level"] = simd.get_level_name()
         info["available_levels"] = [name for name in ("NONE", "AVX2", "AVX512", "AVX512_VPOPCNT", "AVX512_SPR")
                                     if simd.is_simd_level_available(getattr(faiss, f"SIMDLevel_{name}"))]
+        legacy = [p.name for p in Path(faiss.__file__).parent.glob("swigfaiss_avx*")]
+        if info["dynamic_dispatch"] and not legacy:
+            # the loader still looks for the per-instruction-set modules of older wheels first
+            info["loader_note"] = ("the loader's 'Could not load library with AVX2 support' means only that no "
+                                   "separate swigfaiss_avx2 module exists: this build carries its AVX2 and AVX-512 "
+                                   f"kernels in one library and dispatched to {info['dispatched_level']}")
     return info
+
+
+def local_faiss_wheels(folders: list[str]) -> list[str]:
+    """faiss wheels the offline package indexes hold: is there another build to try?"""
+    import re
+
+    found = set()
+    for folder in map(Path, folders):
+        if folder.is_dir():
+            for path in folder.rglob("*"):
+                if path.is_file() and "faiss" in str(path.relative_to(folder)).lower():
+                    text = path.read_text(errors="ignore") if path.suffix == ".html" else path.name
+                    found.update(re.findall(r"faiss[_-][\w.+-]+?\.whl", text, re.I))
+    return sorted(found)
 
 
 def recommend(entries: list[dict], min_recall: float, min_speedup: float) -> dict | None:
@@ -463,6 +483,8 @@ def main() -> None:
     parser.add_argument("--simd-queries", type=int, default=1000)
     parser.add_argument("--simd-single-queries", type=int, default=50)
     parser.add_argument("--calibrate-from", default="runs/bench-citeulike-mf-coldllm-cosine/serve/filter.safetensors")
+    parser.add_argument("--wheel-dirs", nargs="*", default=["/opt/wheels", "/opt/pypi/simple", "/opt/pypi-more/simple"],
+                        help="offline package indexes searched for other faiss builds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--plot-only", action="store_true")
@@ -478,7 +500,7 @@ def main() -> None:
             rng = np.random.default_rng([args.seed, dim])
             block = run_dim(dim, args, rng)
             block.update({"commit": git_commit(ROOT), "date": now_iso(), "machine": machine(),
-                          "faiss": faiss_build(), "config": {k: v for k, v in vars(args).items()
+                          "faiss": {**faiss_build(), "local_wheels": local_faiss_wheels(args.wheel_dirs)}, "config": {k: v for k, v in vars(args).items()
                                                              if k not in ("out", "plot_only")},
                           "recommended": recommend(block["entries"], 0.95, 10.0)})
             report["dims"][str(dim)] = merge(report["dims"].get(str(dim)), block)
