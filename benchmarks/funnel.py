@@ -186,7 +186,7 @@ def main() -> None:
     for backbone in args.backbones:
         # the method's filter is what most variants reuse: make it even when the method itself (its
         # language-model judge) is not among the variants run
-        if "coldllm" not in args.variants:
+        if "coldllm" not in args.variants and any("coldllm" in VARIANTS[v][1].values() for v in args.variants):
             run_variant(args.preset, backbone, "coldllm", ["prepare", "train", "filter"], extra, borrow)
         for variant in args.variants:  # 'coldllm' first: the others reuse its stages
             run_variant(args.preset, backbone, variant, args.stages, extra, borrow)
