@@ -43,6 +43,19 @@ def test_unfilled_index_slots_are_never_candidates(monkeypatch):
     assert (top["user"] >= 0).all() and len(top) == int((raw >= 0).sum())
 
 
+def test_ivf_ranks_users_of_unequal_norms_by_inner_product():
+    """IVF searches through the L2 reduction: with every list probed it is exact, scores included."""
+    from coldllm.funnel.filter import build_index
+
+    rng = np.random.default_rng(0)
+    users = (rng.normal(size=(400, 8)) * rng.lognormal(0.0, 0.5, (400, 1))).astype(np.float32)
+    items = rng.normal(size=(6, 8)).astype(np.float32)
+    scores, ids = build_index(users, "ivf", nlist=8, nprobe=8).search(items, 5)
+    exact = np.argsort(-(items @ users.T), axis=1)[:, :5]
+    assert (ids == exact).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(items @ users.T, exact, 1), rtol=1e-5)
+
+
 def test_random_filter_gives_k_distinct_users():
     out = random_users(30, np.array([1, 2]), k=10, seed=1)
     assert len(out) == 20 and out.groupby("item")["user"].nunique().tolist() == [10, 10]
