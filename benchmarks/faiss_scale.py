@@ -187,6 +187,8 @@ def family_builders(dim: int) -> dict:
         "hnsw16-l2": ({**l2_hnsw, "M": 16}, hnsw(16, 40, l2), "efSearch", ef, set_ef),
         "hnsw32-l2": ({**l2_hnsw, "M": 32}, hnsw(32, 40, l2), "efSearch", ef, set_ef),
         "ivf1024-sq8": ({"kind": "ivf-sq8", "nlist": 1024}, ivf_sq8(1024), "nprobe", (8, 16, 32, 64), set_nprobe),
+        "ivf1024-l2-sq8": ({"kind": "ivf-sq8", "reduction": "mips-to-l2", "nlist": 1024}, ivf_sq8(1024, l2),
+                           "nprobe", (16, 32, 64), set_nprobe),
         "ivf1024-pq": ({"kind": "ivf-pq", "nlist": 1024, "pq_m": pq_m, "pq_bits": 8}, ivf_pq(1024, pq_m),
                        "nprobe", (8, 16, 32, 64), set_nprobe),
     }
