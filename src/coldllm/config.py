@@ -254,6 +254,10 @@ class RefinerConfig:
         factory=list, check=each(nonempty),
     )
     device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
+    engine: str = _help("How the llm judge's simulation runs: local (this process) | ray (Ray Data actors: a local "
+                        "Ray, or the cluster named by RAY_ADDRESS; needs the ray extra). Same shards either way.",
+                        "local", check=one_of("local", "ray"))
+    ray_actors: int = _help("engine=ray: judge actors, each with its own copy of the model.", 1, check=at_least(1))
 
 
 @dataclass

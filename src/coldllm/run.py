@@ -53,7 +53,8 @@ STAGE_ARTIFACTS = {
 # Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
 # where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
 # from its last epoch, or stops it at once when the new budget is already spent).
-NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"), "refiner": ("batch_size", "shard_users", "verdicts_from")}
+NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"),
+              "refiner": ("batch_size", "shard_users", "verdicts_from", "engine", "ray_actors")}
 
 def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The config sections ``stage`` depends on (the longest matching stage name wins)."""

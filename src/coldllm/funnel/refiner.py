@@ -110,6 +110,46 @@ def best_threshold(labels: np.ndarray, p_yes: np.ndarray) -> float:
     return float(grid[int(np.argmax(accuracy))])
 
 
+def shard_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / f"shard-{shard:05d}.parquet"
+
+
+def plan_shards(candidates: pd.DataFrame, shard_users: int) -> tuple[pd.Series, list[np.ndarray]]:
+    """Each user's candidate items (in id order) and the users of each shard, ``shard_users`` per
+    shard in id order: the layout every engine writes, so a resume may switch engines."""
+    by_user = candidates.sort_values(["user", "item"]).groupby("user", sort=True)["item"].apply(np.asarray)
+    users = by_user.index.to_numpy()
+    return by_user, [users[i : i + shard_users] for i in range(0, len(users), shard_users)]
+
+
+def shard_pairs(by_user: pd.Series, shard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(users, items)`` of a shard's pairs, in the order its file holds them."""
+    counts = [len(by_user[u]) for u in shard]
+    return np.repeat(shard, counts), np.concatenate([by_user[u] for u in shard])
+
+
+def known_p_yes(known: pd.DataFrame | None, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """P(Yes) of the pairs found in ``known`` (user, item, p_yes); NaN for the others."""
+    lookup = {} if known is None else dict(zip(zip(known["user"].tolist(), known["item"].tolist()),
+                                               known["p_yes"].tolist()))
+    return np.array([lookup.get(pair, np.nan) for pair in zip(users.tolist(), items.tolist())], dtype=np.float32)
+
+
+def write_shard(out_dir: Path, shard: int, users: np.ndarray, items: np.ndarray, p_yes: np.ndarray) -> None:
+    """One finished shard, written under a temporary name and renamed: it exists whole or not at all."""
+    frame = pd.DataFrame({"user": users, "item": items, "p_yes": np.asarray(p_yes, dtype=np.float32)})
+    with atomic_path(shard_path(out_dir, shard)) as tmp:
+        frame.to_parquet(tmp)
+
+
+def read_shards(out_dir: Path, n_shards: int, threshold: float) -> pd.DataFrame:
+    """All shards in order, with the verdict at ``threshold``."""
+    result = pd.concat([pd.read_parquet(shard_path(out_dir, s)) for s in range(n_shards)],
+                       ignore_index=True) if n_shards else pd.DataFrame(columns=["user", "item", "p_yes"])
+    result["accepted"] = result["p_yes"] > threshold
+    return result
+
+
 def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray], titles: np.ndarray,
              out_dir: Path, threshold: float = 0.5, shard_users: int = 128,
              known: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -120,35 +160,24 @@ def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray]
     a restart skips exactly the finished shards. ``known``: (user, item, p_yes) verdicts of the same
     judge from another simulation; those pairs are not judged again.
     """
-    lookup = {} if known is None else dict(zip(zip(known["user"].tolist(), known["item"].tolist()),
-                                               known["p_yes"].tolist()))
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_user = candidates.sort_values(["user", "item"]).groupby("user", sort=True)["item"].apply(np.asarray)
-    users = by_user.index.to_numpy()
-    shards = [users[i : i + shard_users] for i in range(0, len(users), shard_users)]
-    done = sum((out_dir / f"shard-{s:05d}.parquet").exists() for s in range(len(shards)))
+    by_user, shards = plan_shards(candidates, shard_users)
+    done = sum(shard_path(out_dir, s).exists() for s in range(len(shards)))
     bar = tqdm(total=len(candidates), desc="simulate", unit="pair")
     for s, shard in enumerate(shards):
-        path = out_dir / f"shard-{s:05d}.parquet"
-        if path.exists():
+        if shard_path(out_dir, s).exists():
             bar.update(int(sum(len(by_user[u]) for u in shard)))
             continue
-        prefixes = [judge.prompts.prefix([titles[i] for i in histories[u]]) for u in shard]
-        items = [by_user[u] for u in shard]
-        owner = np.repeat(np.arange(len(shard)), [len(i) for i in items])
-        flat, users = np.concatenate(items), np.repeat(shard, [len(i) for i in items])
-        p = np.array([lookup.get((int(u), int(i)), np.nan) for u, i in zip(users, flat)], dtype=np.float32)
+        users, flat = shard_pairs(by_user, shard)
+        owner = np.repeat(np.arange(len(shard)), [len(by_user[u]) for u in shard])
+        p = known_p_yes(known, users, flat)
         todo = np.flatnonzero(np.isnan(p))
         if len(todo):
+            prefixes = [judge.prompts.prefix([titles[i] for i in histories[u]]) for u in shard]
             p[todo] = judge.p_yes_grouped(prefixes, [judge.prompts.suffix(titles[i]) for i in flat[todo]], owner[todo])
         bar.update(len(flat))
-        frame = pd.DataFrame({"user": users, "item": flat, "p_yes": p})
-        with atomic_path(path) as tmp:
-            frame.to_parquet(tmp)
+        write_shard(out_dir, s, users, flat, p)
     bar.close()
     if done:
         log.info("resumed: %d of %d shards were already done", done, len(shards))
-    result = pd.concat([pd.read_parquet(out_dir / f"shard-{s:05d}.parquet") for s in range(len(shards))],
-                       ignore_index=True) if shards else pd.DataFrame(columns=["user", "item", "p_yes"])
-    result["accepted"] = result["p_yes"] > threshold
-    return result
+    return read_shards(out_dir, len(shards), threshold)

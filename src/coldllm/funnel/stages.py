@@ -33,7 +33,7 @@ from ..content import encode_texts
 from ..evaluate import Evaluator, embedding_scorer, subset_scorer
 from ..llm.judge import Judge
 from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
-from ..llm.models import load_llm
+from ..llm.models import load_llm, resolve_llm
 from ..llm.prompts import PromptEncoder, PromptTemplate
 from ..report.model_card import write_model_card
 from ..run import Run, content_vectors
@@ -219,12 +219,9 @@ def simulate_stage(run: Run) -> dict[str, Any]:
         if judge_kind == "llm":
             device = resolve_device(cfg.refiner.device)
             rec["device"] = str(device)
-            model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
-            model = load_adapter(model, run.dir / "refiner" / "adapter")
-            prompts = prompt_encoder(run, tokenizer)
+            template = prompt_template(cfg)
             threshold = json.loads((run.dir / "refiner" / "threshold.json").read_text())["threshold"]
-            histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
-            judge = Judge(model, prompts, cfg.refiner.batch_size)
+            histories = user_histories(data.matrix("train"), template.max_history, cfg.seed)
             known = known_verdicts(run)
             rec["reused_verdicts"] = 0 if known is None else int(
                 len(candidates.merge(known[["user", "item"]], on=["user", "item"])))
@@ -233,12 +230,26 @@ def simulate_stage(run: Run) -> dict[str, Any]:
             digest = hashlib.sha256()
             for path in (run.dir / "filter" / "candidates.parquet", *sorted((run.dir / "refiner" / "adapter").glob("*"))):
                 digest.update(path.read_bytes() if path.is_file() else b"")
-            digest.update(json.dumps([dataclasses.asdict(prompts.template), threshold, cfg.refiner.shard_users,
+            # (the engine is not in it: shards written by one engine resume under the other)
+            digest.update(json.dumps([dataclasses.asdict(template), threshold, cfg.refiner.shard_users,
                                       cfg.seed]).encode())
             shards = folder / "shards" / digest.hexdigest()[:16]
-            rec["shards"] = str(shards)
-            simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
-                                 cfg.refiner.shard_users, known=known)
+            rec["shards"], rec["engine"] = str(shards), cfg.refiner.engine
+            if cfg.refiner.engine == "ray":  # imports ray only when asked for
+                from .ray_judge import simulate_on_ray
+
+                rec["ray_actors"] = cfg.refiner.ray_actors
+                simulated = simulate_on_ray(resolve_llm(cfg.refiner.model, cfg.content.cache_dir),
+                                            run.dir / "refiner" / "adapter", template, candidates, histories,
+                                            data.item_text, shards, threshold, cfg.refiner.shard_users, known=known,
+                                            actors=cfg.refiner.ray_actors, batch_size=cfg.refiner.batch_size,
+                                            device=cfg.refiner.device)
+            else:
+                model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
+                model = load_adapter(model, run.dir / "refiner" / "adapter")
+                judge = Judge(model, PromptEncoder(tokenizer, template), cfg.refiner.batch_size)
+                simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
+                                     cfg.refiner.shard_users, known=known)
         elif judge_kind == "cosine":
             histories = user_histories(data.matrix("train"), prompt_template(cfg).max_history, cfg.seed)
             simulated = cosine_verdicts(candidates, histories, content_vectors(run), cfg.refiner.keep)
