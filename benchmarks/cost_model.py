@@ -18,9 +18,11 @@ Three parts, per day:
   users are N (1 - exp(-M K / N)). At a billion users nearly every pair has its own user and the
   prefix is paid per pair.
 * a one-pass simulator: one forward pass over the item text per item, then a head with one row per
-  user scores all N users at once. The body's cost is fixed per item; the head's is 2 h N FLOPs per
-  item (h: hidden width) and h N parameters to keep in memory, so it grows with N and dominates
-  past N* = item_tokens x FLOPs-per-token / (2 h).
+  user scores all N users at once. The body's cost is fixed per item; the head's is 2 w N FLOPs per
+  item (w: the head's width, by default the backbone's embedding width, the space the head scores
+  users in) and w N parameters to keep in memory, so it grows with N and dominates past
+  N* = item_tokens x FLOPs-per-token / (2 w). The head is the same dense product as exact filter
+  search, so on a CPU it is priced at FAISS's measured exact-search rate.
 * the filter: exact top-K costs in proportion to N per item (measured at 1M users, scaled
   linearly); the approximate index recommended by faiss_scale.py is scaled as sqrt(N) (IVF with
   nlist ~ sqrt(N) at a fixed nprobe; HNSW grows only as log N, so this over-states it), its memory
@@ -37,6 +39,7 @@ import math
 import re
 from pathlib import Path
 
+from coldllm.config import load_config
 from coldllm.utils import git_commit, now_iso, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,14 +163,17 @@ def build(args) -> dict:
     flops_token = body_flops_per_token(ARCH)
     faiss = filter_rates(FAISS) if FAISS.exists() else None
     filter_dim = str(args.filter_dim)
+    head_width = args.head_width or load_config(ROOT / "configs" / "citeulike.yaml").backbone.dim
     params = {"k": args.k, "prefix_tokens": args.prefix_tokens, "suffix_tokens": args.suffix_tokens,
-              "item_tokens": args.item_tokens, "hidden": ARCH["hidden"]}
+              "item_tokens": args.item_tokens, "hidden": head_width}
+    # the CPU's dense-product rate: exact FAISS search at the measured width nearest the head's
+    head_dim = (min((d for d in faiss if d.isdigit()), key=lambda d: abs(int(d) - head_width)) if faiss else None)
     # the GPU's dense-product rate: its whole-prompt throughput times the FLOPs each token costs
     gpu_flops = gpu["whole_prompt_tokens_per_s"] * flops_token
-    cpu_head_flops = (faiss[filter_dim]["exact_gflops"] * 1e9 if faiss and filter_dim in faiss
+    cpu_head_flops = (faiss[head_dim]["exact_gflops"] * 1e9 if head_dim
                       else cpu["whole_prompt_tokens_per_s"] * flops_token)
     gpu_mem = GPU_MEMORY_GB.get(gpu["device"], 80)
-    crossover = args.item_tokens * flops_token / (2 * ARCH["hidden"])
+    crossover = args.item_tokens * flops_token / (2 * head_width)
     inputs = {
         "k": {"value": args.k, "source": "filter.k, the default of src/coldllm/config.py"},
         "prefix_tokens": {"value": args.prefix_tokens, "source": f"scenario; measured means {cpu['measured_prefix_tokens']} "
@@ -176,11 +182,12 @@ def build(args) -> dict:
                           f"and {gpu['measured_suffix_tokens']}"},
         "item_tokens": {"value": args.item_tokens, "source": "scenario: one item text (title) per forward pass"},
         "flops_per_token": {"value": flops_token, "source": f"2 x body weights of SmolLM2-135M {ARCH}"},
-        "hidden": {"value": ARCH["hidden"], "source": "SmolLM2-135M hidden width: the user head's row width"},
+        "hidden": {"value": head_width, "source": ("--head-width" if args.head_width else
+                   "backbone.dim of configs/citeulike.yaml: the head scores users in the backbone's space")},
         "gpu": {**gpu, "dense_flops_per_s": gpu_flops,
                 "dense_flops_source": "whole_prompt_tokens_per_s x flops_per_token", "memory_gb": gpu_mem},
         "cpu": {**cpu, "dense_flops_per_s": cpu_head_flops,
-                "dense_flops_source": (f"exact FAISS search at {filter_dim}-d ({faiss['source']})" if faiss and filter_dim in faiss
+                "dense_flops_source": (f"exact FAISS search at {head_dim}-d ({faiss['source']})" if head_dim
                                        else "whole_prompt_tokens_per_s x flops_per_token")},
         "filter": faiss,
     }
@@ -230,17 +237,20 @@ def markdown(report: dict) -> str:
         f"N = {fmt(report['one_pass_head_dominates_above_users'])} users.",
         "",
         "| users N | new items/day M | judged pairs | funnel tokens | funnel GPU-h | funnel CPU-machine-h | one-pass GPU-h "
-        "(head share) | user head (bf16) | filter CPU-machine-h, exact / index | GPUs for 1 h: funnel / one-pass |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "(head share) | user head (bf16) | filter CPU-machine-h, exact / index | filter RAM, exact / index | "
+        "GPUs for 1 h: funnel / one-pass |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report["rows"]:
         g_f, c_f, g_o = r["funnel_gpu"], r["funnel_cpu"], r["one_pass_gpu"]
         f = r.get("filter", {})
         filt = (f"{fmt(f['exact_machine_hours'])} / {fmt(f['index_machine_hours'])}" if "index_machine_hours" in f
                 else fmt(f["exact_machine_hours"]) if f else "n/a")
+        ram = (f"{fmt(f['exact_gb'])} / {fmt(f['index_gb'])} GB" if "index_gb" in f
+               else f"{fmt(f['exact_gb'])} GB" if f else "n/a")
         lines.append(f"| {fmt(r['users'])} | {fmt(r['items_per_day'])} | {fmt(g_f['pairs'])} | {fmt(g_f['tokens'])} "
                      f"({g_f['engine']}) | {fmt(g_f['device_hours'])} | {fmt(c_f['device_hours'])} | "
-                     f"{fmt(g_o['device_hours'])} ({g_o['head_share']:.0%}) | {fmt(g_o['head_gb'])} GB | {filt} | "
+                     f"{fmt(g_o['device_hours'])} ({g_o['head_share']:.0%}) | {fmt(g_o['head_gb'])} GB | {filt} | {ram} | "
                      f"{r['gpus_in_1h']['funnel']} / {r['gpus_in_1h']['one_pass']} |")
     filt = report["inputs"]["filter"]
     if filt and str(report["filter_dim"]) in filt:
@@ -270,6 +280,7 @@ def main() -> None:
     parser.add_argument("--prefix-tokens", type=float, default=240)
     parser.add_argument("--suffix-tokens", type=float, default=22)
     parser.add_argument("--item-tokens", type=float, default=30)
+    parser.add_argument("--head-width", type=int, default=0, help="one-pass head width (0: the backbone's dim)")
     parser.add_argument("--filter-dim", type=int, default=64, help="which faiss_scale.py dimension prices the filter")
     parser.add_argument("--readme", action="store_true", help="also fill README.md's generated Scaling blocks")
     args = parser.parse_args()

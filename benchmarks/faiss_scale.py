@@ -425,12 +425,20 @@ def summary(report: dict) -> str:
         for family, s in block.get("skipped", {}).items():
             lines.append(f"| {family} | not built: {s['probe_users']:,} users took {s['probe_build_seconds']:.0f} s, "
                          f"projected {s['projected_build_seconds']:,} s | | | | |")
+        data, real = block["data"], report.get("calibration")
+        lines += ["", f"Synthetic users: effective dimension {data['effective_dim']}, norm spread (CV) {data['norm_cv']}, "
+                  f"mean cosine to the shared direction {data['mean_cosine_to_mean_direction']}"
+                  + (f"; the filter's real coupled users ({real['dim']}-d, `{real['source']}`): {real['effective_dim']}, "
+                     f"{real['norm_cv']}, {real['mean_cosine_to_mean_direction']}." if real else ".")
+                  + " Each speedup is against the exact search of the run that measured it."]
         best = block.get("recommended")
         lines += ["", (f"Recommended at {dim}-d: `{best['fastest']}` ({best['recall']:.3f} recall, {best['speedup']:.1f}x); "
                        f"smallest at the recall goal: `{best['smallest']}` ({best['smallest_memory_mb']:.0f} MB)."
                        if best else f"No index reached {goal} recall at {dim}-d."), ""]
         if block.get("simd"):
-            lines += ["SIMD level (faiss's dynamic dispatch, set with `faiss.SIMDConfig.set_level`), ms per item:", "",
+            counts = sorted({r["queries"] for r in block["simd"]})
+            lines += ["SIMD level (faiss's dynamic dispatch, forced with `faiss.SIMDConfig.set_level`), ms per item on one "
+                      f"thread ({' or '.join(map(str, counts))} items):", "",
                       "| index | " + " | ".join(dict.fromkeys(r["level"] for r in block["simd"])) + " |",
                       "| --- |" + " ---: |" * len(dict.fromkeys(r["level"] for r in block["simd"]))]
             by_index: dict[str, list[str]] = {}
