@@ -102,6 +102,14 @@ def test_variants_reuse_a_backbone_and_a_judge(tmp_path, tiny_llm_dir):
     other = CliRunner().invoke(app, ["run", "-c", cfg, *common, "--name=v2", "--backbone.dim=8",
                                      "--reuse={train: tiny}", "--stages=[prepare, train]"])
     assert other.exit_code == 2 and "reuse.train" in other.output
+    # a setting added after the backbone was trained counts at its default: still the same backbone
+    manifest_path = runs / "tiny" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["config"]["data"]["min_rating"]
+    manifest_path.write_text(json.dumps(manifest))
+    later = CliRunner().invoke(app, ["run", "-c", cfg, *common, "--name=v3", "--reuse={train: tiny}",
+                                     "--stages=[prepare, train]"])
+    assert later.exit_code == 0, later.output
 
 
 def test_simulation_never_resumes_shards_of_other_settings(tmp_path, tiny_llm_dir):

@@ -126,7 +126,8 @@ def reuse_stage(run: Run, stage: str, source: str) -> dict[str, Any]:
     record = manifest["stages"].get(stage, {})
     if record.get("status") != "done":
         raise ConfigError(f"reuse.{stage}: run {source!r} has no finished {stage!r} stage")
-    theirs, ours = _inputs(manifest["config"], stage), _inputs(to_dict(run.cfg), stage)
+    # settings added since that run was made count at their defaults, as for staleness
+    theirs, ours = _inputs(_with_defaults(manifest["config"]), stage), _inputs(to_dict(run.cfg), stage)
     differs = sorted(k for k in ours if ours[k] != theirs.get(k))
     if stage == "train" and differs:
         raise ConfigError(f"reuse.train: run {source!r} trained its backbone under other {differs} settings")
