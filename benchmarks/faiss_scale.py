@@ -187,18 +187,21 @@ def family_builders(dim: int) -> dict:
         "hnsw16-l2": ({**l2_hnsw, "M": 16}, hnsw(16, 40, l2), "efSearch", ef, set_ef),
         "hnsw32-l2": ({**l2_hnsw, "M": 32}, hnsw(32, 40, l2), "efSearch", ef, set_ef),
         "ivf1024-sq8": ({"kind": "ivf-sq8", "nlist": 1024}, ivf_sq8(1024), "nprobe", (8, 16, 32, 64), set_nprobe),
-        "ivf1024-l2-sq8": ({"kind": "ivf-sq8", "reduction": "mips-to-l2", "nlist": 1024}, ivf_sq8(1024, l2),
+        "ivf1024-l2-sq8": ({"kind": "ivf-sq8", "reduction": "mips-to-l2", "pad_to": 16, "nlist": 1024}, ivf_sq8(1024, l2),
                            "nprobe", (16, 32, 64), set_nprobe),
         "ivf1024-pq": ({"kind": "ivf-pq", "nlist": 1024, "pq_m": pq_m, "pq_bits": 8}, ivf_pq(1024, pq_m),
                        "nprobe", (8, 16, 32, 64), set_nprobe),
     }
 
 
-def mips_to_l2(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Users and items with the extra coordinate of the inner-product-to-L2 reduction."""
+def mips_to_l2(users: np.ndarray, items: np.ndarray, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Users and items with the extra coordinate of the inner-product-to-L2 reduction, padded with
+    zeros to a multiple of ``multiple`` dimensions (the scalar quantiser's SIMD loops need one)."""
     sq = np.einsum("ij,ij->i", users, users)
     extra = np.sqrt(np.maximum(sq.max() - sq, 0.0)).astype(np.float32)
-    return (np.hstack([users, extra[:, None]]), np.hstack([items, np.zeros((len(items), 1), np.float32)]))
+    pad = -(users.shape[1] + 1) % multiple
+    return (np.hstack([users, extra[:, None], np.zeros((len(users), pad), np.float32)]),
+            np.hstack([items, np.zeros((len(items), 1 + pad), np.float32)]))
 
 
 def run_dim(dim: int, args, rng: np.random.Generator) -> dict:
@@ -229,7 +232,7 @@ def run_dim(dim: int, args, rng: np.random.Generator) -> dict:
             continue
         reduced = "reduction" in settings
         start = time.perf_counter()
-        x, q = mips_to_l2(users, items) if reduced else (users, items)
+        x, q = mips_to_l2(users, items, settings.get("pad_to", 1)) if reduced else (users, items)
         if family.startswith("hnsw") and not hnsw_fits(family, make, x, args, out, settings):
             continue
         index = make(x.shape[1])
