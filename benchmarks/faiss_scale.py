@@ -416,8 +416,8 @@ def summary(report: dict) -> str:
         families: dict[str, list[dict]] = {}
         for e in block["entries"]:
             families.setdefault(e["name"].split("/")[0], []).append(e)
-        lines += [f"**{report['config']['users']:,} users, {dim}-d**, {report['config']['queries']:,} new items, "
-                  f"top-{report['config']['k']} (faiss {block['faiss']['version']}, {block['machine']['faiss_threads']} "
+        lines += [f"**{block['config']['users']:,} users, {dim}-d**, {block['config']['queries']:,} new items, "
+                  f"top-{block['config']['k']} (faiss {block['faiss']['version']}, {block['machine']['faiss_threads']} "
                   f"threads, {block['machine']['cpu']}):", "",
                   "| index | recall | speedup | ms per item | build s | memory MB |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for rows in families.values():
@@ -472,8 +472,8 @@ def plot(report: dict, path: Path) -> None:
         ax.axvline(goal["speedup"], color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_xlabel("speedup over exact search (queries/s ratio)")
-        ax.set_ylabel(f"recall of the exact top-{report['config']['k']}")
-        ax.set_title(f"{report['config']['users']:,} users, {dim}-d, {report['config']['queries']:,} items", fontsize=9)
+        ax.set_ylabel(f"recall of the exact top-{block['config']['k']}")
+        ax.set_title(f"{block['config']['users']:,} users, {dim}-d, {block['config']['queries']:,} items", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
