@@ -519,7 +519,7 @@ def main() -> None:
             report["dims"][str(dim)] = merge(report["dims"].get(str(dim)), block)
             report["config"] = {"users": args.users, "queries": args.queries, "k": args.k}
             write_json(out, report)  # after each dimension: a later failure keeps this one
-            print(f"[{dim}-d] recommended: {block['recommended']}", flush=True)
+            print(f"[{dim}-d] recommended: {report['dims'][str(dim)]['recommended']}", flush=True)
     plot(report, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(summary(report))
     print(f"wrote {out}")
