@@ -52,7 +52,8 @@ def ray_session(**init_kwargs):
         yield ray
         return
     address = "auto" if os.environ.get("RAY_ADDRESS") else None
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, **init_kwargs)
+    # Ray's own start-up notices stay off the terminal; its Data library still warns (see below)
+    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, **init_kwargs)
     try:
         yield ray
     finally:
@@ -75,8 +76,9 @@ class PairJudge:
         from ..llm.lora import load_adapter
         from ..llm.models import load_llm
         from ..llm.prompts import PromptEncoder
-        from ..utils import resolve_device
+        from ..utils import quiet_libraries, resolve_device
 
+        quiet_libraries()  # an actor's output is forwarded to the driver's terminal
         torch.set_num_threads(max(1, threads))
         model, tokenizer = load_llm(model_dir, device=resolve_device(device))
         if adapter_dir:
@@ -135,12 +137,17 @@ def _judge_pending(pending: dict[int, pd.DataFrame], model_dir: Path, adapter_di
     # would regroup pairs that are already grouped, with a sort whose tasks wait for the CPUs the
     # actors hold: on a one-CPU Ray it never finishes.)
     blocks = [f[f["p_yes"].isna()][["user", "item"]].assign(shard=s) for s, f in pending.items()]
-    left = {s: len(b) for s, b in zip(pending, blocks)}  # verdicts each shard still waits for
-    got: dict[int, list[pd.DataFrame]] = {s: [] for s in left}
+    expected = {s: len(b) for s, b in zip(pending, blocks)}  # verdicts each shard waits for
+    got: dict[int, pd.DataFrame] = {}
     users = np.unique(np.concatenate([b["user"].to_numpy() for b in blocks]))
     with ray_session() as ray:
+        # the stage's own bar counts pairs; Ray Data's bars and INFO lines would bury it
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
         resources = actor_resources(ray, actors, device)
-        # only what the actors need travels: the histories of the users judged here, all titles
+        # only what the actors read travels (once, with the actor pool's definition): all titles, the
+        # histories of the users judged here
         context = {"model_dir": str(Path(model_dir).resolve()),
                    "adapter_dir": str(Path(adapter_dir).resolve()) if adapter_dir else None,
                    "template": template, "titles": np.asarray(titles),
@@ -149,15 +156,17 @@ def _judge_pending(pending: dict[int, pd.DataFrame], model_dir: Path, adapter_di
         dataset = ray.data.from_pandas(blocks).map_batches(
             PairJudge, batch_size=None, batch_format="pandas", fn_constructor_kwargs=context,
             compute=ray.data.ActorPoolStrategy(size=actors), **resources)
-        bar = tqdm(total=sum(left.values()), desc="simulate (ray)", unit="pair")
+        bar = tqdm(total=sum(expected.values()), desc="simulate (ray)", unit="pair")
         # batches come back in no fixed order and need not align with shards: a shard is written
-        # once every one of its verdicts has arrived
+        # once every one of its pairs has a verdict (counted once, should a retried task repeat one)
         for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
             for s, part in batch.groupby("shard", sort=False):
-                got[s].append(part)
-                left[s] -= len(part)
-                if left[s] == 0:
-                    _write_pending(out_dir, s, pending.pop(s), pd.concat(got.pop(s)))
+                s = int(s)
+                if s not in pending:  # written already
+                    continue
+                got[s] = pd.concat([got.get(s), part]).drop_duplicates(["user", "item"])
+                if len(got[s]) == expected[s]:
+                    _write_pending(out_dir, s, pending.pop(s), got.pop(s))
             bar.update(len(batch))
         bar.close()
     if pending:  # an engine that lost rows must not leave a shard looking finished
