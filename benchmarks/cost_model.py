@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--suffix-tokens", type=float, default=22)
     parser.add_argument("--item-tokens", type=float, default=30)
     parser.add_argument("--head-width", type=int, default=0, help="one-pass head width (0: the backbone's dim)")
-    parser.add_argument("--filter-dim", type=int, default=64, help="which faiss_scale.py dimension prices the filter")
+    parser.add_argument("--filter-dim", type=int, default=200, help="which faiss_scale.py dimension prices the filter")
     parser.add_argument("--readme", action="store_true", help="also fill README.md's generated Scaling blocks")
     args = parser.parse_args()
     report = build(args)

@@ -2,7 +2,7 @@
 
     python benchmarks/faiss_scale.py --dims 64            # one dimension per run keeps each run short
     python benchmarks/faiss_scale.py --dims 200
-    python benchmarks/faiss_scale.py --plot-only          # redraw results/scale/faiss.png
+    python benchmarks/faiss_scale.py --plot-only          # redraw faiss.png and faiss.md from the JSON
 
 The filter keeps, for every new item, the K users with the highest inner product
 (``coldllm.funnel.filter.top_users``). Exact search reads every user for every item: at a million
