@@ -24,6 +24,7 @@ shares beside it. Timings belong here, never in tests.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -204,7 +205,7 @@ def lightgcn_section(args, data, cfg, device, limits) -> dict:
     from coldllm.data.sampling import BPRSampler
 
     train = data.matrix("train")
-    model = build_backbone(cfg.backbone, data.n_users, data.n_items, train).to(device)
+    model = build_backbone(cfg.backbone, train, seed=cfg.seed).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.backbone.lr)
     sampler = BPRSampler(train, candidates=np.flatnonzero(np.diff(train.tocsc().indptr) > 0), seed=cfg.seed)
 
@@ -293,14 +294,18 @@ def main() -> None:
     cfg = load_config(ROOT / "configs" / "citeulike.yaml")
     data = load_dataset(cfg.data)
     out = ROOT / "results" / "speed" / f"{'cpu' if device.type == 'cpu' else 'gpu'}.json"
-    report = {"commit": git_commit(ROOT), "created": now_iso(), "versions": package_versions(),
-              "config": vars(args), "machine": machine(device)}
+    # sections measured earlier stay, each with its own commit and date; the ones run now replace theirs
+    report = json.loads(out.read_text()) if out.exists() else {}
+    stamp = {"commit": git_commit(ROOT), "created": now_iso()}
+    report.update(stamp, versions=package_versions(), config=vars(args), machine={**machine(device), **stamp})
     limits = report["machine"]
     for name in args.sections[1:] if args.sections[0] == "machine" else args.sections:
         start = time.perf_counter()
-        report[name] = globals()[f"{name}_section"](args, data, cfg, device, limits)
+        report[name] = {**globals()[f"{name}_section"](args, data, cfg, device, limits), **stamp,
+                        "machine_threads": limits["threads"]}
         report[name]["section_seconds"] = round(time.perf_counter() - start, 1)
         print(name, report[name], flush=True)
+        write_json(out, report)  # after each section: a later failure keeps what was measured
     report["peak_memory_mb"] = round(peak_memory_mb(), 1)
     write_json(out, report)
     plot(report, out.with_suffix(".png"))
