@@ -406,6 +406,13 @@ def merge(old: dict | None, new: dict) -> dict:
     return merged
 
 
+def file_stamp(report: dict) -> dict:
+    """The file's commit and date: those of its newest entry (each entry keeps its own)."""
+    entries = [e for block in report["dims"].values() for e in block["entries"]]
+    newest = max(entries, key=lambda e: e["date"])
+    return {"commit": newest["commit"], "date": newest["date"]}
+
+
 def summary(report: dict) -> str:
     """The markdown summary: per dimension, each family's fastest setting at the recall goal (or
     its most accurate one when none reaches it), then what the SIMD levels are worth."""
@@ -518,8 +525,12 @@ def main() -> None:
                           "recommended": recommend(block["entries"], 0.95, 10.0)})
             report["dims"][str(dim)] = merge(report["dims"].get(str(dim)), block)
             report["config"] = {"users": args.users, "queries": args.queries, "k": args.k}
+            report.update(file_stamp(report))
             write_json(out, report)  # after each dimension: a later failure keeps this one
             print(f"[{dim}-d] recommended: {report['dims'][str(dim)]['recommended']}", flush=True)
+    if args.plot_only and report["dims"]:  # files written before the file-level stamp existed get it
+        report.update(file_stamp(report))
+        write_json(out, report)
     plot(report, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(summary(report))
     print(f"wrote {out}")
