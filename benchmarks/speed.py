@@ -36,7 +36,7 @@ import torch
 from coldllm.config import load_config
 from coldllm.data import load_dataset
 from coldllm.funnel.refiner import user_histories
-from coldllm.llm.judge import Judge, pack_rows
+from coldllm.llm.judge import Judge, packed_rows
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
 from coldllm.utils import git_commit, now_iso, package_versions, peak_memory_mb, resolve_device, write_json
@@ -123,9 +123,7 @@ def judge_section(args, data, cfg, device, limits) -> dict:
     sample = np.random.default_rng(0).choice(n, min(n, args.naive_pairs), replace=False)
     naive_judge = Judge(model, prompts, 1)
     naive_seconds, naive = timed(lambda: naive_judge.p_yes_uncached([whole[j] for j in sample]), device, warm_up=False)
-    rows = pack_rows(owner, np.array(list(map(len, suffixes))), np.array(list(map(len, prefixes))),
-                     packed_judge.max_row_tokens)
-    packed_tokens = sum(len(prefixes[w]) + sum(len(suffixes[j]) for j in idx) for w, idx in rows)
+    packed_tokens = int(packed_rows(prefixes, suffixes, owner, packed_judge.max_row_tokens)[1].sum())
     flops = forward_flops_per_token(model)
     tokens_per_s = packed_tokens / packed_seconds
     out = {
@@ -179,7 +177,7 @@ def lora_section(args, data, cfg, device, limits) -> dict:
     params = LoraParams(batch_size=16)
     peft_model = add_lora(model, params).train()
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=params.lr)
-    rows = pack_rows(owner, np.array(list(map(len, suffixes))), np.array(list(map(len, prefixes))), 1024)
+    rows, row_tokens = packed_rows(prefixes, suffixes, owner, 1024)
     answers = torch.tensor(np.where(examples["label"].to_numpy() > 0, prompts.yes_id, prompts.no_id), device=device)
     batches = [rows[i : i + params.batch_size // 2] for i in range(0, len(rows), params.batch_size // 2)]
 
@@ -191,7 +189,7 @@ def lora_section(args, data, cfg, device, limits) -> dict:
             opt.step()
 
     seconds, _ = timed(steps, device, warm_up=False)
-    tokens = sum(len(prefixes[w]) + sum(len(suffixes[j]) for j in idx) for w, idx in rows)
+    tokens = int(row_tokens.sum())
     flops = 3 * forward_flops_per_token(model)
     return {"examples": len(suffixes), "steps": len(batches), "examples_per_s": round(len(suffixes) / seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1), "whole_prompt_tokens": sum(len(prefixes[o]) + len(s) for o, s in zip(owner, suffixes)),

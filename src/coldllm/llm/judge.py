@@ -48,6 +48,15 @@ def pack_rows(owner: np.ndarray, suffix_lengths: np.ndarray, prefix_lengths: np.
     return rows
 
 
+def packed_rows(prefixes: list[list[int]], suffixes: list[list[int]], owner: np.ndarray,
+                max_tokens: int) -> tuple[list[tuple[int, np.ndarray]], np.ndarray]:
+    """``pack_rows`` over token sequences, with the number of tokens of each row."""
+    rows = pack_rows(np.asarray(owner, dtype=np.int64), np.array([len(s) for s in suffixes], dtype=np.int64),
+                     np.array([len(p) for p in prefixes], dtype=np.int64), max_tokens)
+    tokens = np.array([len(prefixes[w]) + sum(len(suffixes[j]) for j in idx) for w, idx in rows], dtype=np.int64)
+    return rows, tokens
+
+
 def answer_states(model, rows, prefixes, suffixes, pad_id: int) -> tuple[torch.Tensor, np.ndarray]:
     """Final hidden states at the last token of every suffix of the packed ``rows`` (from
     ``pack_rows``), and the index of the suffix each state answers."""
@@ -103,12 +112,9 @@ class Judge:
     def p_yes_grouped(self, prefixes: list[list[int]], suffixes: list[list[int]], owner: np.ndarray) -> np.ndarray:
         """P(Yes) of ``suffixes[j]`` after ``prefixes[owner[j]]``, each prefix computed once per row."""
         self.model.eval()
-        owner = np.asarray(owner, dtype=np.int64)
         out = np.zeros(len(suffixes), dtype=np.float32)
-        rows = pack_rows(owner, np.array([len(s) for s in suffixes]), np.array([len(p) for p in prefixes]),
-                         self.max_row_tokens)
+        rows, lengths = packed_rows(prefixes, suffixes, owner, self.max_row_tokens)
         # rows of similar length share a batch, so little of a batch is padding
-        lengths = [len(prefixes[who]) + sum(len(suffixes[j]) for j in idx) for who, idx in rows]
         batch: list[tuple[int, np.ndarray]] = []
         with autocast(self.device):
             for r in np.argsort(lengths, kind="stable"):

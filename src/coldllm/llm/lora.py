@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_optimizer, optimizer_tensors, save_tensors
 from ..utils import atomic_path, read_safetensors, read_safetensors_metadata
-from .judge import answer_states, autocast, pack_rows
+from .judge import answer_states, autocast, packed_rows
 
 log = logging.getLogger(__name__)
 # How often a fine-tuning saves where it is (seconds). When it saves never changes what it learns.
@@ -106,10 +106,7 @@ def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owne
     answers_all = torch.tensor(np.where(labels > 0, yes_id, no_id), device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=0.0)
-    owner = np.asarray(owner, dtype=np.int64)
-    rows = pack_rows(owner, np.array([len(s) for s in suffixes]), np.array([len(p) for p in prefixes]),
-                     max_row_tokens)
-    lengths = np.array([len(prefixes[w]) + sum(len(suffixes[j]) for j in idx) for w, idx in rows])
+    rows, lengths = packed_rows(prefixes, suffixes, owner, max_row_tokens)
     history: list[dict] = []
     model.train()
     plan = [_batches(rows, lengths, params.batch_size, rng) for _ in range(params.epochs)]
