@@ -255,9 +255,12 @@ class RefinerConfig:
     )
     device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
     engine: str = _help("How the llm judge's simulation runs: local (this process) | ray (Ray Data actors: a local "
-                        "Ray, or the cluster named by RAY_ADDRESS; needs the ray extra). Same shards either way.",
-                        "local", check=one_of("local", "ray"))
+                        "Ray, or the cluster named by RAY_ADDRESS; needs the ray extra) | vllm (vLLM on a CUDA GPU, "
+                        "prefix caching and its LoRA kernels; needs the vllm extra). Same shards every way.",
+                        "local", check=one_of("local", "ray", "vllm"))
     ray_actors: int = _help("engine=ray: judge actors, each with its own copy of the model.", 1, check=at_least(1))
+    vllm: dict = _help("engine=vllm: keyword arguments for vllm.LLM (e.g. gpu_memory_utilization, dtype).",
+                       factory=dict)
 
 
 @dataclass

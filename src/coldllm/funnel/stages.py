@@ -33,7 +33,7 @@ from ..content import encode_texts
 from ..evaluate import Evaluator, embedding_scorer, subset_scorer
 from ..llm.judge import Judge
 from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
-from ..llm.models import load_llm, resolve_llm
+from ..llm.models import load_llm, load_tokenizer, resolve_llm
 from ..llm.prompts import PromptEncoder, PromptTemplate
 from ..report.model_card import write_model_card
 from ..run import Run, content_vectors
@@ -244,6 +244,14 @@ def simulate_stage(run: Run) -> dict[str, Any]:
                                             data.item_text, shards, threshold, cfg.refiner.shard_users, known=known,
                                             actors=cfg.refiner.ray_actors, batch_size=cfg.refiner.batch_size,
                                             device=cfg.refiner.device)
+            elif cfg.refiner.engine == "vllm":  # imports vllm only when asked for
+                from .vllm_judge import VLLMJudge
+
+                tokenizer = load_tokenizer(cfg.refiner.model, cfg.content.cache_dir)
+                judge = VLLMJudge(resolve_llm(cfg.refiner.model, cfg.content.cache_dir), run.dir / "refiner" / "adapter",
+                                  PromptEncoder(tokenizer, template), cfg.seed, **cfg.refiner.vllm)
+                simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
+                                     cfg.refiner.shard_users, known=known)
             else:
                 model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
                 # folded into the weights: judged as fast as the base model, P(Yes) equal within 1e-5

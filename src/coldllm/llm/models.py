@@ -68,15 +68,24 @@ def resolve_llm(name_or_path: str, cache_dir: str | Path = "cache") -> Path:
     return target
 
 
+def load_tokenizer(name_or_path: str = DEFAULT_LLM, cache_dir: str | Path = "cache"):
+    """The model's tokenizer alone (a pad token is set if it has none)."""
+    offline()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm(name_or_path, cache_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_llm(name_or_path: str = DEFAULT_LLM, cache_dir: str | Path = "cache",
              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` in eval mode on ``device`` (a pad token is set if the model has none)."""
     offline()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     folder = resolve_llm(name_or_path, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     return model, tokenizer
