@@ -62,7 +62,7 @@ def test_every_setting_with_a_choice_or_range_declares_its_check():
 
     free = {"data.timestamp_field", "content.model", "filter.file", "filter.normalize_users",
             "update.weight_by_p_yes", "baselines.params", "filter.collab", "filter.lm", "refiner.template",
-            "refiner.lora"}
+            "refiner.lora", "refiner.vllm"}  # refiner.vllm: vllm.LLM's own arguments, checked by vllm
     missing = []
     for section in dataclasses.fields(RunConfig):
         value = getattr(RunConfig(), section.name)

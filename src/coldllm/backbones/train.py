@@ -155,9 +155,10 @@ def train_backbone(
         if (epoch + 1) % bcfg.eval_every == 0 or epoch + 1 == bcfg.epochs:
             record[f"val_{select}_{metric}"] = validate(epoch + 1)
         result.seconds += time.perf_counter() - start
+        record["seconds"] = round(result.seconds, 2)  # training and validation so far: the time to any epoch
         result.epoch = epoch + 1
         result.history.append(record)
-        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
         result.sampler_state = sampler.rng.bit_generator.state
         save_tensors({**model.state_dict(), **optimizer_tensors(opt), "rng.torch": torch.get_rng_state()},
                      last_path, metadata={"trainer_state": json.dumps(asdict(result))})
