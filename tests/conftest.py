@@ -96,3 +96,24 @@ def tiny_llm_dir(tmp_path):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def adapter_dir(tmp_path, tiny_llm_dir):
+    """A LoRA adapter of the tiny Llama whose weights are not the identity (a fresh one's B
+    matrices are zero), so a judge with it merged or applied really differs from the base model."""
+    import torch
+
+    from coldllm.llm.lora import LoraParams, add_lora
+    from coldllm.llm.models import load_llm
+
+    model, _ = load_llm(str(tiny_llm_dir))
+    peft_model = add_lora(model, LoraParams(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, weight in peft_model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.2)
+    folder = tmp_path / "adapter"
+    peft_model.save_pretrained(folder)
+    return folder

@@ -11,7 +11,7 @@ from coldllm.config import ConfigError, RunConfig, to_dict
 from coldllm.funnel import ray_judge
 from coldllm.funnel.refiner import simulate, user_histories
 from coldllm.llm.judge import Judge
-from coldllm.llm.lora import LoraParams, add_lora, load_adapter
+from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
 from coldllm.run import _inputs
@@ -25,22 +25,6 @@ def local_ray():
     ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture
-def adapter_dir(tmp_path, tiny_llm_dir):
-    """A LoRA adapter whose weights are not the identity (a fresh one's B matrices are zero), so
-    the actor's merged weights really differ from the base model's."""
-    model, _ = load_llm(str(tiny_llm_dir))
-    peft_model = add_lora(model, LoraParams(r=4, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, weight in peft_model.named_parameters():
-            if "lora_B" in name:
-                weight.normal_(0, 0.2)
-    folder = tmp_path / "adapter"
-    peft_model.save_pretrained(folder)
-    return folder
 
 
 def funnel_inputs(tiny_data):

@@ -17,7 +17,7 @@ from coldllm.config import ConfigError, RunConfig, to_dict
 from coldllm.funnel import vllm_judge
 from coldllm.funnel.refiner import simulate, user_histories
 from coldllm.llm.judge import Judge
-from coldllm.llm.lora import LoraParams, add_lora, load_adapter
+from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
 from coldllm.run import _inputs
@@ -72,19 +72,6 @@ def fake_vllm(monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
     _LLM.made.clear()
     return module
-
-
-@pytest.fixture
-def adapter_dir(tmp_path, tiny_llm_dir):
-    model, _ = load_llm(str(tiny_llm_dir))
-    peft_model = add_lora(model, LoraParams(r=4, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for name, weight in peft_model.named_parameters():
-            if "lora_B" in name:
-                weight.normal_(0, 0.2)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    return tmp_path / "adapter"
 
 
 def test_vllm_engine_gives_the_local_engines_verdicts(tmp_path, fake_vllm, tiny_data, tiny_llm_dir, adapter_dir):
