@@ -45,7 +45,7 @@ from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import user_histories
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.funnel.stages import prompt_template, updated_embeddings
-from coldllm.funnel.report import judges_on_candidates, judges_on_held_out
+from coldllm.funnel.report import fit_combined_judge, judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
 from coldllm.results import record_method
 from render import render
@@ -113,19 +113,20 @@ def funnel_statistics(run: Run) -> dict:
                    "simulate": json.loads((folder / "simulate" / "report.json").read_text())}
     refiner_report = folder / "refiner" / "report.json"
     vectors = content_vectors(run)
+    combined = None
     if run.cfg.refiner.judge == "llm" and refiner_report.exists():
         report = json.loads(refiner_report.read_text())
         stats["refiner"] = {k: report[k] for k in ("train_examples", "eval_examples", "before", "after", "threshold")}
-        stats["held_out_judges"] = {
-            name: judges_on_held_out(pd.read_parquet(folder / "refiner" / f"held_out_{name}.parquet"), vectors)
-            for name in ("random", "hard")
-        }
+        held_out = {name: pd.read_parquet(folder / "refiner" / f"held_out_{name}.parquet") for name in ("random", "hard")}
+        stats["held_out_judges"] = {name: judges_on_held_out(frame, vectors) for name, frame in held_out.items()}
+        # P(Yes) and the cosine together, fitted on held-out warm pairs only
+        combined = fit_combined_judge(pd.concat(held_out.values(), ignore_index=True), vectors)
     # the judge's P(Yes) (the cosine for the cosine judge) beside the free judges, on the pairs it judged
     histories = user_histories(data.matrix("train"), prompt_template(run.cfg).max_history, run.cfg.seed)
     simulated = pd.read_parquet(folder / "simulate" / "simulated.parquet")
     candidates = pd.read_parquet(folder / "filter" / "candidates.parquet")
     stats["candidate_judges"] = {
-        split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors)
+        split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors, combined)
         for split in ("val", "test")
     }
     return stats

@@ -171,3 +171,29 @@ def test_known_verdicts_are_not_judged_again(tmp_path):
     assert sum(judged) == 3  # only the pairs without a known verdict
     assert part["p_yes"].iloc[[0, 3]].tolist() == [0.25, 0.75]
     np.testing.assert_allclose(part["p_yes"].iloc[[1, 2, 4]], full["p_yes"].iloc[[1, 2, 4]], atol=1e-6)
+
+
+def test_combined_judge_is_fitted_on_held_out_pairs_and_scores_candidates():
+    """With P(Yes) flat on the candidates, the combined judge is a monotone function of the cosine
+    there (same AUC); on held-out pairs whose label is the cosine it separates them cross-validated."""
+    from coldllm.funnel.report import cosine_judge, fit_combined_judge, judges_on_candidates, judges_on_held_out
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 4))
+    histories = [np.array([0, 1]), np.array([2, 3]), np.array([4])]
+    items = rng.integers(5, 30, size=60)
+    owners = rng.integers(0, 3, size=60)
+    held_out = pd.DataFrame({"item": items, "history": [histories[o] for o in owners],
+                             "p_before": rng.uniform(size=60), "p_after": rng.uniform(size=60)})
+    cos = cosine_judge(np.arange(60), items, [histories[o] for o in owners], vectors)
+    held_out["label"] = (cos > np.median(cos)).astype(np.int64)
+    out = judges_on_held_out(held_out, vectors)
+    assert out["auc_cosine"] == pytest.approx(1.0) and out["auc_combined_cv"] > 0.9
+    combined = fit_combined_judge(held_out, vectors)
+    assert combined.coef_[0, 1] > 0  # it learned that the cosine, not the noise, carries the label
+    candidates = pd.DataFrame({"user": [0, 1, 2, 0, 1, 2], "item": [5, 5, 5, 6, 6, 6], "score": np.zeros(6)})
+    simulated = candidates[["user", "item"]].assign(p_yes=0.5, accepted=True)
+    truth = np.array([[0, 5], [2, 6]])
+    got = judges_on_candidates(simulated, candidates, truth, histories, vectors, combined)
+    assert got["auc_combined"] == pytest.approx(got["auc_cosine"])
+    assert "auc_combined" not in judges_on_candidates(simulated, candidates, truth, histories, vectors)

@@ -155,7 +155,9 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
              "accepts; *judge AUC*: held-out warm users, the filter's top-ranked non-interacted items as "
              "negatives (hard), before → after LoRA, and the free cosine judge on the same pairs; "
              "*on candidates*: AUC separating real from non-real pairs among the filtered candidates of "
-             "the cold validation items, by the judge's P(Yes) (for the cosine judge: the cosine), by the filter's own score and by the cosine.", "",
+             "the cold validation items, by the judge's P(Yes) (for the cosine judge: the cosine), by the filter's own score and by the cosine; "
+             "for the language-model judge also by the *combined* judge (P(Yes) and the cosine in a logistic "
+             "regression fitted on held-out warm pairs only).", "",
              "| backbone | variant | filtered precision | coverage | accept rate | accepted precision "
              "| judge AUC hard (before → after) | cosine AUC hard | on candidates (val): judge / filter / cosine |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -164,6 +166,8 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
         cand = _get(f, "candidate_judges", "val") or {}
         judge = f"{_fmt(before)} → {_fmt(after)}" if after is not None else "-"
         on_cand = " / ".join(_fmt(cand.get(k)) for k in ("auc_judge", "auc_filter_score", "auc_cosine")) if cand else "-"
+        if "auc_combined" in cand:
+            on_cand += f" (combined {_fmt(cand['auc_combined'])})"
         lines.append(
             f"| {backbone} | {method} | {_fmt(_get(f, 'filter', 'test', 'precision'))} "
             f"| {_fmt(_get(f, 'filter', 'test', 'coverage'))} | {_fmt(_get(f, 'simulate', 'accept_rate'))} "

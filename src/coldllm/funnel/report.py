@@ -4,7 +4,9 @@ The refiner only sees pairs the filter already ranked on-topic, so its value is 
 the candidates of cold validation / test items, labelled by whether the pair is a real held-out
 interaction. Two free judges sit beside it: the filter's own score, and the cosine between the
 candidate's text vector and the mean text vector of the user's history as the prompt shows it.
-A language-model judge that cannot beat them does not earn its cost.
+A language-model judge that cannot beat them does not earn its cost. A third, the combined judge,
+asks whether P(Yes) adds anything to the cosine: a logistic regression on the two, fitted on the
+finetune stage's held-out *warm* pairs only (never on cold labels), applied to the candidates.
 """
 
 from __future__ import annotations
@@ -32,9 +34,32 @@ def cosine_judge(users: np.ndarray, items: np.ndarray, histories: list[np.ndarra
     return np.einsum("nd,nd->n", means[np.asarray(users)], unit[np.asarray(items)])
 
 
+def combined_features(p_yes: np.ndarray, cosine: np.ndarray) -> np.ndarray:
+    """The combined judge's inputs: the judge's log-odds (clipped away from 0 and 1) and the cosine."""
+    p = np.clip(np.asarray(p_yes, np.float64), 1e-6, 1 - 1e-6)
+    return np.column_stack([np.log(p / (1 - p)), np.asarray(cosine, np.float64)])
+
+
+def held_out_features(held_out: pd.DataFrame, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of held-out warm examples: P(Yes) after tuning and the cosine to the
+    history the prompt showed."""
+    histories = [np.asarray(h, np.int64) for h in held_out["history"]]
+    cosine = cosine_judge(np.arange(len(held_out)), held_out["item"].to_numpy(), histories, vectors)
+    return combined_features(held_out["p_after"].to_numpy(), cosine), held_out["label"].to_numpy()
+
+
+def fit_combined_judge(held_out: pd.DataFrame, vectors: np.ndarray):
+    """The combined judge, fitted on held-out warm examples (e.g. the random and hard sets together)."""
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = held_out_features(held_out, vectors)
+    return LogisticRegression().fit(features, labels)
+
+
 def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, truth: np.ndarray,
-                         histories: list[np.ndarray], vectors: np.ndarray) -> dict[str, float]:
-    """AUC of the judge's P(Yes), the filter score and the cosine on the candidates of the items in ``truth``.
+                         histories: list[np.ndarray], vectors: np.ndarray, combined=None) -> dict[str, float]:
+    """AUC of the judge's P(Yes), the filter score and the cosine on the candidates of the items in
+    ``truth``; with ``combined`` (``fit_combined_judge``), also the combined judge's.
 
     Precision is counted on those items' candidates only (see ``filter.funnel_coverage``)."""
     items = np.unique(truth[:, 1])
@@ -42,21 +67,29 @@ def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, trut
     labels = is_real(pairs, truth)
     cosine = cosine_judge(pairs["user"].to_numpy(), pairs["item"].to_numpy(), histories, vectors)
     accepted = pairs["accepted"].to_numpy()
+    extra = {} if combined is None or not len(pairs) else {
+        "auc_combined": auc(labels, combined.predict_proba(combined_features(pairs["p_yes"], cosine))[:, 1])}
     return {
         "pairs": int(len(pairs)), "real": int(labels.sum()),
         "auc_judge": auc(labels, pairs["p_yes"].to_numpy()),
         "auc_filter_score": auc(labels, pairs["score"].to_numpy()),
-        "auc_cosine": auc(labels, cosine),
+        "auc_cosine": auc(labels, cosine), **extra,
         "precision_all": float(labels.mean()) if len(labels) else 0.0,
         "precision_accepted": float(labels[accepted].mean()) if accepted.any() else 0.0,
         "accept_rate": float(accepted.mean()) if len(accepted) else 0.0,
     }
 
 
-def judges_on_held_out(held_out: pd.DataFrame, vectors: np.ndarray) -> dict[str, float]:
-    """AUC of the judge before / after fine-tuning and of the cosine, on held-out warm examples."""
-    labels = held_out["label"].to_numpy()
-    histories = [np.asarray(h, np.int64) for h in held_out["history"]]
-    cosine = cosine_judge(np.arange(len(held_out)), held_out["item"].to_numpy(), histories, vectors)
-    return {"n": int(len(held_out)), "auc_before": auc(labels, held_out["p_before"].to_numpy()),
-            "auc_after": auc(labels, held_out["p_after"].to_numpy()), "auc_cosine": auc(labels, cosine)}
+def judges_on_held_out(held_out: pd.DataFrame, vectors: np.ndarray, folds: int = 5) -> dict[str, float]:
+    """AUC of the judge before / after fine-tuning, of the cosine and of the combined judge
+    (``folds``-fold cross-validated: each pair scored by a fit that did not see it), on held-out warm examples."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    features, labels = held_out_features(held_out, vectors)
+    out = {"n": int(len(held_out)), "auc_before": auc(labels, held_out["p_before"].to_numpy()),
+           "auc_after": auc(labels, held_out["p_after"].to_numpy()), "auc_cosine": auc(labels, features[:, 1])}
+    if min(labels.sum(), (1 - labels).sum()) >= folds:
+        combined = cross_val_predict(LogisticRegression(), features, labels, cv=folds, method="predict_proba")[:, 1]
+        out["auc_combined_cv"] = auc(labels, combined)
+    return out
