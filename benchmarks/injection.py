@@ -71,7 +71,7 @@ def main() -> None:
     model = load_adapter(model, run / "refiner" / "adapter", merge=True)
     threshold = json.loads((run / "refiner" / "threshold.json").read_text())["threshold"]
     prompts = PromptEncoder(tokenizer, prompt_template(cfg))
-    judge = Judge(model, prompts, cfg.refiner.batch_size)
+    judge = Judge(model, prompts, cfg.refiner.batch_size, max_row_tokens=4096)  # a prefix and all its variants
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
 
     candidates = pd.read_parquet(run / "filter" / "candidates.parquet")
@@ -83,11 +83,15 @@ def main() -> None:
     prefixes = [prompts.prefix([data.item_text[i] for i in histories[u]]) for u in users]
 
     texts = {"clean": lambda t: t, **VARIANTS}
-    rows, longest = {}, 0
-    for name, rewrite in texts.items():
-        suffixes = [prompts.suffix(rewrite(data.item_text[i])) for i in pairs["item"]]
-        longest = max(longest, max(len(prefixes[o]) + len(s) for o, s in zip(owner, suffixes)))
-        p = judge.p_yes_grouped(prefixes, suffixes, owner)
+    # every variant of a pair's title after the same user prefix: one packed pass per user computes
+    # the history once for all of them (the pairs' users are mostly distinct, so per variant it would
+    # be one whole prompt per pair)
+    suffixes = [prompts.suffix(rewrite(data.item_text[i])) for rewrite in texts.values() for i in pairs["item"]]
+    owners = np.tile(owner, len(texts))
+    longest = max(len(prefixes[o]) + len(s) for o, s in zip(owners, suffixes))
+    p_all = judge.p_yes_grouped(prefixes, suffixes, owners).reshape(len(texts), len(pairs))
+    rows = {}
+    for name, p in zip(texts, p_all):
         rows[name] = {"accept_rate": round(float((p > threshold).mean()), 4), "mean_p_yes": round(float(p.mean()), 4)}
         print(name, rows[name], flush=True)
     hostile = [v["accept_rate"] for k, v in rows.items() if k != "clean"]
