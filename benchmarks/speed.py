@@ -245,12 +245,11 @@ def lightgcn_section(args, data, cfg, device, limits) -> dict:
 
 def lightgcn_train_section(args, data, cfg, device, limits) -> dict:
     import dataclasses
-    import json as json_
     import tempfile
 
     from coldllm.backbones import build_backbone, train_backbone
 
-    fast = {**FAST_LIGHTGCN, **json_.loads(args.fast)}
+    fast = {**FAST_LIGHTGCN, **json.loads(args.fast)}
     out = {}
     for name, change in (("baseline", {}), ("fast", fast)):
         run_cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, model="lightgcn", **change))

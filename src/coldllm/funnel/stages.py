@@ -250,13 +250,12 @@ def simulate_stage(run: Run) -> dict[str, Any]:
                 tokenizer = load_tokenizer(cfg.refiner.model, cfg.content.cache_dir)
                 judge = VLLMJudge(resolve_llm(cfg.refiner.model, cfg.content.cache_dir), run.dir / "refiner" / "adapter",
                                   PromptEncoder(tokenizer, template), cfg.seed, **cfg.refiner.vllm)
-                simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
-                                     cfg.refiner.shard_users, known=known)
             else:
                 model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
                 # folded into the weights: judged as fast as the base model, P(Yes) equal within 1e-5
                 model = load_adapter(model, run.dir / "refiner" / "adapter", merge=True)
                 judge = Judge(model, PromptEncoder(tokenizer, template), cfg.refiner.batch_size)
+            if cfg.refiner.engine != "ray":  # both in-process judges go through the same shard loop
                 simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
                                      cfg.refiner.shard_users, known=known)
         elif judge_kind == "cosine":
