@@ -12,7 +12,9 @@ and that work's share of the limit that bounds it:
   engine, with the largest |dP(Yes)| between them; optionally int8 dynamic quantisation, with its
   agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
   output layer excluded: the engine applies only its Yes/No rows).
-- lora: packed LoRA steps (forward and backward: ~3x the forward FLOPs) in examples/s.
+- lora: the fine-tuning's own loop (packed rows, length-bucketed batches of the preset's size;
+  forward and backward: ~3x the forward FLOPs) in examples/s, with activations kept and with
+  gradient checkpointing, each in a fresh process so that its peak memory is its own.
 - lightgcn: one BPR epoch of the preset's LightGCN; the sparse propagation's bytes (each nonzero
   reads one 200-float row, forward and backward) against the copy bandwidth.
 - eval: full-ranking evaluation of the test split; filter: the exact top-K users of every cold item.
@@ -173,38 +175,55 @@ def int8_trial(model, prompts, prefixes, suffixes, owner, reference, reference_s
             "decision_agreement": float(((p > 0.5) == (reference > 0.5)).mean())}
 
 
-def lora_section(args, data, cfg, device, limits) -> dict:
+def _lora_probe(model_name: str, device: str, users: int, checkpointing: bool) -> dict:
+    """``train_lora`` itself (its length-bucketed batches of packed rows) on the fine-tuning examples
+    of ``users`` real users. Runs in a child process of its own, so the peak resident memory it
+    reports is this fine-tuning's and nothing else's."""
     from coldllm.funnel.refiner import example_parts, finetune_examples
-    from coldllm.llm.lora import LoraParams, add_lora, answer_loss
+    from coldllm.llm.lora import LoraParams, add_lora, train_lora
 
-    model, tokenizer = load_llm(args.model, cfg.content.cache_dir, device)
+    cfg = load_config(ROOT / "configs" / "citeulike.yaml")
+    data = load_dataset(cfg.data)
+    model, tokenizer = load_llm(model_name, cfg.content.cache_dir, torch.device(device))
     prompts = PromptEncoder(tokenizer, PromptTemplate())
     train = data.matrix("train")
-    users = np.random.default_rng(cfg.seed).choice(np.flatnonzero(np.diff(train.indptr) >= 2), 4 * 8, replace=False)
-    examples = finetune_examples(train, users, data.warm_items, prompts.template.max_history, cfg.seed)
+    chosen = np.random.default_rng(cfg.seed).choice(np.flatnonzero(np.diff(train.indptr) >= 2), users, replace=False)
+    examples = finetune_examples(train, chosen, data.warm_items, prompts.template.max_history, cfg.seed)
     prefixes, suffixes, owner = example_parts(prompts, examples, data.item_text)
-    params = LoraParams(batch_size=16)
-    peft_model = add_lora(model, params).train()
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=params.lr)
+    params = LoraParams(**cfg.refiner.lora)  # the preset's batch of prompts per step
+    before = peak_memory_mb()
+    start = time.perf_counter()
+    _, history = train_lora(add_lora(model, params), prefixes, suffixes, owner, examples["label"].to_numpy(),
+                            prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, params,
+                            gradient_checkpointing=checkpointing)
+    seconds = time.perf_counter() - start
     rows, row_tokens = packed_rows(prefixes, suffixes, owner, 1024)
-    answers = torch.tensor(np.where(examples["label"].to_numpy() > 0, prompts.yes_id, prompts.no_id), device=device)
-    batches = [rows[i : i + params.batch_size // 2] for i in range(0, len(rows), params.batch_size // 2)]
+    return {"examples": len(suffixes), "steps": len(history), "seconds": round(seconds, 1),
+            "packed_tokens": int(row_tokens.sum()),
+            "whole_prompt_tokens": sum(len(prefixes[o]) + len(s) for o, s in zip(owner, suffixes)),
+            "forward_flops_per_token": forward_flops_per_token(model),
+            "peak_memory_mb_before": round(before, 1), "peak_memory_mb": round(peak_memory_mb(), 1)}
 
-    def steps():
-        for batch in batches:
-            loss = answer_loss(peft_model, batch, prefixes, suffixes, answers, tokenizer.pad_token_id or 0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
 
-    seconds, _ = timed(steps, device, warm_up=False)
-    tokens = int(row_tokens.sum())
-    flops = 3 * forward_flops_per_token(model)
-    return {"examples": len(suffixes), "steps": len(batches), "examples_per_s": round(len(suffixes) / seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1), "whole_prompt_tokens": sum(len(prefixes[o]) + len(s) for o, s in zip(owner, suffixes)),
-            "packed_tokens": tokens,
-            "share_of_matmul_limit": round(tokens / seconds * flops / (limits["matmul_gflops"] * 1e9), 3),
-            "projected_minutes_for_6000_examples": round(6000 / (len(suffixes) / seconds) / 60, 1)}
+def lora_section(args, data, cfg, device, limits) -> dict:
+    """The preset's LoRA steps with activations kept (the default) and recomputed
+    (``refiner.gradient_checkpointing``), each in a fresh process: examples/s and peak memory."""
+    import multiprocessing
+
+    modes = {}
+    for name, checkpointing in (("default", False), ("gradient_checkpointing", True)):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            probe = pool.apply(_lora_probe, (args.model, str(device), args.lora_users, checkpointing))
+        per_s = probe["examples"] / probe["seconds"]
+        tokens_per_s = probe["packed_tokens"] / probe["seconds"]
+        modes[name] = {**probe, "examples_per_s": round(per_s, 2), "tokens_per_s": round(tokens_per_s, 1),
+                       # forward and backward: ~3x the forward's FLOPs (the recomputation not counted as work)
+                       "share_of_matmul_limit": round(tokens_per_s * 3 * probe["forward_flops_per_token"]
+                                                      / (limits["matmul_gflops"] * 1e9), 3),
+                       "projected_minutes_for_6000_examples": round(6000 / per_s / 60, 1)}
+    return {**modes["default"], "modes": modes,
+            "memory_saved_mb": round(modes["default"]["peak_memory_mb"] - modes["gradient_checkpointing"]["peak_memory_mb"], 1),
+            "checkpointing_time_ratio": round(modes["gradient_checkpointing"]["seconds"] / modes["default"]["seconds"], 2)}
 
 
 def lightgcn_section(args, data, cfg, device, limits) -> dict:
@@ -320,6 +339,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--users", type=int, default=24)
     parser.add_argument("--naive-pairs", type=int, default=48)
+    parser.add_argument("--lora-users", type=int, default=64, help="lora: users giving 2 examples each")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--candidates-from", default="runs/bench-citeulike-lightgcn-coldllm")
     args = parser.parse_args()

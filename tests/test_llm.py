@@ -183,3 +183,33 @@ def test_lora_training_lowers_the_answer_loss_and_reloads(tmp_path):
     np.testing.assert_allclose(packed, tuned, atol=1e-5)
     np.testing.assert_allclose(Judge(merged, prompts).p_yes_grouped(split[1], split[2], split[0]), tuned, atol=1e-5)
     assert tuned[labels == 1].mean() > tuned[labels == 0].mean()
+
+
+def test_gradient_checkpointing_trains_the_same_adapter():
+    """Recomputing activations in the backward pass saves memory and changes nothing learned,
+    dropout included (the recomputation replays the same masks)."""
+    from coldllm.llm.lora import LoraParams, add_lora, train_lora
+
+    _, tok = make_tiny_llm(seed=2)
+    prompts = PromptEncoder(tok, PromptTemplate())
+    prefixes = [prompts.prefix(["graph neural networks"] * (k + 1)) for k in range(3)]
+    suffixes = [prompts.suffix(t) for t in ("graph learning", "protein folding")] * 3
+    owner, labels = np.repeat(np.arange(3), 2), np.tile([1, 0], 3)
+    params = LoraParams(r=4, alpha=8, dropout=0.1, lr=1e-2, epochs=3, batch_size=2)
+    trained, layer_calls = [], []
+    for checkpointing in (False, True):
+        peft_model = add_lora(make_tiny_llm(seed=2)[0], params)
+        calls = []
+        peft_model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *_: calls.append(1))
+        peft_model, history = train_lora(peft_model, prefixes, suffixes, owner, labels, prompts.yes_id, prompts.no_id,
+                                         tok.pad_token_id, params, gradient_checkpointing=checkpointing)
+        assert not peft_model.base_model.model.is_activation_checkpointing  # inference runs without it
+        weights = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora" in n}
+        trained.append(([h["loss"] for h in history], weights))
+        layer_calls.append(len(calls))
+    assert layer_calls[1] == 2 * layer_calls[0]  # every layer ran again in the backward pass
+    (loss_a, w_a), (loss_b, w_b) = trained
+    assert len(loss_a) > 1
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
+    for name in w_a:
+        np.testing.assert_allclose(w_b[name].numpy(), w_a[name].numpy(), atol=1e-6)

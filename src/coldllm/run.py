@@ -54,7 +54,7 @@ STAGE_ARTIFACTS = {
 # where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
 # from its last epoch, or stops it at once when the new budget is already spent).
 NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"),
-              "refiner": ("batch_size", "shard_users", "verdicts_from", "engine", "ray_actors", "vllm")}
+              "refiner": ("batch_size", "gradient_checkpointing", "shard_users", "verdicts_from", "engine", "ray_actors", "vllm")}
 
 def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The config sections ``stage`` depends on (the longest matching stage name wins)."""

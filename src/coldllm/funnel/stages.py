@@ -165,7 +165,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
                                 prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, lora,
                                 out_dir=folder / "adapter", checkpoint=folder / "checkpoint.safetensors",
-                                base=cfg.refiner.model)
+                                base=cfg.refiner.model, gradient_checkpointing=cfg.refiner.gradient_checkpointing)
         judge = Judge(peft_model, prompts, cfg.refiner.batch_size)
         for name, ex in held_out.items():
             ex["p_after"] = judge_examples(judge, ex, titles)

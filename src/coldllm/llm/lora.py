@@ -92,14 +92,16 @@ def _fingerprint(prefixes, suffixes, owner, labels, ids: tuple[int, int, int], p
 
 def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owner: np.ndarray, labels: np.ndarray,
                yes_id: int, no_id: int, pad_id: int, params: LoraParams, out_dir: Path | None = None,
-               max_row_tokens: int = 1024, checkpoint: Path | None = None, base: str = "") -> tuple[object, list[dict]]:
+               max_row_tokens: int = 1024, checkpoint: Path | None = None, base: str = "",
+               gradient_checkpointing: bool = False) -> tuple[object, list[dict]]:
     """Fine-tune ``model`` (a peft model from ``add_lora``) on the examples ``prefixes[owner[j]] +
     suffixes[j]`` with ``labels[j]``; returns it and the loss history.
 
     ``checkpoint``: a file the adapter, the optimiser and the RNG are saved to every
     ``CHECKPOINT_SECONDS``; a run killed part-way resumes there and learns exactly what an
     uninterrupted one would. A checkpoint of other examples, settings or ``base`` (the identity of
-    the base model) is never resumed.
+    the base model) is never resumed. ``gradient_checkpointing``: keep no activations for the
+    backward pass but recompute them, layer by layer; the same steps at a fraction of the memory.
     """
     device = next(model.parameters()).device
     rng = np.random.default_rng(params.seed)
@@ -109,6 +111,10 @@ def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owne
     rows, lengths = packed_rows(prefixes, suffixes, owner, max_row_tokens)
     history: list[dict] = []
     model.train()
+    if gradient_checkpointing:
+        # non-reentrant: gradients reach the adapters although the frozen inputs need none, and the
+        # recomputation replays the same dropout masks
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     plan = [_batches(rows, lengths, params.batch_size, rng) for _ in range(params.epochs)]
     # the whole plan is drawn up front, so a resumed run only needs the number of steps done
     steps = [(epoch, batch) for epoch, batches in enumerate(plan) for batch in batches]
@@ -132,6 +138,8 @@ def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owne
             saved = time.perf_counter()
     bar.close()
     model.eval()
+    if gradient_checkpointing:
+        model.activation_checkpointing_disable()
     if out_dir is not None:
         with atomic_path(out_dir) as tmp:  # the whole folder or none: a config never without its weights
             model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
