@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from coldllm.results import record_method, render_table
 
 
@@ -54,3 +56,33 @@ def test_oracle_rows_get_their_own_table_and_plot(tmp_path):
     assert not any(line.startswith("| mf | coldllm-oracle") for line in text.splitlines())
     assert "| mf | r1-f0.5 | 0.5000 | 0.2000 | 0.4000 | 0.2000 | 0.3000 |" in text
     assert (tmp_path / "oracle.png").exists()
+
+
+def test_judge_verdict_says_what_precision_a_judge_needs(tmp_path):
+    """The language-model judge beside the free judges, and where the oracle curve reaches the
+    best free judge: linear between the curve's points, by hand here."""
+    from coldllm.results import needed_precision
+
+    path = tmp_path / "mf.json"
+
+    def add(method, cold, precision=None, **extra):
+        funnel = {"funnel": {"simulate": {"refined_test": {"precision": precision}, "accept_rate": 0.9}}}
+        record_method(path, dataset="toy", split="random", backbone="mf", method=method, metrics=metrics(cold),
+                      config={}, extra={**(funnel if precision else {}), **extra}, commit="abc")
+
+    add("knn", 0.28)
+    add("coldllm-no-refiner", 0.30, 0.1)  # the curve's r=1, f=1 end
+    add("coldllm-cosine", 0.32, 0.15)
+    add("coldllm-oracle-r1-f0.5", 0.34, 0.2)
+    add("coldllm-oracle-r1-f0", 0.40, 0.4)
+    add("coldllm-oracle-r0.8-f0", 0.50, 0.3)  # r < 1: not on the curve
+    doc = json.loads(path.read_text())
+    assert needed_precision(doc) == (0.32, pytest.approx(0.1 + 0.02 * 0.1 / 0.04))
+    assert "Does the language model earn its cost" not in render_table(tmp_path)  # no language-model row yet
+    add("coldllm", 0.31, 0.12, llm_calls=70)
+    text = render_table(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| mf | language model"))
+    assert "| 70 | 0.9000 | 0.1200 | 0.3100 |" in row and row.endswith("| -0.0100 | +0.0300 |")
+    assert "(0.3200) at an accepted precision of about 0.150; the language-model judge's accepted precision is 0.120" in text
+    add("coldllm-cosine", 0.45, 0.15)  # no oracle row reaches it
+    assert needed_precision(json.loads(path.read_text())) == (0.45, None)

@@ -122,6 +122,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
             cells = [_fmt(entry.get(s, {}).get(m)) for s in SETTINGS for m in HEADLINE]
             lines.append(f"| {reference['backbone']} | {method} | " + " | ".join(cells) + " |")
     lines += funnel_table(docs)
+    lines += judge_verdict_table(docs)
     lines += oracle_table(docs, folder / "oracle.png")
     lines += update_search_table(folder) + judge_trial_table(folder)
     if docs:
@@ -174,6 +175,76 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
             f"| {_fmt(_get(f, 'simulate', 'refined_test', 'precision'))} | {judge} "
             f"| {_fmt(_get(f, 'held_out_judges', 'hard', 'auc_cosine'))} | {on_cand} |")
     return lines
+
+
+# the judges that decide which filtered pairs become interactions, the method's first
+REAL_JUDGES = {"coldllm": "language model (LoRA)", "coldllm-cosine": "cosine (free)",
+               "coldllm-no-refiner": "none: all accepted (free)"}
+FREE_JUDGES = ("coldllm-cosine", "coldllm-no-refiner")
+
+
+def _accepted_precision(entry: dict[str, Any]) -> float | None:
+    return _get(entry, "funnel", "simulate", "refined_test", "precision")
+
+
+def needed_precision(doc: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(target, precision): the best free judge's cold Recall@20, and the accepted precision at
+    which oracle judges that accept every real pair (r=1; the no-refiner row is r=1, f=1) reach it,
+    interpolated linearly along that curve. The precision is None when no such oracle reaches it,
+    and both are None without the rows to tell."""
+    methods = doc["methods"]
+    free = [methods[m]["cold"]["recall@20"] for m in FREE_JUDGES if m in methods]
+    curve = [(_accepted_precision(methods[m]), methods[m]["cold"]["recall@20"]) for m in methods
+             if m.startswith(ORACLE + "r1-") or m == "coldllm-no-refiner"]
+    curve = sorted((x, y) for x, y in curve if x is not None)
+    if not free or len(curve) < 2:
+        return None, None
+    target = max(free)
+    if curve[0][1] >= target:
+        return target, curve[0][0]
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if y0 < target <= y1:
+            return target, x0 + (target - y0) * (x1 - x0) / (y1 - y0)
+    return target, None
+
+
+def judge_verdict_table(docs: list[dict[str, Any]]) -> list[str]:
+    """The language-model judge against the free judges through the same filter and update, and
+    the precision the oracle curve says a judge needs to beat the best free one."""
+    rows = [(doc, m) for doc in docs for m in REAL_JUDGES if m in doc["methods"]]
+    if not any(m == "coldllm" for _, m in rows):
+        return []
+    lines = ["", "**Does the language model earn its cost?** The judges that decide which of the same filtered "
+             "pairs become interactions, through the same update. *LM calls*: language-model passes for the cold "
+             "items; *accepted precision*: real interactions among the accepted pairs of the cold test items; "
+             "*vs best free*: cold Recall@20 against the better of the two free judges; *vs knn*: against the "
+             "content-KNN control.", "",
+             "| backbone | judge | LM calls | accept rate | accepted precision | cold R@20 | cold N@20 "
+             "| warm R@20 | vs best free | vs knn |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for doc, m in rows:
+        e, methods = doc["methods"][m], doc["methods"]
+        free = max((methods[f]["cold"]["recall@20"] for f in FREE_JUDGES if f in methods), default=None)
+        knn = _get(methods, "knn", "cold", "recall@20")
+        cold = e["cold"]["recall@20"]
+        lines.append(f"| {doc['backbone']} | {REAL_JUDGES[m]} | {e.get('llm_calls', '-')} "
+                     f"| {_fmt(_get(e, 'funnel', 'simulate', 'accept_rate'))} | {_fmt(_accepted_precision(e))} "
+                     f"| {_fmt(cold)} | {_fmt(e['cold']['ndcg@20'])} | {_fmt(e['warm']['recall@20'])} "
+                     f"| {_signed(cold - free if free is not None else None)} | {_signed(cold - knn if knn is not None else None)} |")
+    for doc in docs:
+        target, precision = needed_precision(doc)
+        mine = _accepted_precision(doc["methods"].get("coldllm", {}))
+        if target is None or mine is None:
+            continue
+        reach = (f"at an accepted precision of about {precision:.3f}" if precision is not None
+                 else "with no accepted precision the oracle rows reach")
+        lines += ["", f"- {doc['backbone']}: oracle judges that accept every real pair match the best free judge's "
+                      f"cold Recall@20 ({target:.4f}) {reach}; the language-model judge's accepted precision is "
+                      f"{mine:.3f}."]
+    return lines
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
 
 
 def oracle_table(docs: list[dict[str, Any]], path: Path) -> list[str]:
@@ -259,10 +330,14 @@ def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:
         fig.colorbar(points, ax=ax, label="recall of the accepted pairs")
         for name, x, y in zip(names, prec, cold):
             ax.annotate(name[len(ORACLE):], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        for method, style in (("knn", "--"), ("coldllm-cosine", ":"), ("coldllm-no-refiner", "-.")):
-            level = _get(doc["methods"], method, "cold", "recall@20")
-            if level is not None:
-                ax.axhline(level, linestyle=style, color="gray", label=method)
+        level = _get(doc["methods"], "knn", "cold", "recall@20")
+        if level is not None:
+            ax.axhline(level, linestyle="--", color="gray", label="knn (content prior alone)")
+        for method, marker in zip(REAL_JUDGES, "*sD"):  # the real judges, where the curve would put them
+            entry = doc["methods"].get(method)
+            if entry is not None and _accepted_precision(entry):
+                ax.scatter([_accepted_precision(entry)], [entry["cold"]["recall@20"]], marker=marker, s=90,
+                           color="crimson", edgecolors="black", zorder=3, label=f"{method}: {REAL_JUDGES[method]}")
         ax.set_xscale("log")
         ax.set_xlabel("precision of the accepted pairs (cold test items)")
         ax.set_ylabel("cold Recall@20")
