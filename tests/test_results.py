@@ -86,3 +86,15 @@ def test_judge_verdict_says_what_precision_a_judge_needs(tmp_path):
     assert "(0.3200) at an accepted precision of about 0.150; the language-model judge's accepted precision is 0.120" in text
     add("coldllm-cosine", 0.45, 0.15)  # no oracle row reaches it
     assert needed_precision(json.loads(path.read_text())) == (0.45, None)
+
+
+def test_one_pass_is_compared_with_the_pairwise_funnel(tmp_path):
+    path = tmp_path / "mf.json"
+    record_method(path, dataset="toy", split="random", backbone="mf", method="onepass", metrics=metrics(0.3),
+                  config={}, extra={"llm_calls": 10, "seconds": 5}, commit="abc")
+    assert "One pass per item" not in render_table(tmp_path)  # nothing to compare with yet
+    record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm", metrics=metrics(0.4),
+                  config={}, extra={"llm_calls": 250, "seconds": 900}, commit="abc")
+    text = render_table(tmp_path)
+    assert "| mf | one pass (onepass) | 10 | 5 | - | 0.3000 | 0.1500 | 0.3000 | 0.3000 |" in text
+    assert "- mf: 25.0x fewer language-model calls, 75.0% of the pairwise funnel's cold Recall@20" in text

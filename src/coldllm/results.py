@@ -122,7 +122,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
             cells = [_fmt(entry.get(s, {}).get(m)) for s in SETTINGS for m in HEADLINE]
             lines.append(f"| {reference['backbone']} | {method} | " + " | ".join(cells) + " |")
     lines += funnel_table(docs)
-    lines += judge_verdict_table(docs)
+    lines += judge_verdict_table(docs) + one_pass_table(docs)
     lines += oracle_table(docs, folder / "oracle.png")
     lines += update_search_table(folder) + judge_trial_table(folder)
     if docs:
@@ -240,6 +240,33 @@ def judge_verdict_table(docs: list[dict[str, Any]]) -> list[str]:
         lines += ["", f"- {doc['backbone']}: oracle judges that accept every real pair match the best free judge's "
                       f"cold Recall@20 ({target:.4f}) {reach}; the language-model judge's accepted precision is "
                       f"{mine:.3f}."]
+    return lines
+
+
+def one_pass_table(docs: list[dict[str, Any]]) -> list[str]:
+    """The one-pass simulator beside the pairwise funnel (language-model judge) on the same backbone:
+    calls, time and quality, and the goal's two ratios (calls saved, share of cold Recall@20 kept)."""
+    pairs = [(doc, doc["methods"]["coldllm"], doc["methods"]["onepass"]) for doc in docs
+             if "coldllm" in doc["methods"] and "onepass" in doc["methods"]]
+    if not pairs:
+        return []
+    lines = ["", "**One pass per item against the pairwise funnel.** *LM calls*: language-model passes for the "
+             "cold items; *seconds*: the method's stages on top of the backbone (for the pairwise funnel, of the "
+             "last session of its resumed fine-tuning and simulation); *simulated precision*: real interactions "
+             "among the simulated (accepted) pairs of the cold test items.", "",
+             "| backbone | method | LM calls | seconds | simulated precision | cold R@20 | cold N@20 | overall R@20 "
+             "| warm R@20 |", "|---|---|---|---|---|---|---|---|---|"]
+    for doc, pairwise, one_pass in pairs:
+        for name, e in (("pairwise funnel (coldllm)", pairwise), ("one pass (onepass)", one_pass)):
+            lines.append(f"| {doc['backbone']} | {name} | {e.get('llm_calls', '-')} | {e.get('seconds', 0):.0f} "
+                         f"| {_fmt(_accepted_precision(e))} | {_fmt(e['cold']['recall@20'])} "
+                         f"| {_fmt(e['cold']['ndcg@20'])} | {_fmt(e['overall']['recall@20'])} "
+                         f"| {_fmt(e['warm']['recall@20'])} |")
+    for doc, pairwise, one_pass in pairs:
+        if pairwise.get("llm_calls") and one_pass.get("llm_calls"):
+            lines += ["", f"- {doc['backbone']}: {pairwise['llm_calls'] / one_pass['llm_calls']:.1f}x fewer "
+                          f"language-model calls, {one_pass['cold']['recall@20'] / pairwise['cold']['recall@20']:.1%} "
+                          "of the pairwise funnel's cold Recall@20 (goal: 20x fewer at 95% or more)."]
     return lines
 
 
