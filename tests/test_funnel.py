@@ -197,3 +197,20 @@ def test_combined_judge_is_fitted_on_held_out_pairs_and_scores_candidates():
     got = judges_on_candidates(simulated, candidates, truth, histories, vectors, combined)
     assert got["auc_combined"] == pytest.approx(got["auc_cosine"])
     assert "auc_combined" not in judges_on_candidates(simulated, candidates, truth, histories, vectors)
+
+
+def test_candidate_profile_by_hand():
+    """Pair coverage counts pairs; user coverage averages per user, as Recall@K does."""
+    from coldllm.funnel.report import candidate_profile
+
+    truth = np.array([[0, 10], [1, 10], [1, 11], [1, 12], [1, 13]])  # user 0: 1 held-out pair, user 1: 4
+    candidates = pd.DataFrame({"item": [10, 10, 11, 11, 12, 99], "user": [0, 2, 2, 3, 1, 0]})  # item 99: not in truth
+    degree = np.array([1, 9, 30, 5])
+    p = candidate_profile(candidates, truth, degree)
+    assert p["pairs"] == 5 and p["precision"] == pytest.approx(2 / 5)
+    assert p["coverage"] == pytest.approx(2 / 5)  # 2 of the 5 held-out pairs
+    assert p["user_coverage"] == pytest.approx((1 / 1 + 1 / 4) / 2)  # user 0 fully, user 1 a quarter
+    assert p["items_with_a_real_user"] == pytest.approx(2 / 4)  # items 10 and 12 of 10..13
+    assert p["distinct_users"] == 4 and p["top1pct_share"] == pytest.approx(2 / 5)  # user 2 holds 2 of 5 slots
+    assert p["candidate_degree"] == pytest.approx((1 + 30 + 30 + 5 + 9) / 5)
+    assert p["real_degree"] == pytest.approx((1 + 9 * 4) / 5)

@@ -124,7 +124,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
     lines += funnel_table(docs)
     lines += judge_verdict_table(docs) + one_pass_table(docs)
     lines += oracle_table(docs, folder / "oracle.png")
-    lines += update_search_table(folder) + judge_trial_table(folder)
+    lines += candidate_profile_table(folder) + update_search_table(folder) + judge_trial_table(folder)
     if docs:
         _plot(docs, folder / "recall.png")
         lines += ["", "![Recall@20 per method, backbone and setting](recall.png)"]
@@ -295,6 +295,34 @@ def oracle_table(docs: list[dict[str, Any]], path: Path) -> list[str]:
                      f"| {_fmt(e['cold']['ndcg@20'])} | {_fmt(knn)} |")
     _plot_oracle(docs, path)
     return lines + ["", f"![Cold Recall@20 against the accepted pairs' precision]({path.name})"]
+
+
+def candidate_profile_table(folder: Path) -> list[str]:
+    """Who each variant's accepted users are (``benchmarks/candidate_profile.py``), beside its cold Recall."""
+    path = folder / "candidate-profile.json"
+    if not path.exists():
+        return []
+    doc = json.loads(path.read_text())
+    lines = ["", "**Who the simulated users are** (`benchmarks/candidate_profile.py`): the pairs each variant fed the "
+             "update, on the cold test items. *user coverage*: the mean over cold-test users of the share of their own "
+             "cold-test items among the pairs (what Recall@K averages; pair coverage weighs heavy users more); "
+             "*degree*: mean training interactions of the picked users (of the real cold-test users in brackets); "
+             "*top 1%*: share of the pairs held by the 1% most-picked users. Last line per backbone: Spearman "
+             "correlation of each column with cold Recall@20 across the variants.", "",
+             "| backbone | variant | precision | pair coverage | user coverage | items with a real user | degree "
+             "| top 1% | cold R@20 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['backbone']} | {r['variant']} | {_fmt(r['precision'])} | {_fmt(r['coverage'])} "
+                     f"| {_fmt(r['user_coverage'])} | {_fmt(r['items_with_a_real_user'])} "
+                     f"| {r['candidate_degree']:.1f} ({r['real_degree']:.1f}) | {_fmt(r['top1pct_share'])} "
+                     f"| {_fmt(r['cold_recall@20'])} |")
+    for backbone, rho in doc.get("correlations", {}).items():
+        if rho:
+            order = ("precision", "coverage", "user_coverage", "items_with_a_real_user", "candidate_degree",
+                     "top1pct_share")
+            lines.append(f"| {backbone} | *Spearman with cold R@20* | " + " | ".join(f"{rho[k]:+.2f}" for k in order)
+                         + " | |")
+    return lines
 
 
 def update_search_table(folder: Path) -> list[str]:

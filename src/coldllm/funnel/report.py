@@ -93,3 +93,33 @@ def judges_on_held_out(held_out: pd.DataFrame, vectors: np.ndarray, folds: int =
         combined = cross_val_predict(LogisticRegression(), features, labels, cv=folds, method="predict_proba")[:, 1]
         out["auc_combined_cv"] = auc(labels, combined)
     return out
+
+
+def candidate_profile(candidates: pd.DataFrame, truth: np.ndarray, degree: np.ndarray) -> dict[str, float]:
+    """Who a candidate set picks, on the items in ``truth`` ((n, 2) held-out cold pairs).
+
+    ``user_coverage`` is the mean over the users in ``truth`` of the share of their own held-out
+    pairs among the candidates: Recall@K averages per user, so a covered pair of a user with two
+    held-out items is worth ten times one of a user with twenty, which pair coverage cannot see.
+    ``degree``: each user's number of training interactions; ``candidate_degree`` is its mean over
+    the candidate slots, ``real_degree`` over the held-out pairs (whom a filter would ideally pick);
+    ``top1pct_share``: the share of slots held by the 1% of users picked most often (hubness).
+    """
+    items = np.unique(truth[:, 1])
+    scoped = candidates[candidates["item"].isin(items)]
+    users = scoped["user"].to_numpy()
+    real = is_real(scoped, truth)
+    held_users, held_counts = np.unique(truth[:, 0], return_counts=True)
+    hit_users, hits = np.unique(users[real], return_counts=True)
+    covered = np.zeros(len(held_users))
+    covered[np.searchsorted(held_users, hit_users)] = hits
+    slots = np.sort(np.bincount(users, minlength=len(degree)))[::-1]
+    top = max(1, int(np.ceil(0.01 * np.count_nonzero(slots))))
+    return {
+        "pairs": int(len(scoped)), "precision": float(real.mean()) if len(real) else 0.0,
+        "coverage": float(real.sum() / len(truth)), "user_coverage": float((covered / held_counts).mean()),
+        "items_with_a_real_user": float(scoped.loc[real, "item"].nunique() / len(items)),
+        "distinct_users": int(np.count_nonzero(slots)), "top1pct_share": float(slots[:top].sum() / max(len(users), 1)),
+        "candidate_degree": float(degree[users].mean()) if len(users) else 0.0,
+        "real_degree": float(degree[truth[:, 0]].mean()),
+    }

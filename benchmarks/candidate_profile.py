@@ -1,0 +1,86 @@
+"""Who each variant's simulated users are, and which of those traits goes with a better cold Recall.
+
+    python benchmarks/candidate_profile.py [--backbones lightgcn mf]
+
+Reads the finished runs of ``benchmarks/funnel.py`` (nothing is trained or judged here). For each
+variant, the pairs it fed the update (its accepted pairs) on the cold test items are profiled with
+``coldllm.funnel.report.candidate_profile``: precision, pair coverage, user coverage (the per-user
+share that Recall@K averages), how heavy the picked users are against the real ones, and how much
+of the slots the most-picked users hold. Beside each, the variant's cold Recall@20 from
+``results/<dataset>/<backbone>.json``; per backbone, the Spearman correlation of each trait with it
+across the variants. The oracle rows are left out: they read the labels. Writes
+``results/<dataset>/candidate-profile.json`` (a row per variant, each with the run's resolved
+config and the commits) and regenerates the results page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from coldllm.data import load_dataset
+from coldllm.config import load_config
+from coldllm.funnel.report import candidate_profile
+from coldllm.results import write_results
+from coldllm.utils import git_commit, now_iso
+from render import render
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ["coldllm", "coldllm-cosine", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-random",
+            "onepass", "paper-filter", "paper-refiner"]
+TRAITS = ["precision", "coverage", "user_coverage", "items_with_a_real_user", "candidate_degree", "top1pct_share"]
+
+
+def profile_backbone(backbone: str, runs_dir: Path, data, results: dict) -> list[dict]:
+    train = data.matrix("train")
+    degree = np.diff(train.indptr)
+    truth = data.parts["cold_test"]
+    rows = []
+    for variant in VARIANTS:
+        folder = runs_dir / f"bench-citeulike-{backbone}-{variant}"
+        row_result = results["methods"].get(variant)
+        if row_result is None or not (folder / "simulate" / "simulated.parquet").exists():
+            print(f"{backbone} {variant}: no finished run or no result row, skipped", flush=True)
+            continue
+        simulated = pd.read_parquet(folder / "simulate" / "simulated.parquet", columns=["user", "item", "accepted"])
+        manifest = json.loads((folder / "manifest.json").read_text())
+        rows.append({
+            "backbone": backbone, "variant": variant,
+            **candidate_profile(simulated[simulated["accepted"]], truth, degree),
+            "cold_recall@20": row_result["cold"]["recall@20"], "result_commit": row_result["commit"],
+            "simulate_commit": manifest["stages"]["simulate"].get("commit"), "config": manifest["config"],
+            "commit": git_commit(ROOT), "created": now_iso(),
+        })
+    return rows
+
+
+def correlations(rows: list[dict]) -> dict[str, float]:
+    recall = [r["cold_recall@20"] for r in rows]
+    return {t: float(spearmanr([r[t] for r in rows], recall).statistic) for t in TRAITS} if len(rows) > 2 else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", default=["lightgcn", "mf"])
+    parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
+    args = parser.parse_args()
+    cfg = load_config(args.preset)
+    data = load_dataset(cfg.data)
+    out = ROOT / "results" / cfg.data.name / "candidate-profile.json"
+    doc = json.loads(out.read_text()) if out.exists() else {"rows": [], "correlations": {}}
+    for backbone in args.backbones:
+        results = json.loads((ROOT / "results" / cfg.data.name / f"{backbone}.json").read_text())
+        rows = profile_backbone(backbone, ROOT / cfg.runs_dir, data, results)
+        doc["rows"] = [r for r in doc["rows"] if r["backbone"] != backbone] + rows
+        doc["correlations"][backbone] = correlations(rows)
+    write_results(out, doc)
+    print(render(cfg.data.name))
+
+
+if __name__ == "__main__":
+    main()
