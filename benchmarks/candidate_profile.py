@@ -26,14 +26,13 @@ from scipy.stats import spearmanr
 from coldllm.data import load_dataset
 from coldllm.config import load_config
 from coldllm.funnel.report import candidate_profile
-from coldllm.results import write_results
+from coldllm.results import PROFILE_TRAITS, write_results
 from coldllm.utils import git_commit, now_iso
 from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ["coldllm", "coldllm-cosine", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-random",
             "onepass", "paper-filter", "paper-refiner"]
-TRAITS = ["precision", "coverage", "user_coverage", "items_with_a_real_user", "candidate_degree", "top1pct_share"]
 
 
 def profile_backbone(backbone: str, runs_dir: Path, data, results: dict) -> list[dict]:
@@ -61,7 +60,7 @@ def profile_backbone(backbone: str, runs_dir: Path, data, results: dict) -> list
 
 def correlations(rows: list[dict]) -> dict[str, float]:
     recall = [r["cold_recall@20"] for r in rows]
-    return {t: float(spearmanr([r[t] for r in rows], recall).statistic) for t in TRAITS} if len(rows) > 2 else {}
+    return {t: float(spearmanr([r[t] for r in rows], recall).statistic) for t in PROFILE_TRAITS} if len(rows) > 2 else {}
 
 
 def main() -> None:

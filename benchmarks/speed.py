@@ -197,7 +197,7 @@ def _lora_probe(model_name: str, device: str, users: int, checkpointing: bool) -
                             prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, params,
                             gradient_checkpointing=checkpointing)
     seconds = time.perf_counter() - start
-    rows, row_tokens = packed_rows(prefixes, suffixes, owner, 1024)
+    _, row_tokens = packed_rows(prefixes, suffixes, owner, 1024)
     return {"examples": len(suffixes), "steps": len(history), "seconds": round(seconds, 1),
             "packed_tokens": int(row_tokens.sum()),
             "whole_prompt_tokens": sum(len(prefixes[o]) + len(s) for o, s in zip(owner, suffixes)),

@@ -297,6 +297,11 @@ def oracle_table(docs: list[dict[str, Any]], path: Path) -> list[str]:
     return lines + ["", f"![Cold Recall@20 against the accepted pairs' precision]({path.name})"]
 
 
+# the candidate profile's columns that are correlated with cold Recall, in table order
+PROFILE_TRAITS = ("precision", "coverage", "user_coverage", "items_with_a_real_user", "candidate_degree",
+                  "top1pct_share")
+
+
 def candidate_profile_table(folder: Path) -> list[str]:
     """Who each variant's accepted users are (``benchmarks/candidate_profile.py``), beside its cold Recall."""
     path = folder / "candidate-profile.json"
@@ -318,9 +323,7 @@ def candidate_profile_table(folder: Path) -> list[str]:
                      f"| {_fmt(r['cold_recall@20'])} |")
     for backbone, rho in doc.get("correlations", {}).items():
         if rho:
-            order = ("precision", "coverage", "user_coverage", "items_with_a_real_user", "candidate_degree",
-                     "top1pct_share")
-            lines.append(f"| {backbone} | *Spearman with cold R@20* | " + " | ".join(f"{rho[k]:+.2f}" for k in order)
+            lines.append(f"| {backbone} | *Spearman with cold R@20* | " + " | ".join(f"{rho[k]:+.2f}" for k in PROFILE_TRAITS)
                          + " | |")
     return lines
 

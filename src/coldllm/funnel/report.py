@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .filter import funnel_coverage
 from .refiner import auc
 
 
@@ -116,8 +117,7 @@ def candidate_profile(candidates: pd.DataFrame, truth: np.ndarray, degree: np.nd
     slots = np.sort(np.bincount(users, minlength=len(degree)))[::-1]
     top = max(1, int(np.ceil(0.01 * np.count_nonzero(slots))))
     return {
-        "pairs": int(len(scoped)), "precision": float(real.mean()) if len(real) else 0.0,
-        "coverage": float(real.sum() / len(truth)), "user_coverage": float((covered / held_counts).mean()),
+        **funnel_coverage(candidates, truth), "user_coverage": float((covered / held_counts).mean()),
         "items_with_a_real_user": float(scoped.loc[real, "item"].nunique() / len(items)),
         "distinct_users": int(np.count_nonzero(slots)), "top1pct_share": float(slots[:top].sum() / max(len(users), 1)),
         "candidate_degree": float(degree[users].mean()) if len(users) else 0.0,
