@@ -255,7 +255,8 @@ def run_dim(dim: int, args, rng: np.random.Generator) -> dict:
             indexes[family] = (index, q)
         del index, x, q
     if args.simd:
-        out["simd"] = simd_levels(indexes, exact, args)
+        stamp = {"commit": git_commit(ROOT), "date": now_iso()}
+        out["simd"] = [{**row, **stamp} for row in simd_levels(indexes, exact, args)]
     return out
 
 
@@ -400,8 +401,10 @@ def merge(old: dict | None, new: dict) -> dict:
     merged = {**old, **new, "entries": stamp(new["entries"], new) + kept}
     merged["skipped"] = {k: v for k, v in {**old.get("skipped", {}), **new["skipped"]}.items()
                          if not any(e["name"].startswith(k + "/") for e in merged["entries"])}
-    if "simd" in old and "simd" not in new:
-        merged["simd"] = old["simd"]
+    if "simd" not in new:  # kept from an older run only where each row says which run measured it
+        merged.pop("simd", None)
+        if all("commit" in r for r in old.get("simd", [])) and old.get("simd"):
+            merged["simd"] = old["simd"]
     merged["recommended"] = recommend(merged["entries"], 0.95, 10.0)
     return merged
 
@@ -447,8 +450,10 @@ def summary(report: dict) -> str:
                        if best else f"No index reached {goal} recall at {dim}-d."), ""]
         if block.get("simd"):
             counts = sorted({r["queries"] for r in block["simd"]})
+            runs = sorted({(r["commit"][:7], r["date"][:10]) for r in block["simd"]})
             lines += ["SIMD level (faiss's dynamic dispatch, forced with `faiss.SIMDConfig.set_level`), ms per item on one "
-                      f"thread ({' or '.join(map(str, counts))} items):", "",
+                      f"thread ({' or '.join(map(str, counts))} items; measured at "
+                      + ", ".join(f"{c} on {d}" for c, d in runs) + "):", "",
                       "| index | " + " | ".join(dict.fromkeys(r["level"] for r in block["simd"])) + " |",
                       "| --- |" + " ---: |" * len(dict.fromkeys(r["level"] for r in block["simd"]))]
             by_index: dict[str, list[str]] = {}
