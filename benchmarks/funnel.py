@@ -2,6 +2,7 @@
 
     python benchmarks/funnel.py [--backbones lightgcn mf] [--variants coldllm-cosine coldllm-random ...]
                                  [--stages prepare train filter]   # stop early (e.g. before the LLM)
+                                 [--redo-from update]              # re-measure, keeping the pairs
 
 Needs the backbone runs of ``benchmarks/backbones.py`` (``runs/bench-citeulike-<backbone>/``), whose
 trained backbone every variant reuses. Each variant is one ``coldllm run`` in its own process under
@@ -48,6 +49,7 @@ from coldllm.funnel.stages import prompt_template, updated_embeddings
 from coldllm.funnel.report import fit_combined_judge, judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
 from coldllm.results import record_method
+from coldllm.utils import git_commit
 from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,11 +101,25 @@ def overrides_for(backbone: str, variant: str, stages: list[str], extra: list[st
 
 
 def run_variant(preset: Path, backbone: str, variant: str, stages: list[str], extra: list[str],
-                borrow: dict[str, str] | None = None) -> None:
-    cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset),
+                borrow: dict[str, str] | None = None, redo_from: str | None = None) -> None:
+    redo = ["--redo-from", redo_from] if redo_from in stages and not ran_here(preset, backbone, variant, redo_from,
+                                                                             extra, borrow) else []
+    cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset), *redo,
            *overrides_for(backbone, variant, stages, extra, borrow)]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def ran_here(preset: Path, backbone: str, variant: str, stage: str, extra: list[str],
+             borrow: dict[str, str] | None) -> bool:
+    """Whether the variant's ``stage`` already ran at the current commit: a redo interrupted part-way
+    then resumes with the variants it has not reached, instead of starting over."""
+    cfg = load_config(preset, overrides_for(backbone, variant, FUNNEL, extra, borrow))
+    manifest = ROOT / cfg.runs_dir / cfg.name / "manifest.json"  # the runs go from ROOT
+    if not manifest.exists():
+        return False
+    record = json.loads(manifest.read_text())["stages"].get(stage, {})
+    return record.get("status") == "done" and record.get("commit") == git_commit(ROOT)
 
 
 def funnel_statistics(run: Run) -> dict:
@@ -182,6 +198,8 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="run the stages, write no results")
     parser.add_argument("--borrow", nargs="*", default=[], metavar="STAGE=BACKBONE",
                         help="take a stage from the same variant on another backbone (recorded as reused)")
+    parser.add_argument("--redo-from", choices=FUNNEL, help="run this stage of every variant again, and the later "
+                        "ones (e.g. update: re-measure on the kept simulated pairs under the current code)")
     args, extra = parser.parse_known_args()
     borrow = dict(item.split("=", 1) for item in args.borrow)
     for backbone in args.backbones:
@@ -190,7 +208,7 @@ def main() -> None:
         if "coldllm" not in args.variants and any("coldllm" in VARIANTS[v][1].values() for v in args.variants):
             run_variant(args.preset, backbone, "coldllm", ["prepare", "train", "filter"], extra, borrow)
         for variant in args.variants:  # 'coldllm' first: the others reuse its stages
-            run_variant(args.preset, backbone, variant, args.stages, extra, borrow)
+            run_variant(args.preset, backbone, variant, args.stages, extra, borrow, args.redo_from)
             if not args.no_record:
                 record_variant(args.preset, backbone, variant, extra, borrow)
     if not args.no_record:

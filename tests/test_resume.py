@@ -204,3 +204,27 @@ def test_retrain_update_never_resumes_another_learning_rate(project, tmp_path):
     run_all(Run(config(project, clean, *new)))
     for name in ("embeddings.safetensors", "last.safetensors"):
         assert_same_tensors(runs / "tiny" / "update" / name, clean / "tiny" / "update" / name)
+
+
+def test_redo_from_reruns_that_stage_and_later_ones_only(project, tmp_path):
+    """``coldllm run --redo-from filter``: the filter runs again on the kept backbone; the backbone is
+    not retrained; a stage the run does not have is a one-line error before anything runs."""
+    import json
+
+    from coldllm.config import ConfigError
+
+    runs = tmp_path / "runs"
+    start_from_base(project, runs)
+    stages = "--stages=[prepare, train, filter]"
+    manifest = runs / "tiny" / "manifest.json"
+    marked = json.loads(manifest.read_text())
+    for stage in ("train", "filter"):  # marks that a stage which runs again overwrites
+        marked["stages"][stage]["started"] = "before"
+    manifest.write_text(json.dumps(marked))
+    with pytest.raises(ConfigError, match="redo_from: 'update'"):
+        run_all(Run(config(project, runs, stages)), redo_from="update")
+    run_all(Run(config(project, runs, stages)), redo_from="filter")
+    after = json.loads(manifest.read_text())["stages"]
+    assert after["train"]["started"] == "before"
+    assert after["filter"]["started"] != "before"
+    assert after["filter"]["status"] == "done"

@@ -139,9 +139,11 @@ _funnel_command("update", "Funnel 4: cold items get embeddings from their accept
 @app.command(context_settings=EXTRA)
 @friendly
 def run(ctx: typer.Context, config: Optional[Path] = ConfigOpt,
-        force: bool = typer.Option(False, help="Redo stages already done.")) -> None:
+        force: bool = typer.Option(False, help="Redo stages already done."),
+        redo_from: Optional[str] = typer.Option(None, help="Redo this stage and every later one, keeping the "
+                                                           "earlier stages' outputs.")) -> None:
     """Every stage the preset lists under `stages`, in order, skipping the finished ones."""
-    pipeline.run_all(_setup(ctx, config), force=force)
+    pipeline.run_all(_setup(ctx, config), force=force, redo_from=redo_from)
 
 
 @app.command(context_settings=EXTRA)

@@ -143,14 +143,21 @@ def reuse_stage(run: Run, stage: str, source: str) -> dict[str, Any]:
     return record
 
 
-def run_all(run: Run, force: bool = False) -> dict[str, Any]:
-    """Run the configured stages in order, skipping those already done in this run folder."""
+def run_all(run: Run, force: bool = False, redo_from: str | None = None) -> dict[str, Any]:
+    """Run the configured stages in order, skipping those already done in this run folder.
+
+    ``redo_from``: that stage and every later one run again even when done (their inputs are kept:
+    e.g. the update re-measured on the same simulated pairs under newer code).
+    """
     stages = all_stages()
     unknown = [s for s in [*run.cfg.stages, *run.cfg.reuse] if s not in stages]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {list(stages)}")
+    if redo_from is not None and redo_from not in run.cfg.stages:
+        raise ConfigError(f"redo_from: {redo_from!r} is not among this run's stages {run.cfg.stages}")
     upstream_changed = False  # a stage that ran makes every later stage stale: they read its output
     for name in run.cfg.stages:
+        upstream_changed = upstream_changed or name == redo_from
         broken = run.broken_artifact(name) if run.done(name) else None
         if broken:
             log.warning("stage %s: its artifact %s is missing or unreadable; redoing the stage", name, broken)
