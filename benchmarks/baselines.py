@@ -30,7 +30,7 @@ from coldllm.data import load_dataset
 from coldllm.pipeline import Run, content_vectors
 from coldllm.results import record_method
 from render import render
-from coldllm.utils import git_commit, peak_memory_mb, resolve_device, setup_logging, write_json
+from coldllm.utils import git_commit, now_iso, peak_memory_mb, resolve_device, setup_logging, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,12 +55,12 @@ def search_method(name: str, grid: list[dict], ctx, folder: Path) -> tuple[dict,
         # included (a changed default or a changed method makes it stale)
         full = json.loads(json.dumps(vars(build_method(name, params).params)))
         saved = json.loads(path.read_text()) if path.exists() else None
-        if saved is not None and saved["params"] == full and saved.get("source_hash") == code:
+        # ... and says at which commit it ran (and was evaluated): the row it becomes carries that
+        if saved is not None and saved["params"] == full and saved.get("source_hash") == code and "commit" in saved:
             reports.append(saved)
             continue
         _, report = fit_and_evaluate(name, params, ctx, splits=("val", "test"))
-        report["params_given"] = params
-        report["source_hash"] = code
+        report.update(params_given=params, source_hash=code, commit=git_commit(ROOT), created=now_iso())
         write_json(path, report)
         reports.append(report)
     # chosen on validation only; the test figures of the others are never looked at
@@ -80,7 +80,6 @@ def main() -> None:
     setup_logging()
     grids = yaml.safe_load(args.search.read_text())
     methods = args.methods or [m for m in grids if m in METHODS]
-    commit = git_commit(ROOT)
     for backbone_name in args.backbones:
         cfg = load_config(args.preset, [f"--name=bench-citeulike-{backbone_name}",
                                         f"--backbone.model={backbone_name}"])
@@ -99,7 +98,7 @@ def main() -> None:
             record_method(
                 ROOT / "results" / cfg.data.name / f"{backbone_name}.json", dataset=cfg.data.name,
                 split=cfg.data.split, backbone=backbone_name, method=name, metrics=best["test"],
-                config={**to_dict(cfg), "method_params": best["params"]}, commit=commit,
+                config={**to_dict(cfg), "method_params": best["params"]}, commit=best["commit"],
                 extra={"seconds": best["seconds"], "peak_memory_mb": round(peak_memory_mb(), 1),
                        "content_seconds": round(content_seconds, 1), "keeps_warm": best["keeps_warm"],
                        "source_hash": best["source_hash"], "paper_protocol": best["paper_protocol"],
