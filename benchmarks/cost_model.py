@@ -36,11 +36,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from pathlib import Path
 
 from coldllm.config import load_config
-from coldllm.utils import git_commit, now_iso, write_json
+from coldllm.utils import fill_block, git_commit, now_iso, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "scale" / "cost.json"
@@ -265,15 +264,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paste(readme: Path, marker: str, text: str) -> None:
-    """Replace the block between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
-    body = readme.read_text()
-    pattern = re.compile(rf"(<!-- {marker}:start -->\n).*?(<!-- {marker}:end -->)", re.S)
-    if not pattern.search(body):
-        raise SystemExit(f"{readme}: no <!-- {marker}:start/end --> block to fill")
-    readme.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), body))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=20)
@@ -290,10 +280,10 @@ def main() -> None:
     table = markdown(report)
     OUT.with_suffix(".md").write_text(table)
     if args.readme:
-        paste(ROOT / "README.md", "cost-model", table)
+        fill_block(ROOT / "README.md", "cost-model", table)
         summary = FAISS.with_suffix(".md")
         if summary.exists():
-            paste(ROOT / "README.md", "faiss-scale", summary.read_text())
+            fill_block(ROOT / "README.md", "faiss-scale", summary.read_text())
     print(table)
 
 

@@ -98,3 +98,30 @@ def test_one_pass_is_compared_with_the_pairwise_funnel(tmp_path):
     text = render_table(tmp_path)
     assert "| mf | one pass (onepass) | 10 | 5 | - | 0.3000 | 0.1500 | 0.3000 | 0.3000 |" in text
     assert "- mf: 25.0x fewer language-model calls, 75.0% of the pairwise funnel's cold Recall@20" in text
+
+
+def test_headline_names_the_best_mapping_and_skips_missing_rows(tmp_path):
+    from coldllm.results import headline_table
+
+    path = tmp_path / "mf.json"
+    for method, cold in (("knn", 0.30), ("clcrec", 0.32), ("aldi", 0.31), ("coldllm-cosine", 0.33)):
+        record_method(path, dataset="toy", split="random", backbone="mf", method=method, metrics=metrics(cold),
+                      config={}, commit="abcdef123")
+    lines = headline_table([json.loads(path.read_text())])
+    assert lines[2:] == [
+        "| mf | content-KNN control: `knn` | 0.3000 | 0.1500 | 0.3000 | - | - | `abcdef1` |",
+        "| mf | the best content-mapping baseline: `clcrec` | 0.3200 | 0.1600 | 0.3200 | - | - | `abcdef1` |",
+        "| mf | ColdLLM, free cosine judge (the preset): `coldllm-cosine` | 0.3300 | 0.1650 | 0.3300 | - | - | `abcdef1` |",
+    ]
+
+
+def test_fill_block_replaces_only_the_marked_block(tmp_path):
+    from coldllm.utils import fill_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
+    fill_block(readme, "t", "new\ntable")
+    assert readme.read_text() == "intro\n<!-- t:start -->\nnew\ntable\n<!-- t:end -->\noutro\n"
+    with pytest.raises(ValueError, match="README.md: no <!-- other:start -->"):
+        fill_block(readme, "other", "x")
+    assert readme.read_text().startswith("intro\n<!-- t:start -->\nnew")  # untouched by the failure

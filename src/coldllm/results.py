@@ -270,6 +270,36 @@ def one_pass_table(docs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# the content-mapping baselines, among which the headline names the best on cold Recall@20
+MAPPINGS = ("deepmusic", "dropoutnet", "metaemb", "mtpr", "clcrec", "gar", "aldi")
+HEADLINE_ROWS = {"backbone": "the backbone alone, no cold-start method", "knn": "content-KNN control",
+                 "best-mapping": "the best content-mapping baseline", "coldllm-cosine": "ColdLLM, free cosine judge (the preset)",
+                 "coldllm": "ColdLLM, LoRA language-model judge", "onepass": "one-pass simulator",
+                 "paper-refiner": "the paper's candidates and 7B verdicts, same update (reference)"}
+
+
+def headline_table(docs: list[dict[str, Any]]) -> list[str]:
+    """The few rows a reader of the project's README needs, per backbone, generated from the same
+    JSON as the results page (which holds every row and its provenance)."""
+    lines = ["| backbone | method | cold R@20 | cold N@20 | warm R@20 | cold R@20, released protocol | LM calls "
+             "| commit |", "|---|---|---|---|---|---|---|---|"]
+    for doc in docs:
+        methods = doc["methods"]
+        mappings = [m for m in MAPPINGS if m in methods]
+        for key, label in HEADLINE_ROWS.items():
+            name = max(mappings, key=lambda m: methods[m]["cold"]["recall@20"], default=None) \
+                if key == "best-mapping" else key
+            if name not in methods:
+                continue
+            e = methods[name]
+            shown = f"{label}: `{name}`"
+            lines.append(f"| {doc['backbone']} | {shown} | {_fmt(_get(e, 'cold', 'recall@20'))} "
+                         f"| {_fmt(_get(e, 'cold', 'ndcg@20'))} | {_fmt(_get(e, 'warm', 'recall@20'))} "
+                         f"| {_fmt(_get(e, 'paper_protocol', 'cold', 'recall@20'))} | {e.get('llm_calls', '-')} "
+                         f"| `{e.get('commit', '?')[:7]}` |")
+    return lines
+
+
 def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
