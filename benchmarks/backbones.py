@@ -1,6 +1,6 @@
 """Train every backbone on the published CiteULike split and record its full-ranking results.
 
-    python benchmarks/backbones.py [--backbones mf lightgcn ngcf] [--preset configs/citeulike.yaml]
+    python benchmarks/backbones.py [--backbones mf lightgcn ngcf] [--preset configs/citeulike.yaml] [--reproduce]
 
 Each backbone runs as ``coldllm run`` in its own process (so its peak memory is its own) under
 ``runs/bench-citeulike-<backbone>/``; a finished run is not redone, an interrupted one resumes.
@@ -31,8 +31,21 @@ def preset_for(backbone: str, default: Path) -> Path:
     return specific if specific.exists() else default
 
 
-def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
+def compare_embeddings(a: Path, b: Path) -> float:
+    """The largest absolute difference between two runs' saved user and item representations."""
+    from coldllm.backbones.train import load_embeddings
+
+    (ua, ia), (ub, ib) = load_embeddings(a), load_embeddings(b)
+    if ua.shape != ub.shape or ia.shape != ib.shape:
+        return float("inf")
+    return max((ua - ub).abs().max().item(), (ia - ib).abs().max().item())
+
+
+def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool = False) -> None:
     name = f"bench-{preset.stem.split('-')[0]}-{backbone}"
+    kept = name
+    if reproduce:  # trained again beside the kept run, which the funnel's variants link to and stays
+        name = f"{name}-repro"
     overrides = [f"--name={name}", f"--backbone.model={backbone}", "--stages=[prepare, train, evaluate_test]", *extra]
     cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset), *overrides]
     print("$", " ".join(cmd), flush=True)
@@ -43,6 +56,13 @@ def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
     stages = manifest["stages"]
     metrics = stages["evaluate_test"]["metrics"]
     out = ROOT / "results" / cfg.data.name / f"{backbone}.json"
+    check = {}
+    if reproduce:
+        diff = compare_embeddings(cfg.run_dir / "backbone", ROOT / cfg.runs_dir / kept / "backbone")
+        print(f"{name}: largest difference from {kept}'s representations: {diff:.3g}", flush=True)
+        if diff != 0.0:  # not the backbone every variant was built on: its row would misdescribe them
+            raise SystemExit(f"{name} does not reproduce {kept} (max |diff| {diff:.3g}); row not recorded")
+        check = {"reproduces": kept, "max_abs_diff": diff}
     record_method(
         out, dataset=cfg.data.name, split=cfg.data.split, backbone=backbone, method="backbone",
         metrics=metrics, config=to_dict(cfg),
@@ -56,6 +76,7 @@ def run_backbone(backbone: str, preset: Path, extra: list[str]) -> None:
             "epochs": stages["train"]["epochs"],
             "paper_protocol": Evaluator(run.data, "test", cfg.eval.ks, reference=True).evaluate(
                 embedding_scorer(*load_backbone(cfg.run_dir / "backbone", run.data).embeddings())),
+            **check,
         },
         commit=stages["train"].get("commit", manifest["commit"]),
     )
@@ -66,10 +87,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="+", default=["mf", "lightgcn", "ngcf"])
     parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
+    parser.add_argument("--reproduce", action="store_true",
+                        help="train again in runs/bench-<dataset>-<backbone>-repro; record the row only when its "
+                             "representations equal the kept run's bit for bit (re-measuring a backbone that "
+                             "the funnel's variants already use, at the current commit)")
     parser.add_argument("overrides", nargs="*", help="extra --key=value overrides for every run")
     args, unknown = parser.parse_known_args()
     for backbone in args.backbones:
-        run_backbone(backbone, preset_for(backbone, args.preset), args.overrides + unknown)
+        run_backbone(backbone, preset_for(backbone, args.preset), args.overrides + unknown, args.reproduce)
     print(render("citeulike"))
 
 
