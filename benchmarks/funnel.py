@@ -95,9 +95,11 @@ def overrides_for(backbone: str, variant: str, stages: list[str], extra: list[st
     reuse = {"train": base_name(backbone), **{s: f"{base_name(backbone)}-{v}" for s, v in shared.items()}}
     # --borrow stage=backbone: take that stage from the same variant on another backbone
     reuse.update({s: f"{base_name(b)}-{variant}" for s, b in (borrow or {}).items()})
+    # the variants are changes to the coupled filter (the preset itself uses the one-pass simulator,
+    # the best of them on cold validation)
     return [f"--name={base_name(backbone)}-{variant}", f"--backbone.model={backbone}",
             f"--stages=[{', '.join(stages)}]", "--reuse={" + ", ".join(f"{k}: {v}" for k, v in reuse.items()) + "}",
-            *changes, *extra]
+            "--filter.towers=coupled", *changes, *extra]
 
 
 def run_variant(preset: Path, backbone: str, variant: str, stages: list[str], extra: list[str],

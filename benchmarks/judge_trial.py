@@ -55,7 +55,7 @@ def main() -> None:
     base = f"bench-citeulike-{args.backbone}"
     tag = hashlib.sha256(" ".join(sorted(overrides)).encode()).hexdigest()[:8]
     run_overrides = [f"--name={base}-judge-trial-{tag}", f"--backbone.model={args.backbone}",
-                     "--refiner.judge=llm", "--stages=[prepare, train, filter, finetune]",
+                     "--refiner.judge=llm", "--filter.towers=coupled", "--stages=[prepare, train, filter, finetune]",
                      f"--reuse={{train: {base}, filter: {base}-coldllm}}", *overrides]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "--config", str(args.preset), *run_overrides],

@@ -68,7 +68,8 @@ def main() -> None:
     name = f"{base}-search-k{args.k_max}" + "".join(f"-{o.lstrip('-').replace('=', '-')}" for o in args.overrides + unknown
                                                     if o.startswith("--filter."))
     overrides = [f"--name={name}", f"--backbone.model={args.backbone}", f"--filter.k={args.k_max}",
-                 "--stages=[prepare, train, filter]", f"--reuse={{train: {base}}}", *args.overrides, *unknown]
+                 "--stages=[prepare, train, filter]", f"--reuse={{train: {base}}}", "--filter.towers=coupled",
+                 *args.overrides, *unknown]
     subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "--config", str(args.preset), *overrides],
                    check=True, cwd=ROOT)
     cfg = load_config(args.preset, overrides)

@@ -111,7 +111,7 @@ def test_headline_names_the_best_mapping_and_skips_missing_rows(tmp_path):
     assert lines[2:] == [
         "| mf | content-KNN control: `knn` | 0.3000 | 0.1500 | 0.3000 | - | - | `abcdef1` |",
         "| mf | the best content-mapping baseline: `clcrec` | 0.3200 | 0.1600 | 0.3200 | - | - | `abcdef1` |",
-        "| mf | ColdLLM, free cosine judge (the preset): `coldllm-cosine` | 0.3300 | 0.1650 | 0.3300 | - | - | `abcdef1` |",
+        "| mf | ColdLLM funnel, free cosine judge: `coldllm-cosine` | 0.3300 | 0.1650 | 0.3300 | - | - | `abcdef1` |",
     ]
 
 

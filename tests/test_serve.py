@@ -344,3 +344,34 @@ def test_ranked_run_items_merged_with_new_ones_give_the_full_ranking(service):
             merged = index.recommend(user, 4, only)
             full = index.recommend(user, 10_000, only)[:4]
             assert [i for i, _ in merged] == [i for i, _ in full] and len(merged) == 4
+
+
+def test_one_pass_run_is_served_with_its_head_fitted_again(tmp_path):
+    """A run whose filter is the one-pass simulator: the service fits its text MLP and user head the
+    way the filter stage did (the run's own candidates are found again, all of them) and simulates
+    a new item's users from them."""
+    cfg = str(write_project(tmp_path))
+    result = CliRunner().invoke(cli, [
+        "run", "-c", cfg, "--stages=[prepare, train, filter, simulate, update]", "--filter.text_model=minilm",
+        "--filter.towers=onepass", "--filter.k=5", "--filter.onepass={epochs: 2, hidden: 16}",
+        "--refiner.judge=all", "--update.steps=20"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "tiny"
+    service = OnlineService(run)
+    try:
+        assert service.towers.onepass_item is not None
+        assert json.loads((run / "serve" / "filter.json").read_text())["agreement"] == 1.0
+        (added,) = service.add([NewItem(id="n1", text="graph networks paper 999")])
+        # the head's top users, every one accepted: a one-pass run has no judge
+        assert len(added.item.users) == 5 and all(added.item.accepted)
+        content = service.content[:0]  # unused by the one-pass towers
+        vector = service.towers.item_vectors(content, service.lm_encoder.encode(["graph networks paper 999"]))
+        (best, _), = service.towers.top_users(vector, 5, [0])
+        assert [service.user_index(u) for u in added.item.users] == best.tolist()
+    finally:
+        service.close()
+    again = OnlineService(run)  # the fitted head comes back from serve/filter.safetensors
+    try:
+        assert again.towers.onepass_item is not None
+    finally:
+        again.close()

@@ -273,8 +273,8 @@ def one_pass_table(docs: list[dict[str, Any]]) -> list[str]:
 # the content-mapping baselines, among which the headline names the best on cold Recall@20
 MAPPINGS = ("deepmusic", "dropoutnet", "metaemb", "mtpr", "clcrec", "gar", "aldi")
 HEADLINE_ROWS = {"backbone": "the backbone alone, no cold-start method", "knn": "content-KNN control",
-                 "best-mapping": "the best content-mapping baseline", "coldllm-cosine": "ColdLLM, free cosine judge (the preset)",
-                 "coldllm": "ColdLLM, LoRA language-model judge", "onepass": "one-pass simulator",
+                 "best-mapping": "the best content-mapping baseline", "coldllm-cosine": "ColdLLM funnel, free cosine judge",
+                 "coldllm": "ColdLLM funnel, LoRA language-model judge", "onepass": "one-pass simulator (the preset)",
                  "paper-refiner": "the paper's candidates and 7B verdicts, same update (reference)"}
 
 

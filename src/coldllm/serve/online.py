@@ -69,7 +69,7 @@ class OnlineService:
         self.content = encode_texts(list(data.item_text), cfg.content)
         self.encoder = build_encoder(cfg.content)
         self.lm_text = self.lm_encoder = None
-        if cfg.filter.towers in ("coupled", "lm"):
+        if cfg.filter.towers in ("coupled", "lm", "onepass"):  # the towers that read the text model's vectors
             text_cfg = lm_text_config(cfg)
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
             same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)

@@ -36,13 +36,16 @@ FORMAT = "1"  # bump when what is cached changes meaning
 class FilterTowers:
     """User vectors and the item-side functions whose inner products are the run's filter scores."""
 
-    towers: str  # coupled | collab | lm | random
+    towers: str  # coupled | collab | lm | onepass | random
     users: np.ndarray  # (n_users, D) float32, normalised when the run's filter normalised them
     aldi_item: nn.Module | None = None  # content vector -> collaborative item vector
     knn_items: torch.Tensor | None = None  # backbone rows of the warm items (KNN sub-tower)
     knn_content: torch.Tensor | None = None  # their content vectors
     knn_k: int = 20
     lm_item: nn.Module | None = None  # normalised text vector -> language-model item vector
+    # normalised text vector -> the one-pass simulator's item vector (its head's rows are ``users``,
+    # the head's bias their last coordinate, met by a constant 1 on the item side)
+    onepass_item: nn.Module | None = None
     index: Any = None  # FAISS inner-product index over ``users``
 
     @torch.no_grad()
@@ -60,6 +63,9 @@ class FilterTowers:
                                    self.knn_k))
         if self.lm_item is not None:
             parts.append(self.lm_item(F.normalize(torch.as_tensor(text, dtype=torch.float32), dim=1)))
+        if self.onepass_item is not None:
+            mapped = self.onepass_item(F.normalize(torch.as_tensor(text, dtype=torch.float32), dim=1))
+            parts += [mapped, torch.ones(len(mapped), 1)]
         return np.ascontiguousarray(torch.cat(parts, 1).float().numpy())
 
     def top_users(self, vectors: np.ndarray, k: int, seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -93,7 +99,7 @@ def load_or_fit(run_dir: Path, cfg: RunConfig, manifest: dict, data: ColdStartDa
     towers = cfg.filter.towers
     if towers == "file":
         raise ConfigError("filter.towers=file: the run read its candidates from a file, which has none for a new "
-                          "item; serve a run whose filter scores users (coupled, collab, lm or random)")
+                          "item; serve a run whose filter scores users (coupled, collab, lm, onepass or random)")
     if towers == "random":
         return FilterTowers(towers=towers, users=np.zeros((data.n_users, 1), np.float32))
     path = run_dir / "serve" / "filter.safetensors"
@@ -126,6 +132,7 @@ def _fit(run_dir: Path, cfg: RunConfig, data: ColdStartData, content: np.ndarray
     from ..baselines.aldi import ALDI
     from ..baselines.runner import make_context
     from ..funnel.filter import KNNTower, LanguageTower, LMTowerParams, coupled_embeddings
+    from ..funnel.onepass import OnePass, OnePassParams
     from ..funnel.stages import _params
     from ..utils import resolve_device
 
@@ -145,7 +152,12 @@ def _fit(run_dir: Path, cfg: RunConfig, data: ColdStartData, content: np.ndarray
     if cfg.filter.towers in ("coupled", "lm"):
         lm = LanguageTower(_params(LMTowerParams, cfg.filter.lm, "filter.lm")).fit(ctx, lm_text)
         out.update(flat_layers("lm.", lm.item_net, specs))
-    cold = coupled_embeddings(collab, lm, ctx, ctx.cold)
+    if cfg.filter.towers == "onepass":
+        simulator = OnePass(_params(OnePassParams, cfg.filter.onepass, "filter.onepass")).fit(ctx, lm_text)
+        out.update(flat_layers("onepass.", simulator.net, specs))
+        cold = simulator.embeddings(ctx.cold)
+    else:
+        cold = coupled_embeddings(collab, lm, ctx, ctx.cold)
     users = cold.users
     if cfg.filter.normalize_users:
         users = users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1e-12)
@@ -180,6 +192,8 @@ def _assemble(cfg: RunConfig, tensors: dict[str, torch.Tensor], specs: dict[str,
         out.knn_content = torch.as_tensor(warm_content, dtype=torch.float32)
     if "lm." in specs:
         out.lm_item = rebuild("lm.", specs["lm."], tensors)
+    if "onepass." in specs:
+        out.onepass_item = rebuild("onepass.", specs["onepass."], tensors)
     out.index = build_index(np.ascontiguousarray(users), cfg.filter.index)
     return out
 
