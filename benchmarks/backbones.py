@@ -23,6 +23,8 @@ from coldllm.results import record_method
 from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
+# --reproduce: the largest difference in any representation that still counts as the same backbone
+REPRODUCE_TOLERANCE = 1e-5
 
 
 def preset_for(backbone: str, default: Path) -> Path:
@@ -59,9 +61,16 @@ def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool 
     check = {}
     if reproduce:
         diff = compare_embeddings(cfg.run_dir / "backbone", ROOT / cfg.runs_dir / kept / "backbone")
-        print(f"{name}: largest difference from {kept}'s representations: {diff:.3g}", flush=True)
-        if diff != 0.0:  # not the backbone every variant was built on: its row would misdescribe them
-            raise SystemExit(f"{name} does not reproduce {kept} (max |diff| {diff:.3g}); row not recorded")
+        recorded = json.loads(out.read_text())["methods"].get("backbone", {}) if out.exists() else {}
+        same = all(recorded.get(s, {}).get(m) == metrics[s][m] for s in ("overall", "cold", "warm")
+                   for m in ("recall@20", "ndcg@20"))
+        print(f"{name}: largest difference from {kept}'s representations {diff:.3g}; same test figures: {same}",
+              flush=True)
+        # float sums in another order differ in the last bits; a backbone whose representations move
+        # further, or whose rankings change at all, is not the one the variants were built on
+        if diff > REPRODUCE_TOLERANCE or not same:
+            raise SystemExit(f"{name} does not reproduce {kept} (max |diff| {diff:.3g}, same test figures: {same}); "
+                             "row not recorded")
         check = {"reproduces": kept, "max_abs_diff": diff}
     record_method(
         out, dataset=cfg.data.name, split=cfg.data.split, backbone=backbone, method="backbone",
@@ -89,8 +98,9 @@ def main() -> None:
     parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
     parser.add_argument("--reproduce", action="store_true",
                         help="train again in runs/bench-<dataset>-<backbone>-repro; record the row only when its "
-                             "representations equal the kept run's bit for bit (re-measuring a backbone that "
-                             "the funnel's variants already use, at the current commit)")
+                             "test figures equal the kept row's exactly and its representations the kept run's "
+                             "within REPRODUCE_TOLERANCE (re-measuring, at the current commit, a backbone that "
+                             "the funnel's variants already use)")
     parser.add_argument("overrides", nargs="*", help="extra --key=value overrides for every run")
     args, unknown = parser.parse_known_args()
     for backbone in args.backbones:
