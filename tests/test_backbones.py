@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from coldllm.backbones import BACKBONES, build_backbone, load_backbone, train_backbone
+from coldllm.backbones.train import decayed_lr
 from coldllm.backbones.graph import normalized_adjacency, spmm_symmetric
 from conftest import community_auc
 
@@ -44,8 +45,12 @@ def test_backbone_learns_tiny_data(model, tiny_data, tiny_cfg, tmp_path):
     assert (tmp_path / model / "best.safetensors").exists()
 
 
-def test_resume_reproduces_uninterrupted_run(tiny_data, tiny_cfg, tmp_path):
+@pytest.mark.parametrize("decay", [1.0, 0.5])
+def test_resume_reproduces_uninterrupted_run(tiny_data, tiny_cfg, tmp_path, decay):
+    """Killed after 3 epochs and resumed: the same weights and optimiser state as the run that was
+    never stopped, also when the learning rate decays on validations that did not improve."""
     tiny_cfg.backbone.model, tiny_cfg.backbone.epochs = "lightgcn", 6
+    tiny_cfg.backbone.lr_decay, tiny_cfg.backbone.eval_every = decay, 1
     full = build_backbone(tiny_cfg.backbone, tiny_data.matrix("train"), seed=1)
     train_backbone(full, tiny_data, tiny_cfg, tmp_path / "full")
 
@@ -56,6 +61,8 @@ def test_resume_reproduces_uninterrupted_run(tiny_data, tiny_cfg, tmp_path):
     resumed = build_backbone(tiny_cfg.backbone, tiny_data.matrix("train"), seed=1)
     result = train_backbone(resumed, tiny_data, tiny_cfg, tmp_path / "part")
     assert result.epoch == 6 and len(result.history) == 6
+    if decay < 1:  # the resumed part must start from a decayed rate for this to test the decay
+        assert decayed_lr(1.0, decay, result.history[:3], "val_warm_ndcg@20") < 1.0
     a = load_file(str(tmp_path / "full" / "last.safetensors"))
     b = load_file(str(tmp_path / "part" / "last.safetensors"))
     for key in a:
@@ -74,3 +81,30 @@ def test_unknown_backbone_is_named(tiny_data, tiny_cfg):
     tiny_cfg.backbone.model = "gru4rec"
     with pytest.raises(ValueError, match="gru4rec"):
         build_backbone(tiny_cfg.backbone, tiny_data.matrix("train"), seed=1)
+
+
+def test_decayed_lr_counts_validations_without_a_new_best():
+    history = [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "v": 0.2}, {"epoch": 3, "v": 0.1}, {"epoch": 4, "v": 0.2},
+               {"epoch": 5, "v": 0.3}, {"epoch": 6, "loss": 0.5}, {"epoch": 7, "v": 0.25}]
+    assert decayed_lr(0.01, 0.5, history, "v") == pytest.approx(0.01 * 0.5 ** 3)  # epochs 3, 4 and 7
+    assert decayed_lr(0.01, 1.0, history, "v") == 0.01
+    assert decayed_lr(0.01, 0.5, [], "v") == 0.01
+
+
+def test_learning_rate_decays_on_validations_without_improvement(tiny_data, tiny_cfg, tmp_path, monkeypatch):
+    from coldllm.backbones import train as train_module
+
+    made = []
+
+    class Recorded(torch.optim.Adam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train_module.torch.optim, "Adam", Recorded)
+    tiny_cfg.backbone.model, tiny_cfg.backbone.lr = "mf", 1e-12  # no validation after the first improves
+    tiny_cfg.backbone.epochs, tiny_cfg.backbone.eval_every, tiny_cfg.backbone.patience = 4, 1, 10
+    tiny_cfg.backbone.lr_decay = 0.5
+    result = train_backbone(build_backbone(tiny_cfg.backbone, tiny_data.matrix("train"), seed=1), tiny_data,
+                            tiny_cfg, tmp_path)
+    assert result.best_epoch == 1 and made[0].param_groups[0]["lr"] == pytest.approx(1e-12 * 0.5 ** 3)

@@ -153,6 +153,9 @@ class BackboneConfig:
     dim: int = _help("Embedding size.", 64, check=at_least(1))
     layers: int = _help("Propagation layers (graph models).", 3, check=at_least(0))
     lr: float = _help("Adam learning rate.", 1e-3, check=above(0))
+    lr_decay: float = _help("Each validation that does not improve the best multiplies the learning rate by this "
+                            "(1: constant): a high rate that gets close fast, then smaller steps that settle.", 1.0,
+                            check=between(0, 1, low_open=True))
     reg: float = _help("L2 weight on the batch's ego embeddings (BPR regulariser).", 1e-4, check=at_least(0))
     dropout: float = _help("NGCF message dropout.", 0.1, check=between(0, 1, high_open=True))
     batch_size: int = _help("BPR triples per step.", 2048, check=at_least(1))

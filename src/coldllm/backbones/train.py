@@ -45,6 +45,19 @@ class TrainResult:
     fingerprint: str = ""  # identity of the inputs and settings this training belongs to
 
 
+def decayed_lr(lr: float, decay: float, history: list[dict], key: str) -> float:
+    """The learning rate after ``history``: ``lr`` times ``decay`` for every validation (``key``)
+    that did not improve on the best before it."""
+    best, misses = float("-inf"), 0
+    for record in history:
+        if key in record:
+            if record[key] > best:
+                best = record[key]
+            else:
+                misses += 1
+    return lr * decay ** misses
+
+
 def save_backbone(model: Backbone, folder: Path, name: str = "best") -> None:
     """Weights, and the representations they give on the graph the model was trained on.
 
@@ -125,6 +138,13 @@ def train_backbone(
     # the stopping state lives in ``result`` too: it is what the checkpoint saves and a resume reads
     stopper = EarlyStopping(cfg.backbone.patience, result.best_score, result.best_epoch, result.bad_rounds)
 
+    key = f"val_{select}_{metric}"
+
+    def set_lr() -> None:
+        # derived from the validation history alone, so a resumed run steps at the rate it left off at
+        for group in opt.param_groups:
+            group["lr"] = decayed_lr(cfg.backbone.lr, cfg.backbone.lr_decay, result.history, key)
+
     def validate(epoch: int) -> float:
         user_emb, item_emb = model.embeddings()
         score = validator.evaluate(embedding_scorer(user_emb, item_emb), device)[select][metric]
@@ -134,7 +154,8 @@ def train_backbone(
         return score
 
     if validate_first and result.epoch == 0 and not result.history:
-        result.history.append({"epoch": 0, f"val_{select}_{metric}": validate(0)})
+        result.history.append({"epoch": 0, key: validate(0)})
+    set_lr()
 
     bcfg = cfg.backbone
     bar = tqdm(range(result.epoch, bcfg.epochs), desc=f"train {model.name}", unit="epoch",
@@ -153,11 +174,12 @@ def train_backbone(
             total, batches = total + loss.item(), batches + 1
         record = {"epoch": epoch + 1, "loss": total / max(batches, 1)}
         if (epoch + 1) % bcfg.eval_every == 0 or epoch + 1 == bcfg.epochs:
-            record[f"val_{select}_{metric}"] = validate(epoch + 1)
+            record[key] = validate(epoch + 1)
         result.seconds += time.perf_counter() - start
         record["seconds"] = round(result.seconds, 2)  # training and validation so far: the time to any epoch
         result.epoch = epoch + 1
         result.history.append(record)
+        set_lr()
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k not in ("epoch", "seconds")})
         result.sampler_state = sampler.rng.bit_generator.state
         save_tensors({**model.state_dict(), **optimizer_tensors(opt), "rng.torch": torch.get_rng_state()},
