@@ -18,6 +18,8 @@ and that work's share of the limit that bounds it:
 - lightgcn: one BPR epoch of the preset's LightGCN; the sparse propagation's bytes (each nonzero
   reads one 200-float row, forward and backward) against the copy bandwidth.
 - eval: full-ranking evaluation of the test split; filter: the exact top-K users of every cold item.
+- pipeline (not in the default sections): the CiteULike preset run end to end in a new run
+  folder, its wall time and every stage's.
 - lightgcn_train (not in the default sections: ~20 minutes): the preset's LightGCN trained to its
   best warm-validation NDCG@20, then the fast settings (``--fast``: larger batches, so fewer full
   propagations per epoch, a larger learning rate, fewer validations), one after the other in one
@@ -49,7 +51,7 @@ from coldllm.utils import git_commit, now_iso, package_versions, peak_memory_mb,
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("machine", "judge", "lora", "lightgcn", "eval", "filter")
-EXTRA_SECTIONS = ("lightgcn_train",)
+EXTRA_SECTIONS = ("lightgcn_train", "pipeline")
 # what the fast LightGCN changes in the preset: four times the batch (a step's cost is mostly the
 # full-graph propagation, so an epoch costs about a quarter), a six times larger learning rate that
 # gets close fast and is halved at every validation without a new best (a constant high rate
@@ -288,6 +290,29 @@ def lightgcn_train_section(args, data, cfg, device, limits) -> dict:
             "baseline_seconds_to_best": base["seconds_to_best"], "baseline_best_val_ndcg": base["best_val_ndcg"],
             "speedup_to_best": round(base["seconds_to_best"] / quick["seconds_to_best"], 2),
             "ndcg_ratio": round(quick["best_val_ndcg"] / base["best_val_ndcg"], 4), "runs": out}
+
+
+def pipeline_section(args, data, cfg, device, limits) -> dict:
+    """``coldllm run -c configs/citeulike.yaml`` from nothing (a new run folder; the text vectors
+    come from the shared content cache when they are there), in its own process: its wall time and
+    each stage's seconds from the run's manifest."""
+    import subprocess
+    import sys
+    import tempfile
+
+    preset = ROOT / "configs" / "citeulike.yaml"
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as runs:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "-c", str(preset), f"--runs_dir={runs}",
+                        "--name=speed-pipeline"], check=True, cwd=ROOT)
+        seconds = time.perf_counter() - start
+        manifest = json.loads((Path(runs) / "speed-pipeline" / "manifest.json").read_text())
+    stages = {name: round(rec["seconds"], 1) for name, rec in manifest["stages"].items() if "seconds" in rec}
+    run_cfg = manifest["config"]
+    return {"citeulike_seconds": round(seconds, 1), "stage_seconds": stages,
+            "what": f"configs/citeulike.yaml: backbone {run_cfg['backbone']['model']}, filter.towers "
+                    f"{run_cfg['filter']['towers']}, refiner.judge {run_cfg['refiner']['judge']}",
+            "test_metrics": manifest["stages"].get("evaluate_coldllm_test", {}).get("metrics")}
 
 
 def eval_section(args, data, cfg, device, limits) -> dict:
