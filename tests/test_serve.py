@@ -36,16 +36,20 @@ from coldllm.serve.store import ItemStore, StoredItem, StoreError  # noqa: E402
 from test_cli import write_project  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("serve")
+def finished_run(tmp: Path, *overrides: str) -> Path:
+    """A tiny run through every stage the service needs (filter, simulate, update)."""
     cfg = str(write_project(tmp))
     result = CliRunner().invoke(cli, [
         "run", "-c", cfg, "--stages=[prepare, train, filter, simulate, update]", "--filter.text_model=minilm",
-        "--filter.k=5", "--filter.collab={epochs: 2, hidden: 16}", "--filter.lm={epochs: 2, hidden: 16, out_dim: 8}",
-        "--refiner.judge=cosine", "--update.steps=20"])
+        "--filter.k=5", "--update.steps=20", *overrides])
     assert result.exit_code == 0, result.output
     return tmp / "runs" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return finished_run(tmp_path_factory.mktemp("serve"), "--filter.collab={epochs: 2, hidden: 16}",
+                        "--filter.lm={epochs: 2, hidden: 16, out_dim: 8}", "--refiner.judge=cosine")
 
 
 def fresh(run_dir: Path) -> Path:
@@ -350,13 +354,8 @@ def test_one_pass_run_is_served_with_its_head_fitted_again(tmp_path):
     """A run whose filter is the one-pass simulator: the service fits its text MLP and user head the
     way the filter stage did (the run's own candidates are found again, all of them) and simulates
     a new item's users from them."""
-    cfg = str(write_project(tmp_path))
-    result = CliRunner().invoke(cli, [
-        "run", "-c", cfg, "--stages=[prepare, train, filter, simulate, update]", "--filter.text_model=minilm",
-        "--filter.towers=onepass", "--filter.k=5", "--filter.onepass={epochs: 2, hidden: 16}",
-        "--refiner.judge=all", "--update.steps=20"])
-    assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "tiny"
+    run = finished_run(tmp_path, "--filter.towers=onepass", "--filter.onepass={epochs: 2, hidden: 16}",
+                       "--refiner.judge=all")
     service = OnlineService(run)
     try:
         assert service.towers.onepass_item is not None
