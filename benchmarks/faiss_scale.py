@@ -402,9 +402,10 @@ def merge(old: dict | None, new: dict) -> dict:
     merged["skipped"] = {k: v for k, v in {**old.get("skipped", {}), **new["skipped"]}.items()
                          if not any(e["name"].startswith(k + "/") for e in merged["entries"])}
     if "simd" not in new:  # kept from an older run only where each row says which run measured it
+        kept_simd = old.get("simd", [])
         merged.pop("simd", None)
-        if all("commit" in r for r in old.get("simd", [])) and old.get("simd"):
-            merged["simd"] = old["simd"]
+        if kept_simd and all("commit" in r for r in kept_simd):
+            merged["simd"] = kept_simd
     merged["recommended"] = recommend(merged["entries"], 0.95, 10.0)
     return merged
 

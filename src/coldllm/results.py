@@ -83,11 +83,16 @@ def _methods(doc: dict[str, Any], oracle: bool = False) -> list[str]:
     return known + sorted(m for m in doc["methods"] if m not in ORDER and not m.startswith(ORACLE))
 
 
+def load_docs(folder: Path) -> list[dict[str, Any]]:
+    """The ``<backbone>.json`` files of ``folder``, by backbone (they hold methods; the search and
+    trial files beside them have tables of their own)."""
+    return sorted((d for d in (json.loads(p.read_text()) for p in folder.glob("*.json")) if "methods" in d),
+                  key=lambda d: d["backbone"])
+
+
 def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: str = "") -> str:
     """Markdown summary of every ``<backbone>.json`` in ``folder`` (plus a PNG plot beside it)."""
-    # <backbone>.json files hold methods; the search and trial files beside them have tables of their own
-    docs = sorted((d for d in (json.loads(p.read_text()) for p in folder.glob("*.json")) if "methods" in d),
-                  key=lambda d: d["backbone"])
+    docs = load_docs(folder)
     ref = reference or {"methods": {}, "backbone": None}
     head = "| backbone | method | " + " | ".join(f"{s} R@20 | {s} N@20" for s in SETTINGS)
     lines = [

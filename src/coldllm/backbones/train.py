@@ -48,13 +48,8 @@ class TrainResult:
 def decayed_lr(lr: float, decay: float, history: list[dict], key: str) -> float:
     """The learning rate after ``history``: ``lr`` times ``decay`` for every validation (``key``)
     that did not improve on the best before it."""
-    best, misses = float("-inf"), 0
-    for record in history:
-        if key in record:
-            if record[key] > best:
-                best = record[key]
-            else:
-                misses += 1
+    replay = EarlyStopping(patience=len(history) + 1)  # the trainer's own rule of what improves
+    misses = sum(not replay.update(record[key], record["epoch"]) for record in history if key in record)
     return lr * decay ** misses
 
 
