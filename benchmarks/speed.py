@@ -9,7 +9,8 @@ and that work's share of the limit that bounds it:
 
 - judge: real users with their real filter candidates (so the prefix is shared as often as in the
   simulation), judged one prompt per pair (naive), as batched whole prompts, and by the packed
-  engine, with the largest |dP(Yes)| between them; optionally int8 dynamic quantisation, with its
+  engine in both its layouts (flat rows attended block by block; padded rows under a dense mask),
+  with the largest |dP(Yes)| between them; optionally int8 dynamic quantisation, with its
   agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
   output layer excluded: the engine applies only its Yes/No rows).
 - lora: the fine-tuning's own loop (packed rows, length-bucketed batches of the preset's size;
@@ -134,6 +135,10 @@ def judge_section(args, data, cfg, device, limits) -> dict:
     packed_judge = Judge(model, prompts, args.batch_size)
     packed_judge.p_yes_grouped(prefixes[:1], suffixes[:2], np.zeros(2, dtype=np.int64))  # warm-up
     packed_seconds, packed = timed(lambda: packed_judge.p_yes_grouped(prefixes, suffixes, owner), device, warm_up=False)
+    # the other layout of the same rows (padded batches under a dense mask on a CPU), for comparison
+    other = "padded" if device.type == "cpu" else "flat"
+    other_seconds, other_p = timed(lambda: Judge(model, prompts, args.batch_size, layout=other).p_yes_grouped(
+        prefixes, suffixes, owner), device, warm_up=False)
     batched_seconds, batched = timed(lambda: Judge(model, prompts, 16).p_yes_uncached(whole), device, warm_up=False)
     sample = np.random.default_rng(0).choice(n, min(n, args.naive_pairs), replace=False)
     naive_judge = Judge(model, prompts, 1)
@@ -145,7 +150,9 @@ def judge_section(args, data, cfg, device, limits) -> dict:
         "pairs": n, "users": int(args.users), "candidates_from": str(path) if candidates is not None else "random",
         "mean_prefix_tokens": round(float(np.mean(list(map(len, prefixes)))), 1),
         "mean_suffix_tokens": round(float(np.mean(list(map(len, suffixes)))), 1),
+        "layout": "flat" if other == "padded" else "padded",
         "pairs_per_s": round(n / packed_seconds, 2),
+        f"{other}_layout_pairs_per_s": round(n / other_seconds, 2),
         "batched_pairs_per_s": round(n / batched_seconds, 2),
         "naive_pairs_per_s": round(len(sample) / naive_seconds, 2),
         "speedup_vs_naive": round((n / packed_seconds) / (len(sample) / naive_seconds), 2),
@@ -154,7 +161,8 @@ def judge_section(args, data, cfg, device, limits) -> dict:
         "whole_prompt_tokens_per_s": round(sum(map(len, whole)) / batched_seconds, 1),
         "flops_per_token": flops,
         "share_of_matmul_limit": round(tokens_per_s * flops / (limits["matmul_gflops"] * 1e9), 3),
-        "max_abs_dp_yes": float(max(np.abs(packed - batched).max(), np.abs(packed[sample] - naive).max())),
+        "max_abs_dp_yes": float(max(np.abs(packed - batched).max(), np.abs(packed[sample] - naive).max(),
+                                    np.abs(packed - other_p).max())),
         "projected_hours_for_67920_pairs": round(67920 / (n / packed_seconds) / 3600, 2),
         "batch_size": args.batch_size,
     }
@@ -198,7 +206,7 @@ def _lora_probe(model_name: str, device: str, users: int, checkpointing: bool) -
     before = peak_memory_mb()
     start = time.perf_counter()
     _, history = train_lora(add_lora(model, params), prefixes, suffixes, owner, examples["label"].to_numpy(),
-                            prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, params,
+                            prompts.yes_id, prompts.no_id, params,
                             gradient_checkpointing=checkpointing)
     seconds = time.perf_counter() - start
     _, row_tokens = packed_rows(prefixes, suffixes, owner, 1024)

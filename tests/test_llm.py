@@ -89,11 +89,12 @@ def test_prefix_cache_matches_whole_prompts():
     assert np.ptp(cached) > 0  # different candidates, different answers
 
 
-def test_grouped_prefix_cache_matches_whole_prompts():
+@pytest.mark.parametrize("layout", ["flat", "padded"])
+def test_grouped_prefix_cache_matches_whole_prompts(layout):
     """Several users' prefixes of different lengths in one batch, candidates split across batches."""
     model, tok = make_tiny_llm(seed=4)
     prompts = PromptEncoder(tok, PromptTemplate())
-    judge = Judge(model, prompts, batch_size=3)
+    judge = Judge(model, prompts, batch_size=3, layout=layout)
     prefixes = [prompts.prefix(h) for h in (["graph neural networks"], ["deep learning models", "protein folding",
                                                                          "a very long title about many things"], [])]
     titles = ["protein folding", "graph networks", "a", "deep learning of protein folding", "b", "c", "d"]
@@ -114,7 +115,8 @@ def test_pack_rows_keep_candidate_order_and_the_token_budget():
     assert [idx.tolist() for _, idx in pack_rows(np.array([0]), np.array([50]), np.array([4]), 10)] == [[0]]
 
 
-def test_rows_split_by_the_token_budget_match_whole_prompts():
+@pytest.mark.parametrize("layout", ["flat", "padded"])
+def test_rows_split_by_the_token_budget_match_whole_prompts(layout):
     model, tok = make_tiny_llm(seed=5)
     prompts = PromptEncoder(tok, PromptTemplate())
     prefixes = [prompts.prefix(["graph neural networks", "protein folding"]), prompts.prefix([])]
@@ -122,8 +124,46 @@ def test_rows_split_by_the_token_budget_match_whole_prompts():
     suffixes, owner = [prompts.suffix(t) for t in titles], np.array([0, 0, 1, 0, 0])
     plain = Judge(model, prompts).p_yes_uncached([prefixes[o] + s for o, s in zip(owner, suffixes)])
     for budget in (1, len(prefixes[0]) + 2 * max(map(len, suffixes)), 10_000):
-        split = Judge(model, prompts, batch_size=2, max_row_tokens=budget).p_yes_grouped(prefixes, suffixes, owner)
+        split = Judge(model, prompts, batch_size=2, max_row_tokens=budget, layout=layout).p_yes_grouped(
+            prefixes, suffixes, owner)
         np.testing.assert_allclose(split, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("chunk_tokens", [1, 12, 10_000])
+def test_block_attention_matches_whole_prompts_and_leaves_other_calls_alone(implementation, chunk_tokens, monkeypatch):
+    """The flat layout's attention, whichever way its suffixes are grouped into calls and whatever
+    attention the model had, gives the whole prompts' answers; once installed, a call without a
+    layout (whole prompts) computes exactly what it computed before."""
+    from coldllm.llm import blocks
+
+    monkeypatch.setattr(blocks, "CHUNK_TOKENS", chunk_tokens)
+    model, tok = make_tiny_llm(seed=6)
+    model.config._attn_implementation = implementation
+    prompts = PromptEncoder(tok, PromptTemplate())
+    prefixes = [prompts.prefix(["graph neural networks", "protein folding"]), prompts.prefix(["deep learning"])]
+    titles = ["protein folding", "graph networks", "a", "deep learning of protein folding", "b", "c"]
+    suffixes, owner = [prompts.suffix(t) for t in titles], np.array([0, 1, 0, 0, 1, 0])
+    whole = [prefixes[o] + s for o, s in zip(owner, suffixes)]
+    judge = Judge(model, prompts, batch_size=4, layout="flat")
+    before = judge.p_yes_uncached(whole)
+    flat = judge.p_yes_grouped(prefixes, suffixes, owner)
+    assert model.config._attn_implementation == blocks.PREFIX + implementation
+    np.testing.assert_allclose(flat, before, atol=1e-5)
+    np.testing.assert_array_equal(judge.p_yes_uncached(whole), before)
+
+
+def test_packed_layout_covers_every_token_once():
+    from coldllm.llm.blocks import PackedLayout
+
+    layout = PackedLayout.build([(4, [3, 2, 3]), (5, []), (2, [6])], device="cpu", chunk_tokens=5)
+    assert [(c.lo, c.hi, c.keys) for c in layout.calls] == [
+        (0, 4, ((0, 4),)), (4, 9, ((0, 9),)), (9, 12, ((0, 4), (9, 12))),  # 3 + 2 fit 5 tokens; 3 more start a call
+        (12, 17, ((12, 17),)),  # a row without suffixes: its prefix alone
+        (17, 19, ((17, 19),)), (19, 25, ((17, 25),))]  # a suffix over the budget still gets its call
+    second = layout.calls[1].mask[0, 0]  # queries 4..8 over keys 0..8: prefix, then two suffixes
+    assert second[:, :4].all()
+    assert second[:, 4:].tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
 
 
 def test_empty_candidate_list():
@@ -159,14 +199,14 @@ def test_lora_training_lowers_the_answer_loss_and_reloads(tmp_path):
 
     def loss(rows, pre, suf):
         with torch.no_grad():
-            return answer_loss(peft_model, rows, pre, suf, answers, tok.pad_token_id).item()
+            return answer_loss(peft_model, rows, pre, suf, answers).item()
 
     before = loss(packed, prefixes, suffixes)
     # packing changes nothing but the cost: the same loss as whole prompts one by one
     assert before == pytest.approx(loss(alone, [e[:-2] for e in examples], [e[-2:] for e in examples]), abs=1e-5)
     params = LoraParams(r=4, alpha=8, dropout=0.0, lr=3e-2, epochs=15, batch_size=4)
     peft_model, history = train_lora(peft_model, prefixes, suffixes, owner, labels, prompts.yes_id, prompts.no_id,
-                                     tok.pad_token_id, params, out_dir=tmp_path / "adapter")
+                                     params, out_dir=tmp_path / "adapter")
     after = loss(packed, prefixes, suffixes)
     assert after < 0.5 * before, (before, after)
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
@@ -202,7 +242,7 @@ def test_gradient_checkpointing_trains_the_same_adapter():
         calls = []
         peft_model.get_decoder().layers[0].self_attn.register_forward_hook(lambda *_: calls.append(1))
         peft_model, history = train_lora(peft_model, prefixes, suffixes, owner, labels, prompts.yes_id, prompts.no_id,
-                                         tok.pad_token_id, params, gradient_checkpointing=checkpointing)
+                                         params, gradient_checkpointing=checkpointing)
         assert not peft_model.base_model.model.is_activation_checkpointing  # inference runs without it
         weights = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora" in n}
         trained.append(([h["loss"] for h in history], weights))

@@ -163,7 +163,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         lora = _params(LoraParams, cfg.refiner.lora, "refiner.lora")
         peft_model = add_lora(model, lora)
         _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
-                                prompts.yes_id, prompts.no_id, tokenizer.pad_token_id or 0, lora,
+                                prompts.yes_id, prompts.no_id, lora,
                                 out_dir=folder / "adapter", checkpoint=folder / "checkpoint.safetensors",
                                 base=cfg.refiner.model, gradient_checkpointing=cfg.refiner.gradient_checkpointing)
         judge = Judge(peft_model, prompts, cfg.refiner.batch_size)

@@ -1,9 +1,10 @@
 """The batched Yes/No judge: P(Yes) against P(No) from the next-token logits after the prompt.
 
 The fast path packs one user's history prefix and *all* of that user's candidate suffixes into a
-single sequence, ``prefix | suffix_1 | suffix_2 | ...``, with a block attention mask: the prefix is
-causal, and each suffix sees the prefix and itself only, at the positions it would have right after
-the prefix. Every token is computed once and nothing is copied, so a user with twelve candidates
+single row, ``prefix | suffix_1 | suffix_2 | ...``, in which the prefix is causal and each suffix
+sees the prefix and itself only, at the positions it would have right after the prefix (on a CPU
+the rows go end to end without padding and attend block by block, see ``blocks``; on a GPU, as a
+padded batch under a dense mask). Every token is computed once, so a user with twelve candidates
 costs one 210-token prefix plus twelve ~20-token suffixes instead of twelve 230-token prompts. The
 answer is read at each suffix's last token, and only the Yes and No rows of the output layer are
 applied there (the full-vocabulary logits of every position would cost more than a layer).
@@ -19,6 +20,7 @@ import contextlib
 import numpy as np
 import torch
 
+from . import blocks
 from .prompts import PromptEncoder
 
 
@@ -57,34 +59,51 @@ def packed_rows(prefixes: list[list[int]], suffixes: list[list[int]], owner: np.
     return rows, tokens
 
 
-def answer_states(model, rows, prefixes, suffixes, pad_id: int) -> tuple[torch.Tensor, np.ndarray]:
+def answer_states(model, rows, prefixes, suffixes, layout: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Final hidden states at the last token of every suffix of the packed ``rows`` (from
-    ``pack_rows``), and the index of the suffix each state answers."""
-    seqs, segments, positions, ends, targets = [], [], [], [], []
+    ``pack_rows``), and the index of the suffix each state answers.
+
+    A suffix sees its row's prefix and itself, at the positions it would have right after the
+    prefix. ``layout`` "flat" lays the rows end to end in one sequence, without padding, and
+    attends block by block (``blocks``); "padded" stacks them in a padded batch under a dense
+    (query x key) mask: one attention call per layer, which suits a GPU better than many small
+    ones. The default is flat on a CPU, padded on a GPU."""
+    device = next(model.parameters()).device
+    layout = layout or ("padded" if device.type == "cuda" else "flat")
+    if layout not in ("flat", "padded"):
+        raise ValueError(f"layout must be 'flat' or 'padded', not {layout!r}")
+    seqs, positions, ends, targets, shape = [], [], [], [], []
     for b, (who, idx) in enumerate(rows):
         prefix = prefixes[who]
-        seq, seg, pos = list(prefix), [0] * len(prefix), list(range(len(prefix)))
-        for k, j in enumerate(idx):
-            s = suffixes[j]
-            seq += s
-            seg += [k + 1] * len(s)
-            pos += range(len(prefix), len(prefix) + len(s))  # where it would sit right after the prefix
+        seq, pos = list(prefix), list(range(len(prefix)))
+        for j in idx:
+            seq += suffixes[j]
+            pos += range(len(prefix), len(prefix) + len(suffixes[j]))  # right after the prefix
             ends.append((b, len(seq) - 1))
             targets.append(j)
-        seqs.append(seq), segments.append(seg), positions.append(pos)
+        seqs.append(seq), positions.append(pos), shape.append((len(prefix), [len(suffixes[j]) for j in idx]))
+    if layout == "flat":
+        offsets = np.cumsum([0] + [len(s) for s in seqs])
+        blocks.install(model)
+        hidden = model.get_decoder()(
+            input_ids=torch.tensor([[t for s in seqs for t in s]], device=device),
+            position_ids=torch.tensor([[p for q in positions for p in q]], device=device),
+            packed_layout=blocks.PackedLayout.build(shape, device)).last_hidden_state
+        at = torch.tensor([offsets[b] + t for b, t in ends], device=device)
+        return hidden[0, at], np.asarray(targets)
     width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    ids = torch.zeros((len(seqs), width), dtype=torch.long)  # padding's id is never read
     # padding is a segment of its own (-1) that sees only itself: no row of the mask is empty
     seg = torch.full((len(seqs), width), -1, dtype=torch.long)
     pos = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, (s, g, p) in enumerate(zip(seqs, segments, positions)):
-        ids[b, : len(s)], seg[b, : len(s)], pos[b, : len(s)] = torch.tensor(s), torch.tensor(g), torch.tensor(p)
+    for b, (s, p, (prefix_len, lengths)) in enumerate(zip(seqs, positions, shape)):
+        ids[b, : len(s)], pos[b, : len(s)] = torch.tensor(s), torch.tensor(p)
+        seg[b, : len(s)] = torch.repeat_interleave(torch.arange(len(lengths) + 1), torch.tensor([prefix_len] + lengths))
     i = torch.arange(width)
     causal = i[:, None] >= i[None, :]
     same = seg[:, :, None] == seg[:, None, :]
     sees_prefix = (seg[:, None, :] == 0) & (seg[:, :, None] >= 0)
     mask = (causal[None] & (same | sees_prefix))[:, None]  # (batch, 1, query, key), True = may attend
-    device = next(model.parameters()).device
     hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  position_ids=pos.to(device)).last_hidden_state
     b, t = torch.tensor(ends, device=device).T
@@ -95,12 +114,14 @@ class Judge:
     """P(Yes) of prompts for one model and prompt encoder.
 
     ``batch_size``: candidates per forward pass; ``max_row_tokens``: the longest packed row (a
-    user with many candidates is split over several rows, each repeating the prefix).
+    user with many candidates is split over several rows, each repeating the prefix); ``layout``:
+    see ``answer_states`` (by default the device's faster one).
     """
 
-    def __init__(self, model, prompts: PromptEncoder, batch_size: int = 32, max_row_tokens: int = 1024):
+    def __init__(self, model, prompts: PromptEncoder, batch_size: int = 32, max_row_tokens: int = 1024,
+                 layout: str | None = None):
         self.model, self.prompts, self.batch_size = model, prompts, batch_size
-        self.max_row_tokens = max_row_tokens
+        self.max_row_tokens, self.layout = max_row_tokens, layout
         self.device = next(model.parameters()).device
         self.pad_id = prompts.tokenizer.pad_token_id or 0
 
@@ -127,7 +148,7 @@ class Judge:
         return out
 
     def _run_packed(self, rows, prefixes, suffixes, out: np.ndarray) -> None:
-        hidden, targets = answer_states(self.model, rows, prefixes, suffixes, self.pad_id)
+        hidden, targets = answer_states(self.model, rows, prefixes, suffixes, self.layout)
         out[targets] = self._yes_probability(hidden)
 
     def _yes_probability(self, hidden: torch.Tensor) -> np.ndarray:

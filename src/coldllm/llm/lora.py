@@ -72,17 +72,16 @@ def _batches(rows: list[tuple[int, np.ndarray]], lengths: np.ndarray, batch_size
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def answer_loss(model, rows, prefixes: list[list[int]], suffixes: list[list[int]], answers: torch.Tensor,
-                pad_id: int) -> torch.Tensor:
+def answer_loss(model, rows, prefixes: list[list[int]], suffixes: list[list[int]], answers: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the answer token after each suffix of the packed ``rows``."""
     with autocast(answers.device):
-        hidden, targets = answer_states(model, rows, prefixes, suffixes, pad_id)
+        hidden, targets = answer_states(model, rows, prefixes, suffixes)
         # the output layer on the answer positions only, not on every token of every row
         logits = model.get_output_embeddings()(hidden)
     return F.cross_entropy(logits.float(), answers[torch.as_tensor(targets, device=answers.device)])
 
 
-def _fingerprint(prefixes, suffixes, owner, labels, ids: tuple[int, int, int], params: LoraParams,
+def _fingerprint(prefixes, suffixes, owner, labels, ids: tuple[int, int], params: LoraParams,
                  max_row_tokens: int, base: str) -> str:
     """What a fine-tuning learns from: its examples, settings and (``base``) the model it starts at."""
     digest = hashlib.sha256(json.dumps([prefixes, suffixes, np.asarray(owner).tolist(), np.asarray(labels).tolist(),
@@ -91,7 +90,7 @@ def _fingerprint(prefixes, suffixes, owner, labels, ids: tuple[int, int, int], p
 
 
 def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owner: np.ndarray, labels: np.ndarray,
-               yes_id: int, no_id: int, pad_id: int, params: LoraParams, out_dir: Path | None = None,
+               yes_id: int, no_id: int, params: LoraParams, out_dir: Path | None = None,
                max_row_tokens: int = 1024, checkpoint: Path | None = None, base: str = "",
                gradient_checkpointing: bool = False) -> tuple[object, list[dict]]:
     """Fine-tune ``model`` (a peft model from ``add_lora``) on the examples ``prefixes[owner[j]] +
@@ -118,14 +117,14 @@ def train_lora(model, prefixes: list[list[int]], suffixes: list[list[int]], owne
     plan = [_batches(rows, lengths, params.batch_size, rng) for _ in range(params.epochs)]
     # the whole plan is drawn up front, so a resumed run only needs the number of steps done
     steps = [(epoch, batch) for epoch, batches in enumerate(plan) for batch in batches]
-    fingerprint = _fingerprint(prefixes, suffixes, owner, labels, (yes_id, no_id, pad_id), params, max_row_tokens, base)
+    fingerprint = _fingerprint(prefixes, suffixes, owner, labels, (yes_id, no_id), params, max_row_tokens, base)
     named = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if checkpoint is not None:
         history = _resume(checkpoint, fingerprint, named, opt)
     bar = tqdm(total=len(steps), initial=len(history), desc="lora", unit="step")
     start, saved = time.perf_counter() - (history[-1]["seconds"] if history else 0.0), time.perf_counter()
     for epoch, batch in steps[len(history):]:
-        loss = answer_loss(model, [rows[r] for r in batch], prefixes, suffixes, answers_all, pad_id)
+        loss = answer_loss(model, [rows[r] for r in batch], prefixes, suffixes, answers_all)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
