@@ -153,6 +153,17 @@ def test_block_attention_matches_whole_prompts_and_leaves_other_calls_alone(impl
     np.testing.assert_array_equal(judge.p_yes_uncached(whole), before)
 
 
+def test_block_attention_refuses_prompts_beyond_a_sliding_window():
+    """The blocks have no window: a layer that attends within a sliding window would see more than
+    it does on the whole prompt, so such a prompt is refused, not judged differently."""
+    model, tok = make_tiny_llm(seed=6)
+    model.get_decoder().layers[1].self_attn.sliding_window = 8
+    prompts = PromptEncoder(tok, PromptTemplate())
+    judge = Judge(model, prompts, layout="flat")
+    with pytest.raises(ValueError, match="sliding attention window"):
+        judge.p_yes_for_user(prompts.prefix(["graph neural networks"]), [prompts.suffix("protein folding")])
+
+
 def test_packed_layout_covers_every_token_once():
     from coldllm.llm.blocks import PackedLayout
 

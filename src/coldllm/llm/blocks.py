@@ -47,6 +47,7 @@ class PackedLayout:
     """The attention calls that cover a flat sequence of packed rows."""
 
     calls: list[Call]
+    longest: int  # the longest prompt (prefix and one suffix) of any row, in tokens
 
     @classmethod
     def build(cls, rows: list[tuple[int, list[int]]], device: torch.device,
@@ -54,6 +55,7 @@ class PackedLayout:
         """``rows``: per row, the prefix length and the suffix lengths in order."""
         chunk_tokens = chunk_tokens or CHUNK_TOKENS
         calls, start = [], 0
+        longest = max((p + max(s, default=0) for p, s in rows), default=0)
         for prefix_len, suffix_lens in rows:
             mid = start + prefix_len
             if prefix_len:
@@ -69,7 +71,7 @@ class PackedLayout:
                 calls.append(Call(lo, hi, keys, sees[None, None].to(device)))
                 lo = hi
             start = lo
-        return cls(calls)
+        return cls(calls, longest)
 
 
 def _chunks(lengths: list[int], budget: int) -> list[list[int]]:
@@ -106,9 +108,10 @@ def _wrapping(name: str):
     def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
         layout = kwargs.pop("packed_layout", None)
         if layout is not None:
-            if getattr(module, "sliding_window", None) is not None and query.shape[2] > module.sliding_window:
-                raise ValueError(f"packed rows longer than the model's sliding window ({module.sliding_window}); "
-                                 f"lower max_row_tokens")
+            window = getattr(module, "sliding_window", None)
+            if window is not None and layout.longest > window:  # the blocks have no window: refuse
+                raise ValueError(f"a prompt of {layout.longest} tokens is longer than the model's sliding attention "
+                                 f"window ({window}); show fewer or shorter titles (refiner.template)")
             return block_attention(query, key, value, layout, dropout, scaling), None
         if name == "eager":  # each architecture has its own eager attention, beside its layer class
             inner = sys.modules[type(module).__module__].eager_attention_forward

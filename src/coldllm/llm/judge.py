@@ -59,6 +59,13 @@ def packed_rows(prefixes: list[list[int]], suffixes: list[list[int]], owner: np.
     return rows, tokens
 
 
+LAYOUTS = ("flat", "padded")
+
+
+def default_layout(device: torch.device) -> str:
+    return "padded" if device.type == "cuda" else "flat"
+
+
 def answer_states(model, rows, prefixes, suffixes, layout: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Final hidden states at the last token of every suffix of the packed ``rows`` (from
     ``pack_rows``), and the index of the suffix each state answers.
@@ -69,9 +76,9 @@ def answer_states(model, rows, prefixes, suffixes, layout: str | None = None) ->
     (query x key) mask: one attention call per layer, which suits a GPU better than many small
     ones. The default is flat on a CPU, padded on a GPU."""
     device = next(model.parameters()).device
-    layout = layout or ("padded" if device.type == "cuda" else "flat")
-    if layout not in ("flat", "padded"):
-        raise ValueError(f"layout must be 'flat' or 'padded', not {layout!r}")
+    layout = layout or default_layout(device)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     seqs, positions, ends, targets, shape = [], [], [], [], []
     for b, (who, idx) in enumerate(rows):
         prefix = prefixes[who]
@@ -114,15 +121,18 @@ class Judge:
     """P(Yes) of prompts for one model and prompt encoder.
 
     ``batch_size``: candidates per forward pass; ``max_row_tokens``: the longest packed row (a
-    user with many candidates is split over several rows, each repeating the prefix); ``layout``:
-    see ``answer_states`` (by default the device's faster one).
+    user with many candidates is split over several rows, each repeating the prefix; by default
+    1,024 tokens for the padded layout, whose attention grows with the square of a row, and 8,192
+    for the flat one, whose attention does not, so nearly every user's prefix is computed once);
+    ``layout``: see ``answer_states`` (by default the device's faster one).
     """
 
-    def __init__(self, model, prompts: PromptEncoder, batch_size: int = 32, max_row_tokens: int = 1024,
+    def __init__(self, model, prompts: PromptEncoder, batch_size: int = 32, max_row_tokens: int | None = None,
                  layout: str | None = None):
         self.model, self.prompts, self.batch_size = model, prompts, batch_size
-        self.max_row_tokens, self.layout = max_row_tokens, layout
         self.device = next(model.parameters()).device
+        self.layout = layout or default_layout(self.device)
+        self.max_row_tokens = max_row_tokens or (8192 if self.layout == "flat" else 1024)
         self.pad_id = prompts.tokenizer.pad_token_id or 0
 
     def p_yes_for_user(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
