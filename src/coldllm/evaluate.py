@@ -19,7 +19,8 @@ import torch
 
 from .data import ColdStartData
 
-Scorer = Callable[[torch.Tensor], torch.Tensor]  # user indices -> (batch, n_items) scores
+# user indices -> (batch, n_items) scores, a tensor of its own: the evaluator writes its masks into it
+Scorer = Callable[[torch.Tensor], torch.Tensor]
 SETTINGS = ("overall", "cold", "warm")
 PARTS = {
     "val": {"overall": ("warm_val", "cold_val"), "cold": ("cold_val",), "warm": ("warm_val",)},
@@ -28,17 +29,18 @@ PARTS = {
 
 
 def ranking_metrics(
-    scores: torch.Tensor, truth: torch.Tensor, ks: list[int]
+    scores: torch.Tensor, truth: torch.Tensor, ks: list[int], n_true: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Per-user Recall@K and NDCG@K.
 
     ``scores``: (users, items) with masked items already at -inf; ``truth``: (users, items) bool of
-    held-out items. Returns ``{"recall@K": (users,), "ndcg@K": (users,)}``.
+    held-out items; ``n_true``: its row sums when the caller has them (summing a dense bool matrix
+    costs more than the ranking). Returns ``{"recall@K": (users,), "ndcg@K": (users,)}``.
     """
     k_max = min(max(ks), scores.shape[1])
     top = scores.topk(k_max, dim=1).indices
     hits = truth.gather(1, top).float()
-    n_true = truth.sum(1).float()
+    n_true = (truth.sum(1) if n_true is None else n_true).float()
     discount = 1.0 / torch.log2(torch.arange(2, k_max + 2, dtype=torch.float32, device=scores.device))
     out = {}
     for k in ks:
@@ -100,12 +102,14 @@ class Evaluator:
             sums: dict[str, float] = {}
             for start in range(0, len(setting.users), self.batch_size):
                 users = setting.users[start : start + self.batch_size]
-                scores = scorer(torch.from_numpy(users).to(device)).float().clone()
+                scores = scorer(torch.from_numpy(users).to(device)).float()
                 scores[:, blocked] = -torch.inf
                 seen = (self.exclude if setting.exclude is None else setting.exclude)[users].tocoo()
                 scores[torch.from_numpy(seen.row).to(device), torch.from_numpy(seen.col).to(device)] = -torch.inf
-                truth = torch.from_numpy(setting.truth[users].toarray() > 0).to(device)
-                for metric, values in ranking_metrics(scores, truth, self.ks).items():
+                held_out = setting.truth[users]
+                truth = torch.from_numpy(held_out.toarray() > 0).to(device)
+                n_true = torch.from_numpy(np.diff(held_out.indptr)).to(device)
+                for metric, values in ranking_metrics(scores, truth, self.ks, n_true).items():
                     sums[metric] = sums.get(metric, 0.0) + float(values.sum())
             n = len(setting.users)
             results[name] = {metric: total / n for metric, total in sums.items()}
