@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,8 @@ def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool 
     kept = name
     if reproduce:  # trained again beside the kept run, which the funnel's variants link to and stays
         name = f"{name}-repro"
+        # from nothing: a finished repro run of an earlier session would be resumed, not trained again
+        shutil.rmtree(ROOT / load_config(preset, list(extra)).runs_dir / name, ignore_errors=True)
     overrides = [f"--name={name}", f"--backbone.model={backbone}", "--stages=[prepare, train, evaluate_test]", *extra]
     cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset), *overrides]
     print("$", " ".join(cmd), flush=True)
