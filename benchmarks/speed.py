@@ -21,6 +21,9 @@ and that work's share of the limit that bounds it:
 - eval: full-ranking evaluation of the test split; filter: the exact top-K users of every cold item.
 - pipeline (not in the default sections): the CiteULike preset run end to end in a new run
   folder, its wall time and every stage's.
+- paper_setting (not in the default sections; runs nothing): the paper's funnel (coupled filter,
+  LoRA fine-tuning, the judge on every filtered pair) priced from the sections above and the
+  recorded LLM-judge run, and its floor with fine-tuning and judging at 100% of the matmul limit.
 - lightgcn_train (not in the default sections: ~20 minutes): the preset's LightGCN trained to its
   best warm-validation NDCG@20, then the fast settings (``--fast``: larger batches, so fewer full
   propagations per epoch, a larger learning rate, fewer validations), one after the other in one
@@ -52,7 +55,7 @@ from coldllm.utils import git_commit, now_iso, package_versions, peak_memory_mb,
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("machine", "judge", "lora", "lightgcn", "eval", "filter")
-EXTRA_SECTIONS = ("lightgcn_train", "pipeline")
+EXTRA_SECTIONS = ("lightgcn_train", "pipeline", "paper_setting")
 # what the fast LightGCN changes in the preset: four times the batch (a step's cost is mostly the
 # full-graph propagation, so an epoch costs about a quarter), a six times larger learning rate that
 # gets close fast and is halved at every validation without a new best (a constant high rate
@@ -300,6 +303,40 @@ def lightgcn_train_section(args, data, cfg, device, limits) -> dict:
             "ndcg_ratio": round(quick["best_val_ndcg"] / base["best_val_ndcg"], 4), "runs": out}
 
 
+def paper_setting_section(args, data, cfg, device, limits) -> dict:
+    """The paper's funnel on this machine (coupled filter, LoRA fine-tuning, the judge on every
+    filtered pair), priced from what was measured, nothing run: each stage's seconds at the rates
+    recorded in this file and the run folders, and the fine-tuning and judging at 100% of the
+    matmul limit, the floor no engine on this machine can go under."""
+    report = json.loads((ROOT / "results" / "speed" / "cpu.json").read_text())
+    missing = [k for k in ("judge", "lora", "pipeline") if not isinstance(report.get(k), dict)]
+    if missing:
+        raise SystemExit(f"paper_setting prices measured sections; run --sections {' '.join(missing)} first")
+    judge, lora, pipeline = report["judge"], report["lora"], report["pipeline"]
+    run = ROOT / args.candidates_from
+    funnel = json.loads((run / "manifest.json").read_text())["stages"]
+    pairs = int(funnel["simulate"]["pairs"])
+    examples = 2 * cfg.refiner.train_users  # a positive and a negative per fine-tuning user
+    judge_tokens_per_pair = judge["tokens_per_s"] / judge["pairs_per_s"]
+    lora_tokens_per_example = lora["tokens_per_s"] / lora["examples_per_s"]
+    stages = {
+        "train": pipeline["stage_seconds"]["train"],  # the preset's LightGCN, measured alone
+        "filter": round(funnel["filter"]["seconds"], 1),  # the coupled filter of the recorded run
+        "finetune": round(examples / lora["examples_per_s"], 1),
+        "simulate": round(pairs / judge["pairs_per_s"], 1),
+        "update": pipeline["stage_seconds"]["update"],
+    }
+    floor = {"finetune": round(examples * lora_tokens_per_example / (lora["tokens_per_s"] / lora["share_of_matmul_limit"]), 1),
+             "simulate": round(pairs * judge_tokens_per_pair / (judge["tokens_per_s"] / judge["share_of_matmul_limit"]), 1)}
+    at_limit = {**stages, **floor}
+    return {"pairs": pairs, "finetune_examples": examples, "stage_seconds": stages,
+            "seconds": round(sum(stages.values()), 1), "stage_seconds_at_matmul_limit": at_limit,
+            "seconds_at_matmul_limit": round(sum(at_limit.values()), 1),
+            "sources": {"train, update": f"pipeline ({pipeline['commit'][:10]})",
+                        "filter, pairs": str(run.relative_to(ROOT) / "manifest.json"),
+                        "finetune": f"lora ({lora['commit'][:10]})", "simulate": f"judge ({judge['commit'][:10]})"}}
+
+
 def pipeline_section(args, data, cfg, device, limits) -> dict:
     """``coldllm run -c configs/citeulike.yaml`` from nothing (a new run folder; the text vectors
     come from the shared content cache when they are there), in its own process: its wall time and
@@ -386,7 +423,9 @@ def main() -> None:
     # sections measured earlier stay, each with its own commit and date; the ones run now replace theirs
     report = json.loads(out.read_text()) if out.exists() else {}
     stamp = {"commit": git_commit(ROOT), "created": now_iso()}
-    report.update(stamp, versions=package_versions(), config=vars(args), machine={**machine(device), **stamp})
+    measuring = bool(set(args.sections) - {"paper_setting"})  # pricing alone times nothing
+    if measuring:  # the machine's entry is the limits of the sections measured with it
+        report.update(stamp, versions=package_versions(), config=vars(args), machine={**machine(device), **stamp})
     limits = report["machine"]
     for name in args.sections[1:] if args.sections[0] == "machine" else args.sections:
         start = time.perf_counter()
@@ -401,7 +440,8 @@ def main() -> None:
         report["lightgcn"].update({k: trained[k] for k in ("seconds_to_best", "best_val_ndcg", "baseline_seconds_to_best",
                                                            "baseline_best_val_ndcg")},
                                   training_measured={"commit": trained["commit"], "created": trained["created"]})
-    report["peak_memory_mb"] = round(peak_memory_mb(), 1)
+    if measuring:
+        report["peak_memory_mb"] = round(peak_memory_mb(), 1)
     write_json(out, report)
     plot(report, out.with_suffix(".png"))
     print(f"wrote {out}")
