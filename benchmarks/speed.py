@@ -10,8 +10,9 @@ and that work's share of the limit that bounds it:
 - judge: real users with their real filter candidates (so the prefix is shared as often as in the
   simulation), judged one prompt per pair (naive), as batched whole prompts, and by the packed
   engine in both its layouts (flat rows attended block by block; padded rows under a dense mask),
-  with the largest |dP(Yes)| between them; optionally int8 dynamic quantisation, with its
-  agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
+  with the largest |dP(Yes)| between them; the same with the template's per-candidate words moved
+  into the prefix (``LEAD_TEMPLATE``: a pair pays only for its title); int8 dynamic quantisation,
+  with its agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
   output layer excluded: the engine applies only its Yes/No rows).
 - lora: the fine-tuning's own loop (packed rows, length-bucketed batches of the preset's size;
   forward and backward: ~3x the forward FLOPs) in examples/s, with activations kept and with
@@ -171,7 +172,33 @@ def judge_section(args, data, cfg, device, limits) -> dict:
     }
     if device.type == "cpu":
         out["int8"] = int8_trial(model, prompts, prefixes, suffixes, owner, packed, packed_seconds, args.batch_size)
+    out["lead_template"] = lead_template_trial(model, tokenizer, data, candidates, args, cfg, device, limits)
     return out
+
+
+# the template words that are the same for every candidate moved into the prefix, the question left
+# to the instruction: a pair pays only for its quoted title (a prompt a judge must be tuned on)
+LEAD_TEMPLATE = {"candidate_lead": "Candidate paper: ", "candidate": "{title}", "question": ""}
+
+
+def lead_template_trial(model, tokenizer, data, candidates, args, cfg, device, limits) -> dict:
+    """The packed engine and naive prompts with ``LEAD_TEMPLATE``, on the same users and pairs."""
+    prompts = PromptEncoder(tokenizer, PromptTemplate(**LEAD_TEMPLATE))
+    histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
+    prefixes, suffixes, owner = judge_jobs(data, prompts, histories, candidates, args.users, cfg.seed)
+    n = len(suffixes)
+    judge = Judge(model, prompts, args.batch_size)
+    seconds, packed = timed(lambda: judge.p_yes_grouped(prefixes, suffixes, owner), device, warm_up=False)
+    sample = np.random.default_rng(0).choice(n, min(n, args.naive_pairs), replace=False)
+    naive_seconds, naive = timed(lambda: Judge(model, prompts, 1).p_yes_uncached(
+        [prefixes[owner[j]] + suffixes[j] for j in sample]), device, warm_up=False)
+    tokens_per_s = int(packed_rows(prefixes, suffixes, owner, judge.max_row_tokens)[1].sum()) / seconds
+    return {"template": LEAD_TEMPLATE, "mean_suffix_tokens": round(float(np.mean(list(map(len, suffixes)))), 1),
+            "pairs_per_s": round(n / seconds, 2), "naive_pairs_per_s": round(len(sample) / naive_seconds, 2),
+            "speedup_vs_naive": round((n / seconds) / (len(sample) / naive_seconds), 2),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "share_of_matmul_limit": round(tokens_per_s * forward_flops_per_token(model) / (limits["matmul_gflops"] * 1e9), 3),
+            "max_abs_dp_yes": float(np.abs(packed[sample] - naive).max())}
 
 
 def int8_trial(model, prompts, prefixes, suffixes, owner, reference, reference_seconds, batch_size) -> dict:

@@ -19,6 +19,25 @@ def test_prompt_layout_and_history_cap():
     assert suffix.startswith('Candidate paper: "protein \'fold\'"\n') and suffix.endswith("Answer:")
 
 
+def test_a_candidate_lead_moves_the_template_words_into_the_prefix():
+    """With the lead in the prefix and no question, a pair pays only for its quoted title, and the
+    packed judge still answers as the whole prompt does."""
+    short = PromptTemplate(candidate_lead="Candidate paper: ", candidate="{title}", question="")
+    assert prefix_text(short, ["graph networks"]).endswith('- "graph networks"\nCandidate paper: ')
+    assert suffix_text(short, "protein folding") == '"protein folding"'
+    tok = byte_level_tokenizer()
+    default, lead = PromptEncoder(tok, PromptTemplate()), PromptEncoder(tok, short)
+    assert tok.decode(lead.prefix(["graph networks"]) + lead.suffix("protein folding")).endswith(
+        'Candidate paper: "protein folding"')
+    assert len(lead.suffix("protein folding")) < len(default.suffix("protein folding")) - 4
+    model, tiny = make_tiny_llm(seed=7)
+    prompts = PromptEncoder(tiny, short)
+    prefix, suffixes = prompts.prefix(["graph neural networks"]), [prompts.suffix(t) for t in ("protein folding", "a")]
+    judge = Judge(model, prompts)
+    np.testing.assert_allclose(judge.p_yes_for_user(prefix, suffixes),
+                               judge.p_yes_uncached([prefix + s for s in suffixes]), atol=1e-5)
+
+
 def byte_level_tokenizer():
     """A small byte-level BPE with chat-style special tokens, trained in-process: it keeps newlines
     and quotes as tokens, as real model tokenizers do (the tiny word-level one drops them)."""

@@ -27,10 +27,16 @@ class PromptTemplate:
     )
     history_header: str = field(default="Papers the user saved:", metadata={"help": "Heads the history."})
     history_item: str = field(default="- {title}", metadata={"help": "One history line; {title} is filled."})
+    candidate_lead: str = field(
+        default="",
+        metadata={"help": "Ends the prefix and leads into every candidate (e.g. 'Candidate paper: '): paid once "
+                          "per user, where the same words in `candidate` are paid once per pair."},
+    )
     candidate: str = field(default="Candidate paper: {title}", metadata={"help": "The candidate line."})
     question: str = field(
         default="Answer:",
-        metadata={"help": "Ends the prompt; the next token is the answer. Kept short: it is paid per pair."},
+        metadata={"help": "Ends the prompt on its own line; the next token is the answer. Paid per pair: '' ends "
+                          "the prompt at the candidate, the question being the instruction's."},
     )
     yes: str = field(default=" Yes", metadata={"help": "Answer text for a positive (with its leading space)."})
     no: str = field(default=" No", metadata={"help": "Answer text for a negative."})
@@ -58,11 +64,12 @@ def prefix_text(template: PromptTemplate, history: list[str]) -> str:
     shown = history[-template.max_history :] if template.max_history > 0 else []
     lines = [template.instruction, template.history_header]
     lines += [template.history_item.format(title=quote(clean_text(t, template.max_title_chars))) for t in shown]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + template.candidate_lead
 
 
 def suffix_text(template: PromptTemplate, title: str) -> str:
-    return template.candidate.format(title=quote(clean_text(title, template.max_title_chars))) + "\n" + template.question
+    line = template.candidate.format(title=quote(clean_text(title, template.max_title_chars)))
+    return line + "\n" + template.question if template.question else line
 
 
 def answer_token_ids(tokenizer, template: PromptTemplate) -> tuple[int, int]:
@@ -95,7 +102,8 @@ class PromptEncoder:
         self.context = context or (int(stated) if stated and stated < 1_000_000 else None)
         self._item_line = [self._structure(part) for part in _around_title(template.history_item)]
         self._candidate_line = [self._structure(part) for part in _around_title(template.candidate)]
-        self._question = self._structure("\n" + template.question)
+        self._question = self._structure("\n" + template.question) if template.question else []
+        self._lead = self._structure(template.candidate_lead)
         self._head = self.bos + self._structure(template.instruction + "\n" + template.history_header + "\n")
         self._quote = self._structure('"')
         self.max_suffix_tokens = (len(self._candidate_line[0]) + len(self._candidate_line[1]) + len(self._question)
@@ -115,10 +123,11 @@ class PromptEncoder:
         shown = history[-self.template.max_history :] if self.template.max_history > 0 else []
         before, after = self._item_line
         lines = [before + self.item_ids(t) + after + self._structure("\n") for t in shown]
-        room = None if self.context is None else self.context - self.max_suffix_tokens - len(self._head)
+        room = None if self.context is None else \
+            self.context - self.max_suffix_tokens - len(self._head) - len(self._lead)
         while room is not None and lines and sum(map(len, lines)) > room:
             lines.pop(0)  # the oldest titles give way: the prompt must fit the model
-        return self._head + [i for line in lines for i in line]
+        return self._head + [i for line in lines for i in line] + self._lead
 
     def suffix(self, title: str) -> list[int]:
         before, after = self._candidate_line
