@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from coldllm.backbones import BACKBONES, build_backbone, load_backbone, train_backbone
 from coldllm.backbones.train import decayed_lr
-from coldllm.backbones.graph import normalized_adjacency, spmm_symmetric
+from coldllm.backbones.graph import normalized_adjacency, spectral_factors, spmm_symmetric
 from conftest import community_auc
 
 
@@ -108,3 +108,46 @@ def test_learning_rate_decays_on_validations_without_improvement(tiny_data, tiny
     result = train_backbone(build_backbone(tiny_cfg.backbone, tiny_data.matrix("train"), seed=1), tiny_data,
                             tiny_cfg, tmp_path)
     assert result.best_epoch == 1 and made[0].param_groups[0]["lr"] == pytest.approx(1e-12 * 0.5 ** 3)
+
+
+def test_spectral_factors_rebuild_the_normalised_matrix():
+    # 6 users x 5 items, item 4 without any interaction (a cold item): rank <= 4 < dim, so the
+    # factors must rebuild D_u^-1/2 R D_i^-1/2 exactly, and each pair must be an eigenvector of the
+    # adjacency that LightGCN propagates over
+    dense = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 1, 1, 1, 0],
+                      [0, 0, 0, 1, 0], [1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], dtype=np.float32)
+    train = sp.csr_matrix(dense)
+    torch.manual_seed(0)
+    users, items = spectral_factors(train, dim=8)
+    assert users.shape == (6, 8) and items.shape == (5, 8)
+    scaled = dense / np.sqrt(dense.sum(1, keepdims=True)) / np.sqrt(np.maximum(dense.sum(0, keepdims=True), 1))
+    torch.testing.assert_close(users @ items.T, torch.from_numpy(scaled), atol=1e-5, rtol=0)
+    assert torch.all(items[4] == 0)
+    adj = normalized_adjacency(train).to_dense()
+    for k in range(4):
+        joint = torch.cat([users[:, k], items[:, k]])
+        sigma = users[:, k].norm() ** 2 * 2  # |u|^2 = |v|^2 = s: the eigenvalue of [u; v] is s
+        torch.testing.assert_close(adj @ joint, joint * sigma / 2, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+def test_spectral_start(model, tiny_data, tiny_cfg):
+    train = tiny_data.matrix("train")
+    tiny_cfg.backbone.model = model
+    normal = build_backbone(tiny_cfg.backbone, train, seed=3)
+    tiny_cfg.backbone.init, tiny_cfg.backbone.init_scale = "spectral", 0.1
+    spectral = build_backbone(tiny_cfg.backbone, train, seed=3)
+    again = build_backbone(tiny_cfg.backbone, train, seed=3)
+    torch.testing.assert_close(spectral.state_dict(), again.state_dict(), rtol=0, atol=0)  # seeded
+    for table, degree in (("user", train.getnnz(axis=1)), ("item", train.getnnz(axis=0))):
+        start, random = getattr(spectral, table).weight, getattr(normal, table).weight
+        rows = torch.from_numpy(degree > 0)
+        assert float(start[rows].detach().pow(2).mean().sqrt()) == pytest.approx(0.1, rel=1e-4)
+        # rows without interactions (cold items) keep the random start they would have had
+        torch.testing.assert_close(start[~rows], random[~rows], rtol=0, atol=0)
+    assert (~torch.from_numpy(train.getnnz(axis=0) > 0)).any()  # the tiny data has cold items
+    # untrained, the leading directions alone already rank each user's community first
+    tiny_cfg.backbone.dim = 2
+    assert community_auc(tiny_data, *build_backbone(tiny_cfg.backbone, train, seed=3).embeddings()) > 0.75
+    tiny_cfg.backbone.init = "normal"
+    assert community_auc(tiny_data, *build_backbone(tiny_cfg.backbone, train, seed=3).embeddings()) < 0.6

@@ -157,6 +157,11 @@ class BackboneConfig:
                             "(1: constant): a high rate that gets close fast, then smaller steps that settle.", 1.0,
                             check=between(0, 1, low_open=True))
     reg: float = _help("L2 weight on the batch's ego embeddings (BPR regulariser).", 1e-4, check=at_least(0))
+    init: str = _help("Starting embeddings: normal (random) | spectral (the top singular vectors of the normalised "
+                      "interaction matrix: the start already ranks like a spectral filter, so training is shorter).",
+                      "normal", check=one_of("normal", "spectral"))
+    init_scale: float = _help("Root mean square of the starting embeddings (normal: its standard deviation).", 0.1,
+                              check=above(0))
     dropout: float = _help("NGCF message dropout.", 0.1, check=between(0, 1, high_open=True))
     batch_size: int = _help("BPR triples per step.", 2048, check=at_least(1))
     epochs: int = _help("Maximum epochs.", 300, check=at_least(1))

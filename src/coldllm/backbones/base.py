@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ..config import BackboneConfig
 from ..utils import registrar
+from .graph import spectral_factors
 
 BACKBONES: dict[str, type["Backbone"]] = {}
 register = registrar(BACKBONES)
@@ -28,8 +29,21 @@ class Backbone(nn.Module):
         self.n_users, self.n_items, self.cfg = n_users, n_items, cfg
         self.user = nn.Embedding(n_users, cfg.dim)
         self.item = nn.Embedding(n_items, cfg.dim)
-        nn.init.normal_(self.user.weight, std=0.1)
-        nn.init.normal_(self.item.weight, std=0.1)
+        nn.init.normal_(self.user.weight, std=cfg.init_scale)
+        nn.init.normal_(self.item.weight, std=cfg.init_scale)
+        if cfg.init == "spectral":
+            self._spectral_start(train)
+
+    @torch.no_grad()
+    def _spectral_start(self, train: sp.csr_matrix) -> None:
+        """Rows with interactions start at the spectral factors, scaled to ``init_scale``; rows
+        without any (cold items, users with no training pair) keep their random start."""
+        users, items = spectral_factors(train, self.cfg.dim)
+        for table, factors, degree in ((self.user, users, train.getnnz(axis=1)), (self.item, items, train.getnnz(axis=0))):
+            rows = torch.from_numpy(degree > 0)
+            if rows.any():
+                start = factors[rows]
+                table.weight[rows] = start * (self.cfg.init_scale / start.pow(2).mean().sqrt().clamp_min(1e-12))
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -34,6 +34,29 @@ def normalized_adjacency(train: sp.csr_matrix, self_loops: bool = False) -> torc
         return adj.coalesce().to_sparse_csr()
 
 
+def spectral_factors(train: sp.csr_matrix, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """User and item factors U S^1/2 and V S^1/2 of the top-``dim`` singular triplets of the
+    normalised interaction matrix D_u^-1/2 R D_i^-1/2 (randomised SVD; draws from torch's RNG).
+
+    [u; v] for a singular pair is an eigenvector of the normalised adjacency with eigenvalue s, so
+    LightGCN's propagation keeps these directions and only reweights them: the start already scores
+    like a spectral graph filter (GF-CF, SVD-GCN), and BPR has less to learn. The product of the two
+    factors is the best rank-``dim`` approximation of the normalised matrix.
+    """
+    user_degree, item_degree = train.getnnz(axis=1), train.getnnz(axis=0)
+    scale_u = np.where(user_degree > 0, np.maximum(user_degree, 1) ** -0.5, 0.0)
+    scale_i = np.where(item_degree > 0, np.maximum(item_degree, 1) ** -0.5, 0.0)
+    coo = (sp.diags(scale_u) @ train @ sp.diags(scale_i)).tocoo()
+    index = torch.from_numpy(np.stack([coo.row, coo.col])).long()
+    matrix = torch.sparse_coo_tensor(index, torch.from_numpy(coo.data).float(), coo.shape, check_invariants=True)
+    q = min(dim, *train.shape)
+    u, s, v = torch.svd_lowrank(matrix.coalesce(), q=q, niter=4)
+    root = s.clamp_min(0).sqrt()
+    users, items = torch.zeros(train.shape[0], dim), torch.zeros(train.shape[1], dim)
+    users[:, :q], items[:, :q] = u * root, v * root
+    return users, items
+
+
 class _SymmetricSpMM(torch.autograd.Function):
     """y = A x for a symmetric sparse A, whose gradient is again A (grad y): no transpose needed.
 
