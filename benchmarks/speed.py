@@ -11,7 +11,7 @@ and that work's share of the limit that bounds it:
   simulation), judged one prompt per pair (naive), as batched whole prompts, and by the packed
   engine in both its layouts (flat rows attended block by block; padded rows under a dense mask),
   with the largest |dP(Yes)| between them; the same with the template's per-candidate words moved
-  into the prefix (``LEAD_TEMPLATE``: a pair pays only for its title); int8 dynamic quantisation,
+  into the prefix (the template of ``configs/citeulike-paper.yaml``: a pair pays only for its title); int8 dynamic quantisation,
   with its agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
   output layer excluded: the engine applies only its Yes/No rows).
 - lora: the fine-tuning's own loop (packed rows, length-bucketed batches of the preset's size;
@@ -22,6 +22,8 @@ and that work's share of the limit that bounds it:
 - eval: full-ranking evaluation of the test split; filter: the exact top-K users of every cold item.
 - pipeline (not in the default sections): the CiteULike preset run end to end in a new run
   folder, its wall time and every stage's.
+- paper_pipeline (not in the default sections: hours on 2 cores): ``configs/citeulike-paper.yaml``,
+  the paper's funnel with the LoRA judge tuned in the same run, end to end the same way.
 - paper_setting (not in the default sections; runs nothing): the paper's funnel (coupled filter,
   LoRA fine-tuning, the judge on every filtered pair) priced from the sections above and the
   recorded LLM-judge run, and its floor with fine-tuning and judging at 100% of the matmul limit.
@@ -57,17 +59,10 @@ from coldllm.utils import git_commit, now_iso, package_versions, peak_memory_mb,
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("machine", "judge", "lora", "lightgcn", "eval", "filter")
-EXTRA_SECTIONS = ("lightgcn_train", "pipeline", "paper_setting")
-# what the fast LightGCN changes in the preset: a spectral start (the top singular vectors of the
-# normalised interaction matrix: it already ranks like a graph filter, so BPR has less to learn;
-# rows scaled to the trained embeddings' order of size), four times the batch (a step's cost is
-# mostly the full-graph propagation, so an epoch costs about a quarter), twice the learning rate,
-# halved at every validation without a new best, and half the validations (checking every 5 epochs
-# at this batch decays the rate on noise too early). From the spectral start a rate of 0.06 first
-# unlearns it (warm-val NDCG@20 .158 -> .145) and 0.03 creeps up slower than 0.01; from a random
-# start 0.03 was best (exploration, not results)
-FAST_LIGHTGCN = {"init": "spectral", "init_scale": 0.3, "batch_size": 16384, "lr": 0.01, "lr_decay": 0.5,
-                 "eval_every": 10, "patience": 6}
+EXTRA_SECTIONS = ("lightgcn_train", "pipeline", "paper_pipeline", "paper_setting")
+# the paper's funnel made to fit 2 cores: its backbone settings are the fast LightGCN, its prompt
+# template the one whose per-candidate words end the prefix (the reasons are in the file)
+PAPER_CONFIG = ROOT / "configs" / "citeulike-paper.yaml"
 # the fast settings have reached the preset when they are within 1% of its best
 TARGET_SHARE = 0.99
 
@@ -183,14 +178,11 @@ def judge_section(args, data, cfg, device, limits) -> dict:
     return out
 
 
-# the template words that are the same for every candidate moved into the prefix, the question left
-# to the instruction: a pair pays only for its quoted title (a prompt a judge must be tuned on)
-LEAD_TEMPLATE = {"candidate_lead": "Candidate paper: ", "candidate": "{title}", "question": ""}
-
-
 def lead_template_trial(model, tokenizer, data, candidates, args, cfg, device, limits) -> dict:
-    """The packed engine and naive prompts with ``LEAD_TEMPLATE``, on the same users and pairs."""
-    prompts = PromptEncoder(tokenizer, PromptTemplate(**LEAD_TEMPLATE))
+    """The packed engine and naive prompts with the paper config's template (the words every
+    candidate shares end the prefix; the question is the instruction's), on the same users and pairs."""
+    lead_template = load_config(PAPER_CONFIG).refiner.template
+    prompts = PromptEncoder(tokenizer, PromptTemplate(**lead_template))
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
     prefixes, suffixes, owner = judge_jobs(data, prompts, histories, candidates, args.users, cfg.seed)
     n = len(suffixes)
@@ -200,7 +192,7 @@ def lead_template_trial(model, tokenizer, data, candidates, args, cfg, device, l
     naive_seconds, naive = timed(lambda: Judge(model, prompts, 1).p_yes_uncached(
         [prefixes[owner[j]] + suffixes[j] for j in sample]), device, warm_up=False)
     tokens_per_s = int(packed_rows(prefixes, suffixes, owner, judge.max_row_tokens)[1].sum()) / seconds
-    return {"template": LEAD_TEMPLATE, "mean_suffix_tokens": round(float(np.mean(list(map(len, suffixes)))), 1),
+    return {"template": lead_template, "mean_suffix_tokens": round(float(np.mean(list(map(len, suffixes)))), 1),
             "pairs_per_s": round(n / seconds, 2), "naive_pairs_per_s": round(len(sample) / naive_seconds, 2),
             "speedup_vs_naive": round((n / seconds) / (len(sample) / naive_seconds), 2),
             "tokens_per_s": round(tokens_per_s, 1),
@@ -317,7 +309,7 @@ def lightgcn_train_section(args, data, cfg, device, limits) -> dict:
 
     from coldllm.backbones import build_backbone, train_backbone
 
-    fast = {**FAST_LIGHTGCN, **json.loads(args.fast)}
+    fast = {**dataclasses.asdict(load_config(PAPER_CONFIG).backbone), **json.loads(args.fast)}
     out, histories = {}, {}
     for name, change in (("baseline", {}), ("fast", fast)):
         run_cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, model="lightgcn", **change))
@@ -384,22 +376,36 @@ def pipeline_section(args, data, cfg, device, limits) -> dict:
     """``coldllm run -c configs/citeulike.yaml`` from nothing (a new run folder; the text vectors
     come from the shared content cache when they are there), in its own process: its wall time and
     each stage's seconds from the run's manifest."""
+    return run_end_to_end(ROOT / "configs" / "citeulike.yaml")
+
+
+def paper_pipeline_section(args, data, cfg, device, limits) -> dict:
+    """The same for ``configs/citeulike-paper.yaml``: the paper's funnel with the LoRA judge
+    tuned and run in the same process chain, every stage timed in one run."""
+    return run_end_to_end(PAPER_CONFIG)
+
+
+def run_end_to_end(config: Path) -> dict:
+    import shutil
     import subprocess
     import sys
-    import tempfile
 
-    preset = ROOT / "configs" / "citeulike.yaml"
-    with tempfile.TemporaryDirectory(dir=ROOT / "runs") as runs:
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "-c", str(preset), f"--runs_dir={runs}",
-                        "--name=speed-pipeline"], check=True, cwd=ROOT)
-        seconds = time.perf_counter() - start
-        manifest = json.loads((Path(runs) / "speed-pipeline" / "manifest.json").read_text())
-    stages = {name: round(rec["seconds"], 1) for name, rec in manifest["stages"].items() if "seconds" in rec}
+    # a fixed folder, emptied first: one run from nothing, and if it is killed its finished stages stay
+    # there to read (never resumed by this section)
+    name = f"speed-{config.stem}"
+    runs = ROOT / "runs"
+    shutil.rmtree(runs / name, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "-c", str(config), f"--runs_dir={runs}",
+                    f"--name={name}"], check=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    manifest = json.loads((runs / name / "manifest.json").read_text())
+    stages = {stage: round(rec["seconds"], 1) for stage, rec in manifest["stages"].items() if "seconds" in rec}
     run_cfg = manifest["config"]
     return {"citeulike_seconds": round(seconds, 1), "stage_seconds": stages,
-            "what": f"configs/citeulike.yaml: backbone {run_cfg['backbone']['model']}, filter.towers "
+            "what": f"{config.relative_to(ROOT)}: backbone {run_cfg['backbone']['model']}, filter.towers "
                     f"{run_cfg['filter']['towers']}, refiner.judge {run_cfg['refiner']['judge']}",
+            "run": str((runs / name).relative_to(ROOT)),
             "test_metrics": manifest["stages"].get("evaluate_coldllm_test", {}).get("metrics")}
 
 
