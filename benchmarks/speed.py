@@ -11,8 +11,8 @@ and that work's share of the limit that bounds it:
   simulation), judged one prompt per pair (naive), as batched whole prompts, and by the packed
   engine in both its layouts (flat rows attended block by block; padded rows under a dense mask),
   with the largest |dP(Yes)| between them; the same with the template's per-candidate words moved
-  into the prefix (the template of ``configs/citeulike-paper.yaml``: a pair pays only for its title); int8 dynamic quantisation,
-  with its agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
+  into the prefix (the template of ``configs/citeulike-paper.yaml``: a pair pays only for its
+  title); int8 dynamic quantisation, with its agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
   output layer excluded: the engine applies only its Yes/No rows).
 - lora: the fine-tuning's own loop (packed rows, length-bucketed batches of the preset's size;
   forward and backward: ~3x the forward FLOPs) in examples/s, with activations kept and with
@@ -487,9 +487,9 @@ def main() -> None:
     if isinstance(report.get("lightgcn_train"), dict) and isinstance(report.get("lightgcn"), dict):
         # the training figures also sit beside the epoch's, with the commit and date they came from
         trained = report["lightgcn_train"]
-        report["lightgcn"].update({k: trained.get(k) for k in ("seconds_to_best", "best_val_ndcg", "baseline_seconds_to_best",
-                                                               "baseline_best_val_ndcg", "seconds_to_target",
-                                                               "speedup_to_target")},
+        copied = ("seconds_to_best", "best_val_ndcg", "baseline_seconds_to_best", "baseline_best_val_ndcg",
+                  "seconds_to_target", "speedup_to_target")
+        report["lightgcn"].update({k: trained.get(k) for k in copied},
                                   training_measured={"commit": trained["commit"], "created": trained["created"]})
     if measuring:
         report["peak_memory_mb"] = round(peak_memory_mb(), 1)

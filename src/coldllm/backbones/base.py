@@ -39,8 +39,8 @@ class Backbone(nn.Module):
         """Rows with interactions start at the spectral factors, scaled to ``init_scale``; rows
         without any (cold items, users with no training pair) keep their random start."""
         users, items = spectral_factors(train, self.cfg.dim)
-        for table, factors, degree in ((self.user, users, train.getnnz(axis=1)), (self.item, items, train.getnnz(axis=0))):
-            rows = torch.from_numpy(degree > 0)
+        for table, factors, axis in ((self.user, users, 1), (self.item, items, 0)):
+            rows = torch.from_numpy(train.getnnz(axis=axis) > 0)
             if rows.any():
                 start = factors[rows]
                 table.weight[rows] = start * (self.cfg.init_scale / start.pow(2).mean().sqrt().clamp_min(1e-12))
