@@ -12,11 +12,13 @@ and that work's share of the limit that bounds it:
   engine in both its layouts (flat rows attended block by block; padded rows under a dense mask),
   with the largest |dP(Yes)| between them; the same with the template's per-candidate words moved
   into the prefix (the template of ``configs/citeulike-paper.yaml``: a pair pays only for its
-  title); int8 dynamic quantisation, with its agreement. Tokens/s as a share of the matmul limit counts 2 FLOPs per weight per token (the
-  output layer excluded: the engine applies only its Yes/No rows).
+  title); int8 dynamic quantisation, with its agreement. Tokens/s as a share of the matmul limit
+  counts 2 FLOPs per weight per token (the output layer excluded: the engine applies only its
+  Yes/No rows).
 - lora: the fine-tuning's own loop (packed rows, length-bucketed batches of the preset's size;
-  forward and backward: ~3x the forward FLOPs) in examples/s, with activations kept and with
-  gradient checkpointing, each in a fresh process so that its peak memory is its own.
+  forward and backward: ~3x the forward FLOPs) in examples/s, with activations kept, with
+  gradient checkpointing, and with two pairs per user (one history prefix for four examples), each
+  in a fresh process so that its peak memory is its own.
 - lightgcn: one BPR epoch of the preset's LightGCN; the sparse propagation's bytes (each nonzero
   reads one 200-float row, forward and backward) against the copy bandwidth.
 - eval: full-ranking evaluation of the test split; filter: the exact top-K users of every cold item.
@@ -216,10 +218,10 @@ def int8_trial(model, prompts, prefixes, suffixes, owner, reference, reference_s
             "decision_agreement": float(((p > 0.5) == (reference > 0.5)).mean())}
 
 
-def _lora_probe(model_name: str, device: str, users: int, checkpointing: bool) -> dict:
+def _lora_probe(model_name: str, device: str, users: int, checkpointing: bool, pairs: int = 1) -> dict:
     """``train_lora`` itself (its length-bucketed batches of packed rows) on the fine-tuning examples
-    of ``users`` real users. Runs in a child process of its own, so the peak resident memory it
-    reports is this fine-tuning's and nothing else's."""
+    of ``users`` real users, ``pairs`` positive/negative pairs each. Runs in a child process of its
+    own, so the peak resident memory it reports is this fine-tuning's and nothing else's."""
     from coldllm.funnel.refiner import example_parts, finetune_examples
     from coldllm.llm.lora import LoraParams, add_lora, train_lora
 
@@ -229,7 +231,7 @@ def _lora_probe(model_name: str, device: str, users: int, checkpointing: bool) -
     prompts = PromptEncoder(tokenizer, PromptTemplate())
     train = data.matrix("train")
     chosen = np.random.default_rng(cfg.seed).choice(np.flatnonzero(np.diff(train.indptr) >= 2), users, replace=False)
-    examples = finetune_examples(train, chosen, data.warm_items, prompts.template.max_history, cfg.seed)
+    examples = finetune_examples(train, chosen, data.warm_items, prompts.template.max_history, cfg.seed, pairs=pairs)
     prefixes, suffixes, owner = example_parts(prompts, examples, data.item_text)
     params = LoraParams(**cfg.refiner.lora)  # the preset's batch of prompts per step
     before = peak_memory_mb()
@@ -248,13 +250,16 @@ def _lora_probe(model_name: str, device: str, users: int, checkpointing: bool) -
 
 def lora_section(args, data, cfg, device, limits) -> dict:
     """The preset's LoRA steps with activations kept (the default) and recomputed
-    (``refiner.gradient_checkpointing``), each in a fresh process: examples/s and peak memory."""
+    (``refiner.gradient_checkpointing``), and with two pairs per user on half the users (the same
+    number of examples; ``refiner.pairs_per_user``), each in a fresh process: examples/s and peak
+    memory."""
     import multiprocessing
 
     modes = {}
-    for name, checkpointing in (("default", False), ("gradient_checkpointing", True)):
+    for name, checkpointing, pairs in (("default", False, 1), ("gradient_checkpointing", True, 1),
+                                       ("two_pairs_per_user", False, 2)):
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            probe = pool.apply(_lora_probe, (args.model, str(device), args.lora_users, checkpointing))
+            probe = pool.apply(_lora_probe, (args.model, str(device), args.lora_users // pairs, checkpointing, pairs))
         per_s = probe["examples"] / probe["seconds"]
         tokens_per_s = probe["packed_tokens"] / probe["seconds"]
         modes[name] = {**probe, "examples_per_s": round(per_s, 2), "tokens_per_s": round(tokens_per_s, 1),
@@ -262,9 +267,11 @@ def lora_section(args, data, cfg, device, limits) -> dict:
                        "share_of_matmul_limit": round(tokens_per_s * 3 * probe["forward_flops_per_token"]
                                                       / (limits["matmul_gflops"] * 1e9), 3),
                        "projected_minutes_for_6000_examples": round(6000 / per_s / 60, 1)}
-    return {**modes["default"], "modes": modes,
-            "memory_saved_mb": round(modes["default"]["peak_memory_mb"] - modes["gradient_checkpointing"]["peak_memory_mb"], 1),
-            "checkpointing_time_ratio": round(modes["gradient_checkpointing"]["seconds"] / modes["default"]["seconds"], 2)}
+    default, checkpointed, two_pairs = modes["default"], modes["gradient_checkpointing"], modes["two_pairs_per_user"]
+    return {**default, "modes": modes,
+            "memory_saved_mb": round(default["peak_memory_mb"] - checkpointed["peak_memory_mb"], 1),
+            "checkpointing_time_ratio": round(checkpointed["seconds"] / default["seconds"], 2),
+            "two_pairs_speedup": round(two_pairs["examples_per_s"] / default["examples_per_s"], 2)}
 
 
 def lightgcn_section(args, data, cfg, device, limits) -> dict:
@@ -405,7 +412,7 @@ def run_end_to_end(config: Path) -> dict:
     return {"citeulike_seconds": round(seconds, 1), "stage_seconds": stages,
             "what": f"{config.relative_to(ROOT)}: backbone {run_cfg['backbone']['model']}, filter.towers "
                     f"{run_cfg['filter']['towers']}, refiner.judge {run_cfg['refiner']['judge']}",
-            "run": str((runs / name).relative_to(ROOT)),
+            "run": str((runs / name).relative_to(ROOT)), "resolved_config": run_cfg,
             "test_metrics": manifest["stages"].get("evaluate_coldllm_test", {}).get("metrics")}
 
 

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from coldllm.funnel.filter import CoupledEmbeddings, funnel_coverage, random_users, top_users
-from coldllm.funnel.refiner import auc, finetune_examples, simulate, user_histories
+from coldllm.funnel.refiner import auc, example_parts, finetune_examples, simulate, user_histories
 from coldllm.funnel.update import FastParams, augmented_train, fit_cold_rows
 from coldllm.llm.judge import Judge
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
@@ -82,6 +82,28 @@ def test_finetune_examples_use_training_pairs_only():
     hard = pd.DataFrame({"user": [0, 0], "item": [1, 3]})  # item 1 is a positive of user 0: skipped
     ex = finetune_examples(train, np.arange(1), candidates=np.arange(6), max_history=5, hard=hard)
     assert ex[ex["label"] == 0]["item"].tolist() == [3]
+
+
+def test_finetune_examples_several_pairs_share_one_history():
+    # user 0 has 5 items, user 1 has 3 (so at most 2 pairs: one item must stay as history)
+    train = sp.csr_matrix(np.array([[1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+                                    [0, 0, 0, 0, 0, 1, 1, 1, 0, 0]], np.float32))
+    hard = pd.DataFrame({"user": [0, 0, 0, 0], "item": [2, 9, 9, 7]})  # ranked; item 2 is a positive
+    ex = finetune_examples(train, np.arange(2), candidates=np.arange(10), max_history=5, seed=1, hard=hard, pairs=3)
+    assert ex.groupby("user")["label"].agg(["sum", "count"]).values.tolist() == [[3, 6], [2, 4]]
+    for user, rows in ex.groupby("user"):
+        items = set(train[user].indices.tolist())
+        histories = {tuple(h) for h in rows["history"]}
+        assert len(histories) == 1  # one history, so one packed prefix per user
+        history = set(next(iter(histories)))
+        positives, negatives = rows[rows["label"] == 1]["item"], rows[rows["label"] == 0]["item"]
+        assert set(positives) <= items and not set(positives) & history and history | set(positives) == items
+        assert not set(negatives) & items and negatives.is_unique
+    # the filter's best-ranked unseen items come first, in rank order, then random ones
+    assert ex[(ex["user"] == 0) & (ex["label"] == 0)]["item"].tolist()[:2] == [9, 7]
+    prompts = PromptEncoder(make_tiny_llm()[1], PromptTemplate())
+    prefixes, suffixes, owner = example_parts(prompts, ex, np.array([f"paper {i}" for i in range(10)]))
+    assert len(prefixes) == 2 and len(suffixes) == len(ex)
 
 
 def test_auc_by_hand():

@@ -246,8 +246,11 @@ class RefinerConfig:
                        check=nonempty)
     template: dict = _help("Prompt template fields (llm.prompts.PromptTemplate), per domain.", factory=dict,
                            params=_lazy("coldllm.llm.prompts", "PromptTemplate"))
-    train_users: int = _help("Users giving one positive + one negative fine-tuning example each.", 600,
-                             check=at_least(1))
+    train_users: int = _help("Users giving fine-tuning examples: pairs_per_user positives + as many negatives each.",
+                             600, check=at_least(1))
+    pairs_per_user: int = _help("Positive/negative pairs per fine-tuning user, all on the user's one history: the "
+                                "packed rows pay for that history once per user, so more pairs per user cost fewer "
+                                "tokens per example (held-out users always give one pair).", 1, check=at_least(1))
     eval_users: int = _help("Held-out warm users for the judge's accuracy / AUC.", 300, check=at_least(1))
     hard_negatives: float = _help("Share of fine-tuning negatives taken from the filter's top-K.", 0.5,
                                   check=between(0, 1))

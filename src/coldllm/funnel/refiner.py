@@ -42,13 +42,16 @@ def user_histories(train: sp.csr_matrix, max_items: int, seed: int = 0) -> list[
 
 
 def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.ndarray, max_history: int,
-                      seed: int = 0, hard: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One positive and one negative per user, from training interactions only.
+                      seed: int = 0, hard: pd.DataFrame | None = None, pairs: int = 1) -> pd.DataFrame:
+    """``pairs`` positives and as many negatives per user, from training interactions only.
 
-    Returns columns ``user``, ``item``, ``label`` and ``history`` (item ids, without the target).
-    ``candidates``: items a random negative may be drawn from (warm items). ``hard``: optional
-    (user, item) rows ranked by the filter; the best-ranked one the user did not interact with
-    becomes that user's negative instead of a random item.
+    Returns columns ``user``, ``item``, ``label`` and ``history`` (item ids, without the targets).
+    A user's examples share one history, so the packed rows hold one prefix per user: more pairs
+    per user, fewer tokens per example. A user keeps at least one item of history, so one with
+    fewer than ``pairs + 1`` items gives fewer pairs. ``candidates``: items a random negative may
+    be drawn from (warm items). ``hard``: optional (user, item) rows ranked by the filter; the
+    best-ranked ones the user did not interact with become that user's negatives before any
+    random item does.
     """
     rng = np.random.default_rng(seed)
     hard_by_user = {} if hard is None else {u: g["item"].to_numpy() for u, g in hard.groupby("user", sort=False)}
@@ -57,17 +60,21 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
         items = train.indices[train.indptr[u] : train.indptr[u + 1]]
         if len(items) < 2:  # a history needs at least one other item
             continue
-        target = rng.choice(items)
-        rest = items[items != target]
+        k = min(pairs, len(items) - 1)
+        # one target is drawn as it always was, so pairs=1 gives the examples recorded runs tuned on
+        targets = [rng.choice(items)] if k == 1 else rng.choice(items, k, replace=False)
+        rest = items[~np.isin(items, targets)]  # in stored order, as the draw below has always seen it
         if len(rest) > max_history:
             rest = rng.choice(rest, max_history, replace=False)
         history = np.sort(rest)
         seen = set(items.tolist())
-        negative = next((i for i in hard_by_user.get(u, ()) if i not in seen), None)
-        while negative is None or negative in seen:
+        negatives = [i for i in dict.fromkeys(hard_by_user.get(u, ())) if i not in seen][:k]
+        while len(negatives) < k:
             negative = int(rng.choice(candidates))
-        rows.append((int(u), int(target), 1, history))
-        rows.append((int(u), int(negative), 0, history))
+            if negative not in seen and negative not in negatives:
+                negatives.append(negative)
+        rows += [(int(u), int(t), 1, history) for t in targets]
+        rows += [(int(u), int(n), 0, history) for n in negatives]
     return pd.DataFrame(rows, columns=["user", "item", "label", "history"])
 
 

@@ -146,7 +146,8 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         hard_users = train_users[rng.random(len(train_users)) < cfg.refiner.hard_negatives]
         hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
         max_history = prompts.template.max_history
-        examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard)
+        examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard,
+                                     pairs=cfg.refiner.pairs_per_user)
         # The judge is measured twice on held-out users: against random negatives (mostly off-topic,
         # an easy topic test) and against the filter's own top-ranked non-interacted items, which is
         # the kind of pair it judges in the simulation.
