@@ -126,8 +126,8 @@ def test_spectral_factors_rebuild_the_normalised_matrix():
     adj = normalized_adjacency(train).to_dense()
     for k in range(4):
         joint = torch.cat([users[:, k], items[:, k]])
-        sigma = users[:, k].norm() ** 2 * 2  # |u|^2 = |v|^2 = s: the eigenvalue of [u; v] is s
-        torch.testing.assert_close(adj @ joint, joint * sigma / 2, atol=1e-5, rtol=0)
+        sigma = users[:, k].norm() ** 2  # |u|^2 = |v|^2 = s, the eigenvalue of [u; v]
+        torch.testing.assert_close(adj @ joint, joint * sigma, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("model", ["mf", "lightgcn"])
@@ -151,3 +151,17 @@ def test_spectral_start(model, tiny_data, tiny_cfg):
     assert community_auc(tiny_data, *build_backbone(tiny_cfg.backbone, train, seed=3).embeddings()) > 0.75
     tiny_cfg.backbone.init = "normal"
     assert community_auc(tiny_data, *build_backbone(tiny_cfg.backbone, train, seed=3).embeddings()) < 0.6
+
+
+def test_loading_a_spectral_backbone_gives_its_weights_and_settings(tiny_data, tiny_cfg, tmp_path, monkeypatch):
+    from coldllm.backbones import graph
+    from coldllm.backbones.train import save_backbone
+
+    tiny_cfg.backbone.init = "spectral"
+    model = build_backbone(tiny_cfg.backbone, tiny_data.matrix("train"), seed=2)
+    save_backbone(model, tmp_path)
+    # the saved weights replace the start, so loading computes no SVD
+    monkeypatch.setattr(graph.torch, "svd_lowrank", lambda *a, **k: pytest.fail("SVD computed on load"))
+    loaded = load_backbone(tmp_path, tiny_data)
+    assert loaded.cfg == model.cfg and loaded.cfg.init == "spectral"
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict(), rtol=0, atol=0)

@@ -13,6 +13,15 @@ import scipy.sparse as sp
 import torch
 
 
+def inverse_sqrt(degree: np.ndarray) -> np.ndarray:
+    """degree^-1/2, with isolated nodes (cold items) at zero."""
+    degree = np.asarray(degree, dtype=np.float64)
+    out = np.zeros_like(degree)
+    nonzero = degree > 0
+    out[nonzero] = degree[nonzero] ** -0.5
+    return out
+
+
 def normalized_adjacency(train: sp.csr_matrix, self_loops: bool = False) -> torch.Tensor:
     n_users, n_items = train.shape
     coo = train.tocoo()
@@ -22,10 +31,7 @@ def normalized_adjacency(train: sp.csr_matrix, self_loops: bool = False) -> torc
     if self_loops:
         rows = np.concatenate([rows, np.arange(n)])
         cols = np.concatenate([cols, np.arange(n)])
-    degree = np.bincount(rows, minlength=n).astype(np.float64)
-    inv_sqrt = np.zeros_like(degree)
-    nonzero = degree > 0
-    inv_sqrt[nonzero] = degree[nonzero] ** -0.5  # isolated nodes (cold items) stay at zero
+    inv_sqrt = inverse_sqrt(np.bincount(rows, minlength=n))
     values = inv_sqrt[rows] * inv_sqrt[cols]
     index = torch.from_numpy(np.stack([rows, cols])).long()
     adj = torch.sparse_coo_tensor(index, torch.from_numpy(values).float(), (n, n), check_invariants=True)
@@ -43,9 +49,7 @@ def spectral_factors(train: sp.csr_matrix, dim: int) -> tuple[torch.Tensor, torc
     like a spectral graph filter (GF-CF, SVD-GCN), and BPR has less to learn. The product of the two
     factors is the best rank-``dim`` approximation of the normalised matrix.
     """
-    user_degree, item_degree = train.getnnz(axis=1), train.getnnz(axis=0)
-    scale_u = np.where(user_degree > 0, np.maximum(user_degree, 1) ** -0.5, 0.0)
-    scale_i = np.where(item_degree > 0, np.maximum(item_degree, 1) ** -0.5, 0.0)
+    scale_u, scale_i = inverse_sqrt(train.getnnz(axis=1)), inverse_sqrt(train.getnnz(axis=0))
     coo = (sp.diags(scale_u) @ train @ sp.diags(scale_i)).tocoo()
     index = torch.from_numpy(np.stack([coo.row, coo.col])).long()
     matrix = torch.sparse_coo_tensor(index, torch.from_numpy(coo.data).float(), coo.shape, check_invariants=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,9 @@ def load_backbone(folder: Path, data: ColdStartData, name: str = "best") -> Back
         raise ValueError(f"{folder}: checkpoint is for {meta['n_users']}x{meta['n_items']}, "
                          f"data is {data.n_users}x{data.n_items}")
     cfg = BackboneConfig(**{k: v for k, v in meta.items() if k not in ("n_users", "n_items")})
-    model = build_backbone(cfg, data.matrix("train"))
+    # the saved weights replace any start: a spectral one would be an SVD computed for nothing
+    model = build_backbone(replace(cfg, init="normal"), data.matrix("train"))
+    model.cfg = cfg
     weights = read_safetensors(folder / f"{name}.safetensors")
     model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("optim.")})
     return model
