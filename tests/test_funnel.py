@@ -7,7 +7,8 @@ import scipy.sparse as sp
 import torch
 
 from coldllm.funnel.filter import CoupledEmbeddings, funnel_coverage, random_users, top_users
-from coldllm.funnel.refiner import auc, example_parts, finetune_examples, simulate, user_histories
+from coldllm.funnel.refiner import auc, example_parts, finetune_examples, judge_examples, judge_sets, simulate, \
+    user_histories, with_random_negatives
 from coldllm.funnel.update import FastParams, augmented_train, fit_cold_rows
 from coldllm.llm.judge import Judge
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
@@ -104,6 +105,50 @@ def test_finetune_examples_several_pairs_share_one_history():
     prompts = PromptEncoder(make_tiny_llm()[1], PromptTemplate())
     prefixes, suffixes, owner = example_parts(prompts, ex, np.array([f"paper {i}" for i in range(10)]))
     assert len(prefixes) == 2 and len(suffixes) == len(ex)
+
+
+def test_random_negatives_pair_with_the_hard_set():
+    train = sp.csr_matrix(np.array([[1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+                                    [0, 0, 0, 0, 1, 1, 1, 0, 0, 0]], np.float32))
+    hard = pd.DataFrame({"user": [0, 0, 1], "item": [9, 8, 9]})
+    hard_set = finetune_examples(train, np.arange(2), candidates=np.arange(10), max_history=5, seed=3, hard=hard, pairs=2)
+    random_set = with_random_negatives(hard_set, train, candidates=np.arange(8), seed=3)
+    same = ["user", "label", "history"]
+    pd.testing.assert_frame_equal(random_set[same], hard_set[same])
+    positives = hard_set["label"] == 1
+    assert random_set[positives]["item"].tolist() == hard_set[positives]["item"].tolist()
+    for user, rows in random_set[~positives].groupby("user"):
+        negatives = rows["item"]
+        assert negatives.is_unique and negatives.max() < 8  # drawn from the candidates only
+        assert not set(negatives) & set(train[user].indices.tolist())
+    assert (hard_set["item"] >= 8).any()  # the input is left as it was
+    assert with_random_negatives(hard_set, train, np.arange(8), seed=3).equals(random_set)
+
+
+def test_judge_sets_match_sets_judged_apart_with_one_prefix_per_user():
+    model, tok = make_tiny_llm(seed=4)
+    judge = Judge(model, PromptEncoder(tok, PromptTemplate()), batch_size=3)
+    titles = np.array([f"paper about topic {i}" for i in range(10)])
+    train = sp.csr_matrix(np.array([[1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+                                    [0, 0, 0, 1, 1, 1, 0, 0, 0, 0],
+                                    [1, 0, 0, 0, 0, 0, 1, 1, 0, 0]], np.float32))
+    hard = pd.DataFrame({"user": [0, 1, 2], "item": [9, 9, 9]})
+    hard_set = finetune_examples(train, np.arange(3), candidates=np.arange(10), max_history=5, seed=0, hard=hard)
+    sets = {"random": with_random_negatives(hard_set, train, np.arange(9), seed=1), "hard": hard_set}
+    seen = []
+    real = judge.p_yes_grouped
+
+    def counting(prefixes, suffixes, owner):
+        seen.append((len(prefixes), len(suffixes)))
+        return real(prefixes, suffixes, owner)
+
+    judge.p_yes_grouped = counting
+    together = judge_sets(judge, sets, titles)
+    # one prefix per user; each positive is shared by both sets, so judged once
+    assert seen == [(3, 9)]
+    for name, ex in sets.items():
+        np.testing.assert_allclose(together[name], judge_examples(judge, ex, titles), atol=1e-5)
+        assert together[name].shape == (len(ex),)
 
 
 def test_auc_by_hand():

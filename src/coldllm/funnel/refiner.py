@@ -78,6 +78,26 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
     return pd.DataFrame(rows, columns=["user", "item", "label", "history"])
 
 
+def with_random_negatives(examples: pd.DataFrame, train: sp.csr_matrix, candidates: np.ndarray,
+                          seed: int = 0) -> pd.DataFrame:
+    """``examples`` with each negative replaced by a random candidate the user did not interact
+    with; users, positives and histories stay. A random-negative set made this way is paired with
+    a hard-negative one: the two differ only in their negatives, so they measure the same judge on
+    the same prompts and are judged on one prefix per user (``judge_sets``)."""
+    rng = np.random.default_rng(seed)
+    out = examples.copy()
+    for user, rows in out.groupby("user", sort=False):
+        seen = set(train.indices[train.indptr[user] : train.indptr[user + 1]].tolist())
+        slots = rows.index[rows["label"] == 0]
+        drawn: list[int] = []
+        while len(drawn) < len(slots):
+            negative = int(rng.choice(candidates))
+            if negative not in seen and negative not in drawn:
+                drawn.append(negative)
+        out.loc[slots, "item"] = drawn
+    return out
+
+
 def example_parts(prompts: PromptEncoder, examples: pd.DataFrame, titles: np.ndarray):
     """``(prefixes, suffixes, owner)`` of example rows: rows with the same (user, history) share
     one prefix, as the judge and the LoRA training both pack them."""
@@ -92,6 +112,18 @@ def example_parts(prompts: PromptEncoder, examples: pd.DataFrame, titles: np.nda
 def judge_examples(judge: Judge, examples: pd.DataFrame, titles: np.ndarray) -> np.ndarray:
     """P(Yes) of each example row."""
     return judge.p_yes_grouped(*example_parts(judge.prompts, examples, titles))
+
+
+def judge_sets(judge: Judge, sets: dict[str, pd.DataFrame], titles: np.ndarray) -> dict[str, np.ndarray]:
+    """P(Yes) of the rows of several example sets in one pass: a (user, history) shares one prefix
+    across the sets, and a pair in several sets is judged once."""
+    rows = pd.concat(list(sets.values()), ignore_index=True)
+    keys = pd.Series([(u, i, tuple(h)) for u, i, h in zip(rows["user"], rows["item"], rows["history"])], dtype=object)
+    code = pd.factorize(keys)[0]
+    first = np.unique(code, return_index=True)[1]  # codes number the pairs in order of appearance
+    p_yes = judge_examples(judge, rows.iloc[first].reset_index(drop=True), titles)[code]
+    ends = np.cumsum([len(ex) for ex in sets.values()])
+    return dict(zip(sets, np.split(p_yes, ends[:-1])))
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:

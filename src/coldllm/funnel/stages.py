@@ -40,8 +40,8 @@ from ..run import Run, content_vectors
 from ..utils import atomic_path, peak_memory_mb, resolve_device, write_json
 from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerParams, coupled_embeddings, funnel_coverage, random_users, \
     read_candidates, top_users
-from .refiner import best_threshold, example_parts, finetune_examples, judge_examples, judge_report, \
-    simulate, user_histories
+from .refiner import best_threshold, example_parts, finetune_examples, judge_report, judge_sets, simulate, \
+    user_histories, with_random_negatives
 from .onepass import OnePass, OnePassParams
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
 from .update import FastParams, augmented_train, fit_cold_rows, knn_prior
@@ -148,30 +148,30 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         max_history = prompts.template.max_history
         examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard,
                                      pairs=cfg.refiner.pairs_per_user)
-        # The judge is measured twice on held-out users: against random negatives (mostly off-topic,
-        # an easy topic test) and against the filter's own top-ranked non-interacted items, which is
-        # the kind of pair it judges in the simulation.
+        # The judge is measured twice on held-out users, on the same positives and histories:
+        # against random negatives (mostly off-topic, an easy topic test) and against the filter's
+        # own top-ranked non-interacted items, the kind of pair it judges in the simulation. Both
+        # sets are judged in one pass, one prefix per user.
         eval_hard = warm_candidates[warm_candidates["user"].isin(eval_users)].sort_values(["user", "rank"])
-        held_out = {
-            "random": finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1),
-            "hard": finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard),
-        }
+        hard_set = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard)
+        held_out = {"random": with_random_negatives(hard_set, train, data.warm_items, cfg.seed + 1), "hard": hard_set}
         report: dict[str, Any] = {"train_examples": len(examples),
                                   "eval_examples": {k: len(v) for k, v in held_out.items()}}
         judge = Judge(model, prompts, cfg.refiner.batch_size)
-        for name, ex in held_out.items():
-            ex["p_before"] = judge_examples(judge, ex, titles)
+        for name, p_yes in judge_sets(judge, held_out, titles).items():
+            held_out[name]["p_before"] = p_yes
         lora = _params(LoraParams, cfg.refiner.lora, "refiner.lora")
         peft_model = add_lora(model, lora)
         _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
                                 prompts.yes_id, prompts.no_id, lora,
                                 out_dir=folder / "adapter", checkpoint=folder / "checkpoint.safetensors",
                                 base=cfg.refiner.model, gradient_checkpointing=cfg.refiner.gradient_checkpointing)
-        judge = Judge(peft_model, prompts, cfg.refiner.batch_size)
-        for name, ex in held_out.items():
-            ex["p_after"] = judge_examples(judge, ex, titles)
+        # the adapter is saved; merged, the held-out pairs are judged as the simulation judges them
+        judge = Judge(peft_model.merge_and_unload(), prompts, cfg.refiner.batch_size)
+        for name, p_yes in judge_sets(judge, held_out, titles).items():
+            held_out[name]["p_after"] = p_yes
             with atomic_path(folder / f"held_out_{name}.parquet") as tmp:
-                ex.to_parquet(tmp)
+                held_out[name].to_parquet(tmp)
         report["before"] = {k: judge_report(ex["label"].to_numpy(), ex["p_before"].to_numpy()) for k, ex in held_out.items()}
         report["after"] = {k: judge_report(ex["label"].to_numpy(), ex["p_after"].to_numpy()) for k, ex in held_out.items()}
         hard_ex = held_out["hard"]
