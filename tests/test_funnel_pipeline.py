@@ -2,10 +2,18 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
 from coldllm.cli import app
+from coldllm.config import load_config
+from coldllm.data import load_dataset
+from coldllm.funnel.refiner import judge_examples
+from coldllm.llm.judge import Judge
+from coldllm.llm.lora import load_adapter
+from coldllm.llm.models import load_llm
+from coldllm.llm.prompts import PromptEncoder, PromptTemplate
 from test_cli import write_project
 
 
@@ -30,6 +38,14 @@ def test_funnel_end_to_end(tmp_path, tiny_llm_dir):
         assert set(refiner[when]) == {"random", "hard"} and {"auc", "accuracy"} <= set(refiner[when]["hard"])
     held = pd.read_parquet(run_dir / "refiner" / "held_out_hard.parquet")
     assert {"p_before", "p_after", "label"} <= set(held.columns) and held["label"].sum() == len(held) / 2
+    held_random = pd.read_parquet(run_dir / "refiner" / "held_out_random.parquet")
+    same = ["user", "label", "history"]  # the two sets differ in their negatives only
+    pd.testing.assert_frame_equal(held_random[same], held[same])
+    # the held-out verdicts are the ones the saved adapter gives, loaded as the simulation loads it
+    model, tokenizer = load_llm(tiny_llm_dir)
+    judge = Judge(load_adapter(model, run_dir / "refiner" / "adapter", merge=True), PromptEncoder(tokenizer, PromptTemplate()))
+    titles = load_dataset(load_config(cfg).data).item_text
+    np.testing.assert_allclose(judge_examples(judge, held, titles), held["p_after"], atol=1e-5)
     assert (run_dir / "refiner" / "adapter" / "adapter_config.json").exists()
     card = (run_dir / "refiner" / "adapter" / "README.md").read_text()  # the model card beside the weights
     assert f"base_model: {tiny_llm_dir}" in card and "| hard |" in card and manifest_commit(run_dir) in card
