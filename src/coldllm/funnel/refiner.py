@@ -69,10 +69,7 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
         history = np.sort(rest)
         seen = set(items.tolist())
         negatives = [i for i in dict.fromkeys(hard_by_user.get(u, ())) if i not in seen][:k]
-        while len(negatives) < k:
-            negative = int(rng.choice(candidates))
-            if negative not in seen and negative not in negatives:
-                negatives.append(negative)
+        _draw_unseen(rng, candidates, seen, negatives, k)
         rows += [(int(u), int(t), 1, history) for t in targets]
         rows += [(int(u), int(n), 0, history) for n in negatives]
     return pd.DataFrame(rows, columns=["user", "item", "label", "history"])
@@ -89,13 +86,17 @@ def with_random_negatives(examples: pd.DataFrame, train: sp.csr_matrix, candidat
     for user, rows in out.groupby("user", sort=False):
         seen = set(train.indices[train.indptr[user] : train.indptr[user + 1]].tolist())
         slots = rows.index[rows["label"] == 0]
-        drawn: list[int] = []
-        while len(drawn) < len(slots):
-            negative = int(rng.choice(candidates))
-            if negative not in seen and negative not in drawn:
-                drawn.append(negative)
-        out.loc[slots, "item"] = drawn
+        out.loc[slots, "item"] = _draw_unseen(rng, candidates, seen, [], len(slots))
     return out
+
+
+def _draw_unseen(rng: np.random.Generator, candidates: np.ndarray, seen: set, negatives: list, k: int) -> list:
+    """``negatives`` filled up to ``k`` with random candidates, none seen and none twice."""
+    while len(negatives) < k:
+        negative = int(rng.choice(candidates))
+        if negative not in seen and negative not in negatives:
+            negatives.append(negative)
+    return negatives
 
 
 def example_parts(prompts: PromptEncoder, examples: pd.DataFrame, titles: np.ndarray):
