@@ -10,6 +10,7 @@ Results go to ``results/citeulike/<backbone>.json`` and the generated ``results/
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import subprocess
@@ -20,7 +21,8 @@ from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.pipeline import Run
-from coldllm.results import record_method
+from coldllm.results import record_method, record_seed
+from names import run_name
 from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,14 +46,17 @@ def compare_embeddings(a: Path, b: Path) -> float:
     return max((ua - ub).abs().max().item(), (ia - ib).abs().max().item())
 
 
-def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool = False) -> None:
-    name = f"bench-{preset.stem.split('-')[0]}-{backbone}"
+def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool = False,
+                 seed: int | None = None) -> None:
+    dataset = load_config(preset, list(extra)).data.name
+    name = run_name(dataset, backbone) if seed is None else run_name(dataset, backbone, seed)
     kept = name
     if reproduce:  # trained again beside the kept run, which the funnel's variants link to and stays
         name = f"{name}-repro"
         # from nothing: a finished repro run of an earlier session would be resumed, not trained again
         shutil.rmtree(ROOT / load_config(preset, list(extra)).runs_dir / name, ignore_errors=True)
-    overrides = [f"--name={name}", f"--backbone.model={backbone}", "--stages=[prepare, train, evaluate_test]", *extra]
+    overrides = [f"--name={name}", f"--backbone.model={backbone}", "--stages=[prepare, train, evaluate_test]",
+                 *([f"--seed={seed}"] if seed is not None else []), *extra]
     cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset), *overrides]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -75,7 +80,8 @@ def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool 
             raise SystemExit(f"{name} does not reproduce {kept} (max |diff| {diff:.3g}, same test figures: {same}); "
                              "row not recorded")
         check = {"reproduces": kept, "max_abs_diff": diff}
-    record_method(
+    record = functools.partial(record_method) if seed is None else functools.partial(record_seed, seed=seed)
+    record(
         out, dataset=cfg.data.name, split=cfg.data.split, backbone=backbone, method="backbone",
         metrics=metrics, config=to_dict(cfg),
         extra={
@@ -104,11 +110,15 @@ def main() -> None:
                              "test figures equal the kept row's exactly and its representations the kept run's "
                              "within REPRODUCE_TOLERANCE (re-measuring, at the current commit, a backbone that "
                              "the funnel's variants already use)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="model seeds (the split's data.seed stays fixed): one run each, recorded as one row with "
+                             "every seed's figures, their mean and standard deviation")
     parser.add_argument("overrides", nargs="*", help="extra --key=value overrides for every run")
     args, unknown = parser.parse_known_args()
     for backbone in args.backbones:
-        run_backbone(backbone, preset_for(backbone, args.preset), args.overrides + unknown, args.reproduce)
-    print(render("citeulike"))
+        for seed in args.seeds or [None]:
+            run_backbone(backbone, preset_for(backbone, args.preset), args.overrides + unknown, args.reproduce, seed)
+    print(render(load_config(args.preset, []).data.name))
 
 
 if __name__ == "__main__":

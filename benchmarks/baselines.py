@@ -28,7 +28,8 @@ from coldllm.baselines.runner import fit_and_evaluate, make_context
 from coldllm.config import load_config, to_dict
 from coldllm.data import load_dataset
 from coldllm.pipeline import Run, content_vectors
-from coldllm.results import record_method
+from coldllm.results import record_method, record_seed
+from names import run_name
 from render import render
 from coldllm.utils import git_commit, now_iso, peak_memory_mb, resolve_device, setup_logging, write_json
 
@@ -76,38 +77,48 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
     parser.add_argument("--search", type=Path, default=ROOT / "benchmarks" / "search.yaml")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="model seeds, each on its own backbone run (benchmarks/backbones.py --seeds): the "
+                             "search runs on the first; the others fit its chosen configuration. One row per "
+                             "method with every seed's figures, their mean and standard deviation")
     args = parser.parse_args()
     setup_logging()
     grids = yaml.safe_load(args.search.read_text())
     methods = args.methods or [m for m in grids if m in METHODS]
+    dataset = load_config(args.preset, []).data.name
     for backbone_name in args.backbones:
-        cfg = load_config(args.preset, [f"--name=bench-citeulike-{backbone_name}",
-                                        f"--backbone.model={backbone_name}"])
-        run = Run(cfg)
-        if not run.done("train"):
-            raise SystemExit(f"{cfg.run_dir}: no trained backbone; run benchmarks/backbones.py first")
-        data = load_dataset(cfg.data)
-        device = resolve_device(cfg.baselines.device)
-        start = time.perf_counter()
-        content = content_vectors(run)
-        content_seconds = time.perf_counter() - start
-        backbone = load_backbone(cfg.run_dir / "backbone", data)
-        ctx = make_context(data, backbone, content, device, cfg.seed, cfg.eval.ks, cfg.eval.metric)
-        for name in methods:
-            best, search = search_method(name, grids[name], ctx, cfg.run_dir / "search")
-            record_method(
-                ROOT / "results" / cfg.data.name / f"{backbone_name}.json", dataset=cfg.data.name,
-                split=cfg.data.split, backbone=backbone_name, method=name, metrics=best["test"],
-                config={**to_dict(cfg), "method_params": best["params"]}, commit=best["commit"],
-                extra={"seconds": best["seconds"], "peak_memory_mb": round(peak_memory_mb(), 1),
-                       "content_seconds": round(content_seconds, 1), "keeps_warm": best["keeps_warm"],
-                       "source_hash": best["source_hash"], "paper_protocol": best["paper_protocol"],
-                       "val": best["val"], "search": search},
-            )
-            print(f"{backbone_name} {name}: test cold {best['test']['cold']}", flush=True)
-        del ctx
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    print(render("citeulike"))
+        chosen: dict[str, dict] = {}  # method -> configuration chosen on the first seed's validation
+        for seed in args.seeds or [None]:
+            name = run_name(dataset, backbone_name) if seed is None else run_name(dataset, backbone_name, seed)
+            cfg = load_config(args.preset, [f"--name={name}", f"--backbone.model={backbone_name}",
+                                            *([f"--seed={seed}"] if seed is not None else [])])
+            run = Run(cfg)
+            if not run.done("train"):
+                raise SystemExit(f"{cfg.run_dir}: no trained backbone; run benchmarks/backbones.py first")
+            data = load_dataset(cfg.data)
+            device = resolve_device(cfg.baselines.device)
+            start = time.perf_counter()
+            content = content_vectors(run)
+            content_seconds = time.perf_counter() - start
+            backbone = load_backbone(cfg.run_dir / "backbone", data)
+            ctx = make_context(data, backbone, content, device, cfg.seed, cfg.eval.ks, cfg.eval.metric)
+            for method in methods:
+                grid = [chosen[method]] if method in chosen else grids[method]
+                best, search = search_method(method, grid, ctx, cfg.run_dir / "search")
+                chosen.setdefault(method, best["params_given"])
+                extra = {"seconds": best["seconds"], "peak_memory_mb": round(peak_memory_mb(), 1),
+                         "content_seconds": round(content_seconds, 1), "keeps_warm": best["keeps_warm"],
+                         "source_hash": best["source_hash"], "paper_protocol": best["paper_protocol"],
+                         "val": best["val"], "search": search}
+                record = dict(path=ROOT / "results" / cfg.data.name / f"{backbone_name}.json", dataset=cfg.data.name,
+                              split=cfg.data.split, backbone=backbone_name, method=method, metrics=best["test"],
+                              config={**to_dict(cfg), "method_params": best["params"]}, commit=best["commit"],
+                              extra=extra)
+                record_method(**record) if seed is None else record_seed(**record, seed=seed)
+                print(f"{backbone_name} {method} seed {cfg.seed}: test cold {best['test']['cold']}", flush=True)
+            del ctx
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    print(render(dataset))
 
 
 if __name__ == "__main__":

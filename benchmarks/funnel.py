@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 
@@ -48,8 +49,9 @@ from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.funnel.stages import prompt_template, updated_embeddings
 from coldllm.funnel.report import fit_combined_judge, judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
-from coldllm.results import record_method
+from coldllm.results import record_seed
 from coldllm.utils import git_commit
+from names import DEFAULT_SEED, run_name
 from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,13 +87,26 @@ VARIANTS = {
 DEFAULT_VARIANTS = [v for v in VARIANTS if v != "coldllm"]
 
 
-def base_name(backbone: str) -> str:
-    return f"bench-citeulike-{backbone}"
+@dataclass(frozen=True)
+class Scope:
+    """Which backbone run the variants build on: the preset's dataset, the backbone and the model seed."""
+
+    preset: Path
+    dataset: str
+    seed: int = DEFAULT_SEED
+
+    def base(self, backbone: str) -> str:
+        return run_name(self.dataset, backbone, self.seed)
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"--seed={self.seed}"]
 
 
-def overrides_for(backbone: str, variant: str, stages: list[str], extra: list[str],
+def overrides_for(scope: Scope, backbone: str, variant: str, stages: list[str], extra: list[str],
                   borrow: dict[str, str] | None = None) -> list[str]:
     changes, shared = VARIANTS[variant]
+    base_name = scope.base
     reuse = {"train": base_name(backbone), **{s: f"{base_name(backbone)}-{v}" for s, v in shared.items()}}
     # --borrow stage=backbone: take that stage from the same variant on another backbone
     reuse.update({s: f"{base_name(b)}-{variant}" for s, b in (borrow or {}).items()})
@@ -99,24 +114,24 @@ def overrides_for(backbone: str, variant: str, stages: list[str], extra: list[st
     # the best of them on cold validation)
     return [f"--name={base_name(backbone)}-{variant}", f"--backbone.model={backbone}",
             f"--stages=[{', '.join(stages)}]", "--reuse={" + ", ".join(f"{k}: {v}" for k, v in reuse.items()) + "}",
-            "--filter.towers=coupled", *changes, *extra]
+            "--filter.towers=coupled", *changes, *scope.overrides, *extra]
 
 
-def run_variant(preset: Path, backbone: str, variant: str, stages: list[str], extra: list[str],
+def run_variant(scope: Scope, backbone: str, variant: str, stages: list[str], extra: list[str],
                 borrow: dict[str, str] | None = None, redo_from: str | None = None) -> None:
-    redo = ["--redo-from", redo_from] if redo_from in stages and not ran_here(preset, backbone, variant, redo_from,
+    redo = ["--redo-from", redo_from] if redo_from in stages and not ran_here(scope, backbone, variant, redo_from,
                                                                              extra, borrow) else []
-    cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset), *redo,
-           *overrides_for(backbone, variant, stages, extra, borrow)]
+    cmd = [sys.executable, "-m", "coldllm.cli", "run", "--config", str(scope.preset), *redo,
+           *overrides_for(scope, backbone, variant, stages, extra, borrow)]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def ran_here(preset: Path, backbone: str, variant: str, stage: str, extra: list[str],
+def ran_here(scope: Scope, backbone: str, variant: str, stage: str, extra: list[str],
              borrow: dict[str, str] | None) -> bool:
     """Whether the variant's ``stage`` already ran at the current commit: a redo interrupted part-way
     then resumes with the variants it has not reached, instead of starting over."""
-    cfg = load_config(preset, overrides_for(backbone, variant, FUNNEL, extra, borrow))
+    cfg = load_config(scope.preset, overrides_for(scope, backbone, variant, FUNNEL, extra, borrow))
     manifest = ROOT / cfg.runs_dir / cfg.name / "manifest.json"  # the runs go from ROOT
     if not manifest.exists():
         return False
@@ -161,9 +176,9 @@ def language_model_calls(run: Run) -> dict:
     return {"llm_calls": text + judged, "llm_calls_detail": {"item_text": text, "judged_pairs": judged}}
 
 
-def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
+def record_variant(scope: Scope, backbone: str, variant: str, extra: list[str],
                    borrow: dict[str, str] | None = None) -> None:
-    cfg = load_config(preset, overrides_for(backbone, variant, FUNNEL, extra, borrow))
+    cfg = load_config(scope.preset, overrides_for(scope, backbone, variant, FUNNEL, extra, borrow))
     run = Run(cfg)
     if not (run.done("update") and run.done("evaluate_coldllm_val")):
         print(f"{cfg.name}: not finished, not recorded", flush=True)
@@ -171,8 +186,8 @@ def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
     stages = run.manifest["stages"]
     metrics = stages["evaluate_coldllm_test"]["metrics"]
     own = [s for s in METHOD_STAGES if "reused_from" not in stages[s]]
-    record_method(
-        ROOT / "results" / cfg.data.name / f"{backbone}.json", dataset=cfg.data.name, split=cfg.data.split,
+    record_seed(
+        ROOT / "results" / cfg.data.name / f"{backbone}.json", seed=cfg.seed, dataset=cfg.data.name, split=cfg.data.split,
         backbone=backbone, method=variant, metrics=metrics, config=to_dict(cfg),
         extra={
             "seconds": round(sum(stages[s]["seconds"] for s in METHOD_STAGES), 1),
@@ -188,7 +203,7 @@ def record_variant(preset: Path, backbone: str, variant: str, extra: list[str],
         },
         commit=stages["update"].get("commit"),
     )
-    print(f"{backbone} {variant}: test cold {metrics['cold']}", flush=True)
+    print(f"{backbone} {variant} seed {cfg.seed}: test cold {metrics['cold']}", flush=True)
 
 
 def main() -> None:
@@ -202,19 +217,25 @@ def main() -> None:
                         help="take a stage from the same variant on another backbone (recorded as reused)")
     parser.add_argument("--redo-from", choices=FUNNEL, help="run this stage of every variant again, and the later "
                         "ones (e.g. update: re-measure on the kept simulated pairs under the current code)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED],
+                        help="model seeds, each on its own backbone run (benchmarks/backbones.py --seeds); each "
+                             "row keeps every seed's figures, their mean and standard deviation")
     args, extra = parser.parse_known_args()
     borrow = dict(item.split("=", 1) for item in args.borrow)
+    dataset = load_config(args.preset, []).data.name
     for backbone in args.backbones:
-        # the method's filter is what most variants reuse: make it even when the method itself (its
-        # language-model judge) is not among the variants run
-        if "coldllm" not in args.variants and any("coldllm" in VARIANTS[v][1].values() for v in args.variants):
-            run_variant(args.preset, backbone, "coldllm", ["prepare", "train", "filter"], extra, borrow)
-        for variant in args.variants:  # 'coldllm' first: the others reuse its stages
-            run_variant(args.preset, backbone, variant, args.stages, extra, borrow, args.redo_from)
-            if not args.no_record:
-                record_variant(args.preset, backbone, variant, extra, borrow)
+        for seed in args.seeds:
+            scope = Scope(args.preset, dataset, seed)
+            # the method's filter is what most variants reuse: make it even when the method itself (its
+            # language-model judge) is not among the variants run
+            if "coldllm" not in args.variants and any("coldllm" in VARIANTS[v][1].values() for v in args.variants):
+                run_variant(scope, backbone, "coldllm", ["prepare", "train", "filter"], extra, borrow)
+            for variant in args.variants:  # 'coldllm' first: the others reuse its stages
+                run_variant(scope, backbone, variant, args.stages, extra, borrow, args.redo_from)
+                if not args.no_record:
+                    record_variant(scope, backbone, variant, extra, borrow)
     if not args.no_record:
-        print(render("citeulike"))
+        print(render(dataset))
 
 
 if __name__ == "__main__":

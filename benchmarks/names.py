@@ -1,0 +1,15 @@
+"""Run folder names the benchmarks share: one backbone run per dataset, backbone and seed, and
+the funnel's variants beside it."""
+
+from __future__ import annotations
+
+from coldllm.config import RunConfig
+
+DEFAULT_SEED = RunConfig().seed  # its runs keep the names they had before seeds were varied
+
+
+def run_name(dataset: str, backbone: str, seed: int = DEFAULT_SEED) -> str:
+    base = f"bench-{dataset}-{backbone}"
+    return base if seed == DEFAULT_SEED else f"{base}-s{seed}"
+
+
