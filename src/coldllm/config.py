@@ -288,6 +288,11 @@ class UpdateConfig:
     prior: str = _help("Where cold rows start, in the backbone's output space: knn (content-KNN) | none (zeros).",
                        "knn", check=one_of("knn", "none"))
     prior_k: int = _help("knn prior: warm neighbours per cold item.", 20, check=at_least(1))
+    k_grid: list[int] = _help(
+        "fast: candidate depths tried, each a separate update from the accepted pairs among each item's top-k "
+        "candidates (filter ranks; every k <= filter.k); the depth with the best validation score is kept. "
+        "[] uses every accepted pair. Where items have many more real users than K, a deeper list covers more "
+        "of them at a lower precision, and validation says which wins.", factory=list, check=each(at_least(1)))
     select_on: str = _help("Validation setting that selects the update's state: cold | overall | warm.", "cold",
                            check=one_of("cold", "overall", "warm"))
     eval_every: int = _help("Validate every N steps (fast) or epochs (retrain); the start is validated too.", 10,

@@ -301,6 +301,13 @@ def content_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor) -> t
     return knn_prior(content, item_emb.cpu(), torch.as_tensor(run.data.warm_items), cold, run.cfg.update.prior_k)
 
 
+def within_depth(pairs: pd.DataFrame, candidates_path: Path, depth: int) -> pd.DataFrame:
+    """The ``pairs`` among each item's top-``depth`` candidates of the filter (its ``rank`` column)."""
+    ranks = pd.read_parquet(candidates_path, columns=["item", "user", "rank"])
+    kept = ranks[ranks["rank"] < depth][["item", "user"]]
+    return pairs.merge(kept, on=["item", "user"], how="inner")
+
+
 def update_fingerprint(run: Run) -> str:
     """The update's inputs: its simulated pairs, the backbone it starts from and its settings (a
     retraining killed under one learning rate must not be resumed under another)."""
@@ -345,9 +352,22 @@ def update_stage(run: Run) -> dict[str, Any]:
                           else embedding_scorer(user_emb, items))
                 return validator.evaluate(scorer, device)[setting][metric]
 
-            result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, accepted, params, validate=validate)
+            depths = sorted(set(cfg.update.k_grid))
+            if depths and depths[-1] > cfg.filter.k:
+                raise ConfigError(f"update.k_grid {cfg.update.k_grid}: every depth must be <= filter.k={cfg.filter.k}")
+            searched = []
+            for depth in depths or [None]:
+                pairs = accepted if depth is None else within_depth(accepted, run.dir / "filter" / "candidates.parquet",
+                                                                    depth)
+                result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=validate)
+                searched.append((depth, len(pairs), result))
+            depth, used, result = max(searched, key=lambda s: s[2].best_score)  # the first of equals: the shallowest
             user_out, item_out = user_emb, result.item_emb
             rec.update(best_step=result.best_step, best_val=result.best_score, history=result.history)
+            if depths:
+                rec.update(k=depth, used_pairs=used,
+                           k_search=[{"k": d, "pairs": n, "best_val": r.best_score, "best_step": r.best_step}
+                                     for d, n, r in searched])
         with atomic_path(folder / "embeddings.safetensors") as tmp:
             save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},
                       str(tmp), metadata={"fingerprint": fingerprint})
