@@ -161,3 +161,23 @@ def test_a_missing_or_corrupted_artifact_is_redone(tmp_path):
     # the filter was redone, so the stages after it were too: the simulation holds the new candidates
     candidates, simulated = run_dir / "filter" / "candidates.parquet", run_dir / "simulate" / "simulated.parquet"
     assert simulated.stat().st_mtime_ns > candidates.stat().st_mtime_ns
+
+
+def test_the_candidate_depth_is_chosen_on_validation(tmp_path):
+    """update.k_grid: one update per depth on the accepted pairs among each item's top-k candidates;
+    the one kept is the best on cold validation, and it is what the run saved and evaluates."""
+    cfg = run_cli(write_project(tmp_path), *FREE, "--backbone.model=mf", "--update.steps=20", "--update.eval_every=5",
+                  "--update.k_grid=[2, 8, 4]")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    searched = record["k_search"]
+    assert [s["k"] for s in searched] == [2, 4, 8]
+    candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
+    for s in searched:  # every item has 8 candidates, all accepted (judge: all)
+        assert s["pairs"] == int((candidates["rank"] < s["k"]).sum())
+    best = max(searched, key=lambda s: s["best_val"])
+    assert record["k"] == best["k"] and record["best_val"] == best["best_val"]
+    assert val_score(run, *updated_embeddings(run), "cold") == pytest.approx(record["best_val"], abs=1e-6)
+    with pytest.raises(AssertionError, match=r"update\.k_grid \[2, 9\]: every depth must be <= filter\.k=8"):
+        (tmp_path / "deep").mkdir()
+        run_cli(write_project(tmp_path / "deep"), *FREE, "--update.k_grid=[2, 9]")

@@ -33,9 +33,10 @@ STAGE_INPUTS = {
     "evaluate": ("data", "backbone", "eval", "seed"),
     "content": ("data", "content"),
     "baselines": ("data", "backbone", "eval", "seed", "content", "baselines"),
-    "filter": ("data", "backbone", "eval", "seed", "content", "filter"),
-    "finetune": ("data", "backbone", "eval", "seed", "content", "filter", "refiner"),
-    "simulate": ("data", "backbone", "eval", "seed", "content", "filter", "refiner"),
+    # the knn collaborative tower (filter.collab_source: knn) is the update's prior: it reads prior_k
+    "filter": ("data", "backbone", "eval", "seed", "content", "filter", "update.prior_k"),
+    "finetune": ("data", "backbone", "eval", "seed", "content", "filter", "update.prior_k", "refiner"),
+    "simulate": ("data", "backbone", "eval", "seed", "content", "filter", "update.prior_k", "refiner"),
     "update": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
     "evaluate_coldllm": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
 }
@@ -57,10 +58,14 @@ NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"),
               "refiner": ("batch_size", "gradient_checkpointing", "shard_users", "verdicts_from", "engine", "ray_actors", "vllm")}
 
 def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The config sections ``stage`` depends on (the longest matching stage name wins)."""
+    """The config sections (or single ``section.key`` fields) ``stage`` depends on (the longest
+    matching stage name wins)."""
     key = max((k for k in STAGE_INPUTS if stage.startswith(k)), key=len, default=None)
     keys = STAGE_INPUTS[key] if key else tuple(config)
-    out = {k: config.get(k) for k in keys}
+    out = {}
+    for name in keys:
+        section, _, field = name.partition(".")
+        out[name] = (config.get(section) or {}).get(field) if field else config.get(name)
     for section, value in out.items():
         if isinstance(value, dict):
             skip = NOT_INPUTS["*"] + NOT_INPUTS.get(section, ())
