@@ -146,3 +146,10 @@ def test_min_rating_is_checked_against_the_data(tmp_path):
     with pytest.raises(ConfigError, match="split 'published'"):
         load_config(None, ["--data.format=csv", "--data.min_rating=4"])
     assert load_config(None, ["--data.format=csv", "--data.split=random", "--data.min_rating=4"]).data.min_rating == 4
+
+
+def test_an_override_yaml_cannot_read_is_one_line_naming_it():
+    with pytest.raises(ConfigError, match=r"override '--data\.text_template=\{\} x': the value is not valid YAML"):
+        load_config(None, ["--data.text_template={} x"])
+    with pytest.raises(ConfigError, match=r"data\.text_template' must name a column in every \{field\}"):
+        load_config(None, ["--data.text_template='{0} x'"])

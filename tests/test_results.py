@@ -146,3 +146,19 @@ def test_seeds_make_one_row_with_mean_and_spread(tmp_path):
                 config={"a": 2, "seed": 1}, commit="d1")
     row = json.loads(path.read_text())["methods"]["knn"]
     assert row["seeds"] == [1] and row["cold"]["recall@20"] == 0.5 and row["cold"]["recall@20_std"] == 0.0
+
+
+def test_the_default_is_the_own_method_best_on_validation_never_on_test(tmp_path):
+    from coldllm.results import across_datasets_table, load_docs
+
+    path = tmp_path / "mf.json"
+    # onepass is better on test, coldllm-cosine on validation; clcrec is not the project's own method
+    for method, val, test in [("onepass", 0.1, 0.9), ("coldllm-cosine", 0.2, 0.1), ("clcrec", 0.5, 0.5)]:
+        record_method(path, dataset="toy", split="random", backbone="mf", method=method, metrics=metrics(test),
+                      config={}, extra={"val": metrics(val)}, commit="c")
+    doc = json.loads(path.read_text())
+    assert doc["default"]["method"] == "coldllm-cosine" and doc["default"]["test"]["cold"]["recall@20"] == 0.1
+    table = across_datasets_table({"toy": load_docs(tmp_path)})
+    assert table[0] == "| method | toy mf |"
+    assert next(line for line in table if line.startswith("| coldllm default")).endswith("`coldllm-cosine` |")
+    assert next(line for line in table if line.startswith("| best content mapping")).endswith("`clcrec` |")

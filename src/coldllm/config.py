@@ -101,6 +101,17 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
     return field(default=default, metadata=metadata)
 
 
+def _text_template(v: str) -> str | None:
+    """'' or a text whose replacement fields all name a column: '{movie_title} ({release_year})'."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(v) if name is not None]
+    except ValueError as err:
+        return f"must be a text with {{column}} fields ({err})"
+    if any(not name.isidentifier() for name in names):
+        return "must name a column in every {field} (no {} or {0})"
+    return None
+
+
 def _warm_shares(v: list[float]) -> str | None:
     """The train/val/test shares of the warm interactions: three, none negative, training > 0, sum 1."""
     if len(v) != 3 or min(v) < 0 or v[0] <= 0 or abs(sum(v) - 1) > 1e-6:
@@ -136,7 +147,7 @@ class DataConfig:
     text_template: str = _help(
         "Item text written from the item table's columns, e.g. '{movie_title} ({release_year}). Genres: "
         "{genre:list}.' (`:list` writes a space-separated token list with commas); '' joins `text_fields` "
-        "with '. '.", "")
+        "with '. '.", "", check=_text_template)
     split: str = _help("published: read the split files; random: the seeded ColdRec split.", "published",
                        check=one_of("published", "random"))
     split_dir: str = _help("Folder (inside `path`) of the published split files.", "split", check=nonempty)
@@ -507,7 +518,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         if "=" not in body:
             raise ConfigError(f"override {arg!r} must look like --key.sub=value")
         key, raw = body.split("=", 1)
-        value = _yaml(raw) if raw else ""
+        try:
+            value = _yaml(raw) if raw else ""
+        except yaml.YAMLError as err:
+            # a value YAML cannot read ('{} x', an unclosed bracket): name the override, not the parser's state
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"override {arg!r}: the value is not valid YAML ({problem}); quote it, "
+                              f"e.g. --{key}='\"...\"'") from None
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:

@@ -158,6 +158,12 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _fmt_spread(block: dict[str, Any], metric: str) -> str:
+    """A figure, with ``± std`` when it is a mean over several seeds."""
+    std = block.get(f"{metric}_std")
+    return _fmt(block.get(metric)) + (f" ± {std:.4f}" if std else "")
+
+
 def _methods(doc: dict[str, Any], oracle: bool = False) -> list[str]:
     """The rows of ``doc`` in table order: the methods, or (``oracle``) the oracle diagnostics."""
     if oracle:  # r descending, then f: from the perfect judge down
@@ -192,7 +198,9 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
         "*reference protocol*: the same test figure under the protocol of the released ALDI/ColdLLM code (the "
         "first 2,000 users with held-out items, every other known positive masked), the one the paper's figure "
         "uses. *seconds*: fit and evaluation (for a backbone: its accumulated training); *peak MB*: the "
-        "measuring process's peak resident memory when the row was written.",
+        "measuring process's peak resident memory when the row was written. A figure with ± is the mean over the "
+        "row's seeds (the model seeds; the split stays fixed) and their standard deviation; a difference smaller "
+        "than the larger spread is not a finding.",
         "",
         head + " | cold R@20, reference protocol | paper cold R@20 | seconds | peak MB | commit |",
         "|" + "---|" * (2 + 2 * len(SETTINGS) + 5),
@@ -200,13 +208,18 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
     for doc in docs:
         for method in _methods(doc):
             entry = doc["methods"][method]
-            cells = [_fmt(entry.get(s, {}).get(m)) for s in SETTINGS for m in HEADLINE]
+            cells = [_fmt_spread(entry.get(s, {}), m) for s in SETTINGS for m in HEADLINE]
             paper = ref["methods"].get(method, {}).get("cold", {}).get("recall@20") \
                 if doc["backbone"] == ref.get("backbone") else None
             lines.append(f"| {doc['backbone']} | {method} | " + " | ".join(cells) +
                          f" | {_fmt(_get(entry, 'paper_protocol', 'cold', 'recall@20'))} | {_fmt(paper)}"
                          f" | {entry.get('seconds', 0):.0f} | {entry.get('peak_memory_mb', 0):.0f}"
                          f" | `{entry.get('commit', '?')[:10]}` |")
+    defaults = [(d["backbone"], d["default"]) for d in docs if d.get("default")]
+    if defaults:
+        lines += ["", "The default configuration of each backbone (the project's own method with the best "
+                  "cold-validation NDCG@20, mean over its seeds; test figures never enter the choice): "
+                  + "; ".join(f"{b}: `{d['method']}`" for b, d in defaults) + "."]
     if reference:
         lines += ["", f"Paper reference ({reference['source']}):", "", head + " |",
                   "|" + "---|" * (2 + 2 * len(SETTINGS))]
@@ -389,6 +402,43 @@ def headline_table(docs: list[dict[str, Any]]) -> list[str]:
                          f"| {_fmt(_get(e, 'cold', 'ndcg@20'))} | {_fmt(_get(e, 'warm', 'recall@20'))} "
                          f"| {_fmt(_get(e, 'paper_protocol', 'cold', 'recall@20'))} | {e.get('llm_calls', '-')} "
                          f"| `{e.get('commit', '?')[:7]}` |")
+    return lines
+
+
+ACROSS_ROWS = {"backbone": "backbone alone", "random": "random users (control)", "knn": "content-KNN (control)",
+               "best-mapping": "best content mapping", "default": "coldllm default (chosen on validation)"}
+
+
+def _cell(entry: dict[str, Any] | None, setting: str = "cold") -> str:
+    if entry is None:
+        return "-"
+    block = entry.get(setting, {})
+    spread = lambda m: f" ± {block[m + '_std']:.4f}" if f"{m}_std" in block else ""  # noqa: E731
+    seeds = f" ({len(entry['seeds'])} seeds)" if len(entry.get("seeds", [])) > 1 else ""
+    return (f"{_fmt(block.get('recall@20'))}{spread('recall@20')} / "
+            f"{_fmt(block.get('ndcg@20'))}{spread('ndcg@20')}{seeds}")
+
+
+def across_datasets_table(docs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Rows: the controls, the best content mapping (chosen on validation) and the default; one column
+    per dataset and backbone. The default is each file's ``default`` (chosen on validation)."""
+    columns = [(name, doc) for name, ds in docs.items() for doc in ds]
+    head = "| method | " + " | ".join(f"{name} {doc['backbone']}" for name, doc in columns) + " |"
+    lines = [head, "|---" * (len(columns) + 1) + "|"]
+    for key, label in ACROSS_ROWS.items():
+        cells, names = [], set()
+        for _, doc in columns:
+            methods = doc["methods"]
+            if key == "best-mapping":
+                mappings = [m for m in MAPPINGS if _get(methods.get(m, {}), "val", "cold", "ndcg@20") is not None]
+                name = max(mappings, key=lambda m: methods[m]["val"]["cold"]["ndcg@20"], default=None)
+            elif key == "default":
+                name = (doc.get("default") or {}).get("method")
+            else:
+                name = key
+            names.add(name)
+            cells.append(_cell(methods.get(name)) + (f" `{name}`" if key in ("best-mapping", "default") and name else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
