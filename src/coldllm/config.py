@@ -82,10 +82,10 @@ def one_of(*choices: Any) -> Check:
 
     @_allows(lambda: "one of: " + ", ".join(str(c) for c in options()))
     def check(v: Any) -> str | None:
-        allowed = options()
-        if v in allowed:
+        choices_now = options()
+        if v in choices_now:
             return None
-        return f"must be one of {allowed}"
+        return f"must be one of {choices_now}"
 
     return check
 
