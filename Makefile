@@ -1,11 +1,12 @@
-# Two commands do everything: `make run` (the main job, end to end) and `make test`.
-# Both create .venv and install the exact versions of requirements.lock on first use.
+# Two commands do everything: `make run` (the main job, end to end) and `make test`; `make docs` builds
+# the documentation site into site/.
+# Each creates .venv and installs the exact versions of requirements.lock on first use.
 PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= configs/quickstart.yaml
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test docs bench clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +26,16 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# the reference pages written again from the code (settings, the service's API), then the site, strict:
+# a broken link, a missing anchor or a page left out of mkdocs.yml's nav fails the build
+docs: install
+	$(BIN)/python docs/gen_reference.py
+	$(BIN)/mkdocs build --strict --site-dir site
+
 bench: install
 	$(BIN)/python benchmarks/backbones.py
 	$(BIN)/python benchmarks/baselines.py
 	$(BIN)/python benchmarks/funnel.py
 
 clean:
-	rm -rf $(VENV) runs cache
+	rm -rf $(VENV) runs cache site

@@ -1,7 +1,7 @@
 """A cost model on paper: what simulating users for M new items a day costs at N users.
 
     python benchmarks/cost_model.py            # writes results/scale/cost.json and cost.md
-    python benchmarks/cost_model.py --readme   # and pastes the tables into README.md's Scaling section
+    python benchmarks/cost_model.py --docs     # and pastes the tables into docs/scaling.md
 
 No new measurement: every rate is read from a results file that a committed benchmark wrote
 (``results/speed/cpu.json`` from ``benchmarks/speed.py`` when it exists, otherwise the judge
@@ -272,18 +272,18 @@ def main() -> None:
     parser.add_argument("--item-tokens", type=float, default=30)
     parser.add_argument("--head-width", type=int, default=0, help="one-pass head width (0: the backbone's dim)")
     parser.add_argument("--filter-dim", type=int, default=200, help="which faiss_scale.py dimension prices the filter")
-    parser.add_argument("--readme", action="store_true", help="also fill README.md's generated Scaling blocks")
+    parser.add_argument("--docs", action="store_true", help="also fill the generated blocks of docs/scaling.md")
     args = parser.parse_args()
     report = build(args)
     report["config"] = vars(args)
     write_json(OUT, report)
     table = markdown(report)
     OUT.with_suffix(".md").write_text(table)
-    if args.readme:
-        fill_block(ROOT / "README.md", "cost-model", table)
+    if args.docs:
+        fill_block(ROOT / "docs" / "scaling.md", "cost-model", table)
         summary = FAISS.with_suffix(".md")
         if summary.exists():
-            fill_block(ROOT / "README.md", "faiss-scale", summary.read_text())
+            fill_block(ROOT / "docs" / "scaling.md", "faiss-scale", summary.read_text())
     print(table)
 
 

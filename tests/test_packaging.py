@@ -41,5 +41,5 @@ def test_declared_packages_are_locked():
     locked = {_name(line) for line in (ROOT / "requirements.lock").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     needed = list(project["dependencies"]) + project["optional-dependencies"]["serve"] \
-        + project["optional-dependencies"]["dev"]
+        + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["docs"]
     assert {_name(r) for r in needed} - locked == set()

@@ -32,18 +32,38 @@ class ConfigError(ValueError):
 Check = Callable[[Any], "str | None"]
 
 
+def _allows(words: str | Callable[[], str]) -> Callable[[Check], Check]:
+    """Attach to a check the words for what it allows (the configuration reference prints them);
+    a callable is read when asked, so a registry's names are the ones registered by then."""
+
+    def mark(check: Check) -> Check:
+        check.allows = words  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
+def allowed(check: Check) -> str:
+    """What ``check`` allows, in words ('>= 1', "one of: flat, ivf, hnsw"); '' when it does not say."""
+    words = getattr(check, "allows", "")
+    return words() if callable(words) else words
+
+
 def at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f"must be >= {low}"
+    return _allows(f">= {low}")(lambda v: None if v >= low else f"must be >= {low}")
 
 
 def above(low: float) -> Check:
-    return lambda v: None if v > low else f"must be > {low}"
+    return _allows(f"> {low}")(lambda v: None if v > low else f"must be > {low}")
 
 
 def between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Check:
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    @_allows(f"in {interval}")
     def check(v: Any) -> str | None:
         ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-        return None if ok else f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return None if ok else f"must be in {interval}"
 
     return check
 
@@ -57,26 +77,32 @@ def registry(module: str, name: str) -> Callable[[], list[str]]:
 
 
 def one_of(*choices: Any) -> Check:
+    def options() -> list[Any]:
+        return list(choices[0]()) if len(choices) == 1 and callable(choices[0]) else list(choices)
+
+    @_allows(lambda: "one of: " + ", ".join(str(c) for c in options()))
     def check(v: Any) -> str | None:
-        allowed = list(choices[0]()) if len(choices) == 1 and callable(choices[0]) else list(choices)
-        if v in allowed:
+        choices_now = options()
+        if v in choices_now:
             return None
-        return f"must be one of {allowed}"
+        return f"must be one of {choices_now}"
 
     return check
 
 
+@_allows("not empty")
 def nonempty(v: Any) -> str | None:
     return None if len(v) else "must not be empty"
 
 
 def matches(pattern: str, shape: str) -> Check:
-    return lambda v: None if re.fullmatch(pattern, v) else f"must look like {shape}"
+    return _allows(shape)(lambda v: None if re.fullmatch(pattern, v) else f"must look like {shape}")
 
 
 def each(*checks: Check) -> Check:
     """Apply ``checks`` to every entry of a list (or every key of a mapping)."""
 
+    @_allows(lambda: "each entry " + "; ".join(allowed(c) for c in checks))
     def check(v: Any) -> str | None:
         for item in v:
             for one in checks:
@@ -101,6 +127,7 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
     return field(default=default, metadata=metadata)
 
 
+@_allows("'' or a text whose {fields} each name a column of the item table")
 def _text_template(v: str) -> str | None:
     """'' or a text whose replacement fields all name a column: '{movie_title} ({release_year})'."""
     try:
@@ -112,6 +139,7 @@ def _text_template(v: str) -> str | None:
     return None
 
 
+@_allows("three shares (train, val, test), each >= 0, train > 0, summing to 1")
 def _warm_shares(v: list[float]) -> str | None:
     """The train/val/test shares of the warm interactions: three, none negative, training > 0, sum 1."""
     if len(v) != 3 or min(v) < 0 or v[0] <= 0 or abs(sum(v) - 1) > 1e-6:
@@ -575,19 +603,29 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def checks_of(f: dataclasses.Field) -> tuple[Check, ...]:
+    """The checks that apply to a field: its own, or (a hyper-parameter field without any) its name's."""
+    return f.metadata["checks"] if "checks" in f.metadata else PARAM_CHECKS.get(f.name, ())
+
+
+def params_of(f: dataclasses.Field) -> "type | dict[str, type] | None":
+    """The dataclass whose fields a mapping setting may set (a dict of them: one per method), or None."""
+    target = f.metadata.get("params")
+    return target() if target is not None else None
+
+
 def _check_fields(obj: Any, prefix: str) -> None:
     for f in dataclasses.fields(obj):
         key, value = f"{prefix}{f.name}", getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             _check_fields(value, f"{key}.")
             continue
-        checks = f.metadata["checks"] if "checks" in f.metadata else PARAM_CHECKS.get(f.name, ())
-        for check in checks:
+        for check in checks_of(f):
             problem = check(value)
             if problem:
                 raise ConfigError(f"config key '{key}' {problem}, got {value!r}")
-        if f.metadata.get("params") is not None:
-            _check_params(key, value, f.metadata["params"]())
+        if (target := params_of(f)) is not None:
+            _check_params(key, value, target)
 
 
 def _check_params(key: str, values: dict[str, Any], target: Any) -> None:

@@ -150,6 +150,8 @@ def create_app(run_dir: Path | str, service: OnlineService | None = None) -> Fas
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        """The service's state: its run, users, items (those added online counted apart), judge, backbone,
+        the filter's K, the update's steps and how long it took to start."""
         snap = service.index.snapshot
         return {"status": "ok", "run": service.name, "users": service.data.n_users,
                 "items": len(snap.item_ids), "online_items": len(service.online),
