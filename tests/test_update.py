@@ -181,3 +181,27 @@ def test_the_candidate_depth_is_chosen_on_validation(tmp_path):
     with pytest.raises(AssertionError, match=r"update\.k_grid \[2, 9\]: every depth must be <= filter\.k=8"):
         (tmp_path / "deep").mkdir()
         run_cli(write_project(tmp_path / "deep"), *FREE, "--update.k_grid=[2, 9]")
+
+
+def test_a_scorer_in_the_backbones_user_space_is_projected_exactly():
+    from coldllm.funnel.update import project_scorer
+
+    gen = torch.Generator().manual_seed(0)
+    users, mix, items = (torch.randn(s, generator=gen, dtype=torch.float64) for s in ((50, 4), (4, 4), (3, 4)))
+    rows = project_scorer(users, users @ mix, items)  # the other scorer's users: a linear map of these
+    # exact up to the tiny ridge that keeps a rank-deficient user matrix solvable
+    torch.testing.assert_close(users @ rows.T, (users @ mix) @ items.T, rtol=1e-4, atol=1e-4)
+    assert rows.shape == (3, 4)
+
+
+def test_the_best_prior_is_chosen_on_validation_and_is_where_the_update_starts(tmp_path):
+    cfg = run_cli(write_project(tmp_path), FUNNEL, "--filter.towers=onepass", "--filter.k=8", "--refiner.judge=all",
+                  "--filter.onepass={epochs: 2, hidden: 16}", "--update.prior=best", "--update.prior_k=5",
+                  "--update.steps=10", "--update.eval_every=5")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    scores = record["prior_search"]
+    assert set(scores) == {"knn", "filter", "blend-0.25", "blend-0.5", "blend-0.75"}
+    assert record["prior"] == max(scores, key=scores.get)
+    assert record["history"][0]["val"] == pytest.approx(scores[record["prior"]], abs=1e-9)  # step 0 is that prior
+    assert (run.dir / "filter" / "prior.safetensors").exists()

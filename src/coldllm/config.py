@@ -324,8 +324,10 @@ class RefinerConfig:
 class UpdateConfig:
     mode: str = _help("fast: only the cold items' rows move (default); retrain: the backbone trained again on "
                       "real + simulated pairs (the paper's way).", "fast", check=one_of("fast", "retrain"))
-    prior: str = _help("Where cold rows start, in the backbone's output space: knn (content-KNN) | none (zeros).",
-                       "knn", check=one_of("knn", "none"))
+    prior: str = _help("Where cold rows start, in the backbone's output space: knn (content-KNN) | none (zeros) | "
+                       "best (fast mode: the best on validation of content-KNN, the filter's own content mapping "
+                       "projected into the backbone's space, and blends of the two).",
+                       "knn", check=one_of("knn", "none", "best"))
     prior_k: int = _help("knn prior: warm neighbours per cold item.", 20, check=at_least(1))
     k_grid: list[int] = _help(
         "fast: candidate depths tried, each a separate update from the accepted pairs among each item's top-k "

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ from .refiner import best_threshold, example_parts, finetune_examples, judge_rep
     user_histories, with_random_negatives
 from .onepass import OnePass, OnePassParams
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
-from .update import FastParams, augmented_train, fit_cold_rows, knn_prior
+from .update import FastParams, augmented_train, fit_cold_rows, knn_prior, prior_candidates, project_scorer
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def filter_stage(run: Run) -> dict[str, Any]:
         backbone = load_backbone(run.dir / "backbone", data)
         ctx = make_context(data, backbone, content_vectors(run), device, cfg.seed, cfg.eval.ks, cfg.eval.metric)
         towers = cfg.filter.towers
-        collab = lm = None
+        collab = lm = mapped = None
         if towers in ("coupled", "collab"):
             collab = (ALDI(cfg.filter.collab).fit(ctx) if cfg.filter.collab_source == "aldi"
                       else KNNTower(ctx, cfg.update.prior_k))
@@ -91,6 +91,8 @@ def filter_stage(run: Run) -> dict[str, Any]:
             candidates = top_users(simulator.embeddings(ctx.cold), cfg.filter.k, cfg.filter.index)
             warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
             rec["onepass_history"] = simulator.history
+            # the head's bias is one number per user: it moves no user's ranking of the items, so it is left out
+            mapped = project_scorer(ctx.user_emb, simulator.head.weight, simulator.item_out[ctx.cold])
         elif towers in ("random", "file"):
             candidates = (random_users(data.n_users, data.cold_items, cfg.filter.k, cfg.seed) if towers == "random"
                           else read_candidates(cfg.filter.file, data.user_ids, data.item_ids, data.cold_items))
@@ -101,12 +103,18 @@ def filter_stage(run: Run) -> dict[str, Any]:
                 for emb in (cold_emb, warm_emb):
                     emb.users = emb.users / np.maximum(np.linalg.norm(emb.users, axis=1, keepdims=True), 1e-12)
             candidates = top_users(cold_emb, cfg.filter.k, cfg.filter.index)
+            if isinstance(collab, ALDI):  # the student's cold scores, mapped into the backbone's space
+                mapped = project_scorer(ctx.user_emb, collab.user_student, collab.cold_student)
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
             warm = top_users(warm_emb, cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
         for frame, name in ((candidates, "candidates.parquet"), (warm, "warm_candidates.parquet")):
             with atomic_path(folder / name) as tmp:
                 frame.to_parquet(tmp)
+        (run.dir / FILTER_PRIOR).unlink(missing_ok=True)  # never a mapping left by other settings
+        if mapped is not None:
+            with atomic_path(run.dir / FILTER_PRIOR) as tmp:
+                save_file({"cold": mapped.detach().float().cpu().contiguous()}, str(tmp))
         report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
                   "val": funnel_coverage(candidates, data.parts["cold_val"]),
                   "test": funnel_coverage(candidates, data.parts["cold_test"])}
@@ -282,7 +290,8 @@ def simulate_stage(run: Run) -> dict[str, Any]:
     return report
 
 
-UPDATE_MODES, PRIORS, INITS = ("fast", "retrain"), ("knn", "none"), ("scratch", "backbone")
+UPDATE_MODES, PRIORS, INITS = ("fast", "retrain"), ("knn", "none", "best"), ("scratch", "backbone")
+FILTER_PRIOR = "filter/prior.safetensors"  # the filter's content mapping of the cold items, in the backbone's space
 
 
 def _check_update(cfg) -> None:
@@ -293,12 +302,34 @@ def _check_update(cfg) -> None:
 
 
 def content_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-    """The cold items' starting rows in the backbone's output space (``data.cold_items`` order)."""
+    """The cold items' content-KNN rows in the backbone's output space (``data.cold_items`` order);
+    zeros with ``update.prior: none``."""
     cold = torch.as_tensor(run.data.cold_items)
     if run.cfg.update.prior == "none":
         return item_emb.new_zeros((len(cold), item_emb.shape[1]))
     content = torch.as_tensor(content_vectors(run), dtype=torch.float32)
-    return knn_prior(content, item_emb.cpu(), torch.as_tensor(run.data.warm_items), cold, run.cfg.update.prior_k)
+    return knn_prior(content, item_emb.cpu(), torch.as_tensor(run.data.warm_items), cold,
+                     run.cfg.update.prior_k).to(item_emb.device)
+
+
+def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
+                 validate: Callable[[torch.Tensor], float] | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The prior the update starts from and, with ``update.prior: best``, each candidate's validation
+    score (content-KNN, the filter's mapping, their blends; the best is kept, ties to content-KNN)."""
+    knn = content_prior(run, user_emb, item_emb)
+    if run.cfg.update.prior != "best":
+        return knn, {}
+    if validate is None:
+        raise ConfigError("update.prior=best chooses on validation, which only update.mode=fast does")
+    path = run.dir / FILTER_PRIOR
+    mapped = load_file(str(path))["cold"].to(item_emb.device, item_emb.dtype) if path.exists() else None
+    cold = torch.as_tensor(run.data.cold_items, device=item_emb.device)
+    candidates, scores = prior_candidates(knn, mapped), {}
+    for name, rows in candidates.items():
+        table = item_emb.clone()
+        table[cold] = rows
+        scores[name] = validate(table)
+    return candidates[max(scores, key=scores.get)], scores
 
 
 def within_depth(pairs: pd.DataFrame, candidates_path: Path, depth: int) -> pd.DataFrame:
@@ -326,8 +357,18 @@ def update_stage(run: Run) -> dict[str, Any]:
         accepted = simulated[simulated["accepted"]]
         device = resolve_device(cfg.backbone.device)
         user_emb, item_emb = load_backbone(run.dir / "backbone", data).to(device).embeddings()
-        prior = content_prior(run, user_emb, item_emb).to(device)
         validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(cfg.update.select_on,))
+        metric, setting = cfg.eval.metric, cfg.update.select_on
+
+        def validate(items: torch.Tensor) -> float:
+            scorer = (subset_scorer(user_emb, items, data.cold_items) if setting == "cold"
+                      else embedding_scorer(user_emb, items))
+            return validator.evaluate(scorer, device)[setting][metric]
+
+        prior, prior_scores = chosen_prior(run, user_emb, item_emb, validate if cfg.update.mode == "fast" else None)
+        prior = prior.to(device)
+        if prior_scores:
+            rec.update(prior=max(prior_scores, key=prior_scores.get), prior_search=prior_scores)
         folder.mkdir(parents=True, exist_ok=True)
         fingerprint = update_fingerprint(run)
         if cfg.update.mode == "retrain":
@@ -346,12 +387,6 @@ def update_stage(run: Run) -> dict[str, Any]:
                        history=result.history)
         else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
             params = FastParams.from_config(cfg.update, cfg.seed)
-            metric, setting = cfg.eval.metric, cfg.update.select_on
-            def validate(items: torch.Tensor) -> float:
-                scorer = (subset_scorer(user_emb, items, data.cold_items) if setting == "cold"
-                          else embedding_scorer(user_emb, items))
-                return validator.evaluate(scorer, device)[setting][metric]
-
             depths = sorted(set(cfg.update.k_grid))
             if depths and depths[-1] > cfg.filter.k:
                 raise ConfigError(f"update.k_grid {cfg.update.k_grid}: every depth must be <= filter.k={cfg.filter.k}")

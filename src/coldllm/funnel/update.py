@@ -62,6 +62,35 @@ def knn_prior(content: torch.Tensor, item_emb: torch.Tensor, warm: torch.Tensor,
     return torch.cat(out) if out else item_emb.new_zeros((0, item_emb.shape[1]))
 
 
+@torch.no_grad()
+def project_scorer(user_emb: torch.Tensor, scorer_users: torch.Tensor, scorer_items: torch.Tensor) -> torch.Tensor:
+    """Item rows in the backbone's space that score its users as a bilinear scorer of another space
+    does (``scorer_users @ scorer_items.T``), in the least-squares sense over every user.
+
+    A content mapping with users of its own (the one-pass head, an ALDI student) ranks cold items
+    well but not in the space the backbone's users score in. Its scores are ``S = V Z^T``; the rows
+    ``E = Z V^T U (U^T U)^-1`` minimise ``||U E^T - S||`` over all users, a map of the item vectors
+    that costs one d x d solve.
+    """
+    gram = user_emb.T @ user_emb
+    ridge = 1e-6 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    to_backbone = torch.linalg.solve(gram + ridge, user_emb.T @ scorer_users.to(user_emb.dtype))
+    return scorer_items.to(user_emb.dtype) @ to_backbone.T
+
+
+BLENDS = (0.25, 0.5, 0.75)  # weights of the filter's mapping against content-KNN, tried on validation
+
+
+def prior_candidates(knn: torch.Tensor, mapped: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The priors ``update.prior: best`` chooses among on validation: content-KNN, the filter's own
+    content mapping projected into the backbone's space, and blends of the two."""
+    out = {"knn": knn}
+    if mapped is not None:
+        out["filter"] = mapped
+        out.update({f"blend-{w:g}": w * mapped + (1 - w) * knn for w in BLENDS})
+    return out
+
+
 @dataclass
 class FastParams:
     """The cold-only update's settings (``update.*`` in the config)."""
