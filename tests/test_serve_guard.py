@@ -326,3 +326,17 @@ def test_keys_are_never_logged_or_echoed(tmp_path, caplog):
     assert READ_KEY not in str(err.value)
     with pytest.raises(ConfigError, match="at least 16 characters"):
         ApiKeys.load(env="write:short")
+
+
+def test_every_service_case_in_bad_input_md_names_a_test_that_exists():
+    """The service table of docs/bad-input.md names its tests; each one must exist."""
+    import re
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    doc = (tests.parent / "docs" / "bad-input.md").read_text()
+    rows = [line for line in doc.split("## The service", 1)[1].splitlines() if re.match(r"\| S\d+ ", line)]
+    names = {name for row in rows for name in re.findall(r"`(test_\w+)`", row.rsplit("|", 2)[-2])}
+    source = "".join(p.read_text() for p in tests.glob("test_serve*.py"))
+    assert len(rows) >= 20 and all(re.findall(r"`test_\w+`", row) for row in rows)
+    assert {n for n in names if f"def {n}(" not in source} == set()
