@@ -108,6 +108,14 @@ def test_update_moves_only_the_new_row_from_its_prior_towards_accepted_users(ser
     assert (user_emb @ row).mean() > (user_emb @ prior).mean()  # the accepted users now score it higher
 
 
+def test_new_text_is_normalised_before_the_funnel_and_the_store(client, service):
+    """What is stored (and judged) is the NFKC text without invisible characters, one line."""
+    response = client.post("/items", json={"id": "norm1", "text": "\ufb01ne  graph\u200b net\u202eworks\n\tpaper"})
+    assert response.status_code == 201, response.text
+    assert client.get("/items/norm1").json()["text"] == "fine graph networks paper"
+    assert service.store.load()[-1].text == "fine graph networks paper"
+
+
 def test_recommendations_exclude_training_items_and_respect_only(client, service):
     data = service.data
     train = data.matrix("train")
