@@ -54,17 +54,24 @@ def run_config(run_dir: Path, manifest: dict[str, Any]) -> RunConfig:
     in. The service may be started from anywhere, and the run folder may have been copied away from
     that folder: each path is looked for under every folder of ``_roots``. The raw data may also
     be named by ``COLDLLM_DATA`` (the folder that holds the data folder, as the presets use it).
-    Caches found nowhere are rebuilt under ``RUN_DIR/serve/cache``.
+    A cache found nowhere is rebuilt where the run made it (when that folder is still there), else
+    under ``RUN_DIR/serve/``.
     """
     cfg = RunConfig()
     _apply(cfg, manifest.get("config", {}))
     run_dir = Path(run_dir).absolute()
     roots = _roots(run_dir, manifest, cfg.runs_dir)
     cfg.runs_dir, cfg.name = str(run_dir.parent), run_dir.name
-    own = run_dir / "serve" / "cache"
+    # a cache found nowhere goes where the run made it when that folder is still there, else in the run
+    fallback = roots[0] if roots[0].is_dir() and manifest.get("origin") else run_dir / "serve"
+
+    def cache(path: str, found: Callable[[Path], bool]) -> str:
+        return _locate(path, roots, found) or str(Path(path) if Path(path).is_absolute() else fallback / path)
+
     prepared = f"{cfg.data.name}/{cache_key(cfg.data)}/summary.json"  # the key of the paths as recorded
-    cfg.data.cache_dir = _locate(cfg.data.cache_dir, roots, lambda p: (p / prepared).is_file()) or str(own)
-    cfg.content.cache_dir = _locate(cfg.content.cache_dir, roots, lambda p: (p / "content").is_dir()) or str(own)
+    cfg.data.cache_dir = cache(cfg.data.cache_dir, lambda p: (p / prepared).is_file())
+    # text vectors (content/) and converted language models (models/) share this folder
+    cfg.content.cache_dir = cache(cfg.content.cache_dir, lambda p: (p / "content").is_dir() or (p / "models").is_dir())
     cfg.data.path = data_path(cfg.data.path, roots) or cfg.data.path
     if cfg.filter.file:
         cfg.filter.file = _locate(cfg.filter.file, roots, Path.exists) or cfg.filter.file
