@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coldllm.data import load_dataset
 from coldllm.funnel.refiner import user_histories
 from coldllm.funnel.stages import prompt_template
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder
-from coldllm.serve.runs import read_manifest, run_config
+from coldllm.serve.runs import read_manifest, run_config, run_data
 from coldllm.utils import git_commit, now_iso, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.run)
     cfg = run_config(run, read_manifest(run))  # the run's own resolved settings
-    data = load_dataset(cfg.data)
+    data = run_data(run, read_manifest(run), cfg)
     model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, "cpu")
     model = load_adapter(model, run / "refiner" / "adapter", merge=True)
     threshold = json.loads((run / "refiner" / "threshold.json").read_text())["threshold"]

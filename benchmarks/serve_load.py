@@ -14,7 +14,14 @@ Writes ``results/serve.json``. Bounded: at most ``--requests`` per level and ``-
 level; the service's start (which fits the run's filter towers once, then reads them from
 ``RUN/serve/``) is outside the measured figures and recorded separately.
 
+``--writers N`` is the write-queue check instead: N concurrent writers each POST new items (with
+a write key, the service started with one), and it checks that every acknowledged item (201) is
+stored and found, none twice, every refused one (503) absent, and that no write waited longer
+than the service's ``--write-timeout`` (the ``queued_seconds`` of each 201; the whole round trip
+of each 503). It exits 1 when a check fails and writes ``results/serve_writers.json``.
+
     python benchmarks/serve_load.py --run runs/bench-citeulike-mf-coldllm-cosine
+    python benchmarks/serve_load.py --run runs/bench-citeulike-mf-coldllm-cosine --writers 100
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import numpy as np
 
 from coldllm.utils import git_commit, now_iso, write_json
 
+BENCH_KEY = "bench-" + "0123456789abcdef" * 2  # a write key for the service this script starts
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -49,24 +58,29 @@ def free_port() -> int:
 class Connection:
     """One keep-alive HTTP/1.1 connection (the way a real client pool talks to the service)."""
 
-    def __init__(self, port: int):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    def __init__(self, port: int, key: str | None = None):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.key = key
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         payload = None if body is None else json.dumps(body).encode()
         headers = {"content-type": "application/json"} if payload is not None else {}
+        if self.key:
+            headers["authorization"] = f"Bearer {self.key}"
         self.conn.request(method, path, body=payload, headers=headers)
         response = self.conn.getresponse()
+        self.last_headers = dict(response.getheaders())
         return response.status, json.loads(response.read())
 
 
-def start_server(run: Path, port: int, log: Path, wait: float) -> tuple[subprocess.Popen, float]:
+def start_server(run: Path, port: int, log: Path, wait: float, options: list[str] = (),
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, float]:
     script = Path(sys.executable).with_name("coldllm")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "coldllm.cli"]
     handle = log.open("ab")
     start = time.perf_counter()
-    proc = subprocess.Popen([*command, "serve", str(run), "--port", str(port)], stdout=handle, stderr=handle,
-                            env={**os.environ, "TQDM_DISABLE": "1"})
+    proc = subprocess.Popen([*command, "serve", str(run), "--port", str(port), *options], stdout=handle,
+                            stderr=handle, env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
     deadline = start + wait
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
@@ -140,6 +154,60 @@ def new_item_latency(port: int, titles: list[str], tag: str) -> list[dict]:
     return out
 
 
+def writers_check(port: int, writers: int, per_writer: int, titles: list[str], timeout: float, tag: str) -> dict:
+    """``writers`` concurrent clients, each POSTing ``per_writer`` new items; every answer checked."""
+    barrier = threading.Barrier(writers)
+    answers: list[list[dict]] = [[] for _ in range(writers)]
+
+    def writer(n: int) -> None:
+        conn = Connection(port, BENCH_KEY)
+        conn.call("GET", "/health")  # connect before the start
+        barrier.wait()
+        for i in range(per_writer):
+            item_id = f"w-{tag}-{n}-{i}"
+            start = time.perf_counter()
+            try:
+                status, body = conn.call("POST", "/items", {"id": item_id, "text": titles[(n + i) % len(titles)]})
+            except (OSError, http.client.HTTPException) as err:
+                status, body, conn = -1, {"error": type(err).__name__}, Connection(port, BENCH_KEY)
+            answers[n].append({"id": item_id, "status": status, "seconds": time.perf_counter() - start,
+                               "queued": body.get("queued_seconds") if status == 201 else None,
+                               "retry_after": conn.last_headers.get("retry-after") if status == 503 else None})
+
+    before = Connection(port).call("GET", "/health")[1]["online_items"]
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    wall = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - wall
+    flat = [a for per in answers for a in per]
+    acked = [a for a in flat if a["status"] == 201]
+    refused = [a for a in flat if a["status"] == 503]
+    reader = Connection(port)
+    missing = [a["id"] for a in acked if reader.call("GET", f"/items/{a['id']}")[0] != 200]
+    stored_refused = [a["id"] for a in refused if reader.call("GET", f"/items/{a['id']}")[0] != 404]
+    after = reader.call("GET", "/health")[1]["online_items"]
+    slack = 1.0  # seconds: a 503's round trip is its wait plus the answer's trip back
+    checks = {
+        "every_acknowledged_item_stored": not missing,
+        "none_stored_twice": after - before == len(acked) == len({a["id"] for a in acked}),
+        "no_refused_item_stored": not stored_refused,
+        "no_write_waited_past_timeout": all(a["queued"] <= timeout for a in acked)
+        and all(a["seconds"] <= timeout + slack for a in refused),
+        "refusals_carry_retry_after": all(a["retry_after"] for a in refused),
+        "only_201_or_503": len(acked) + len(refused) == len(flat),
+    }
+    return {"writers": writers, "per_writer": per_writer, "write_timeout": timeout, "requests": len(flat),
+            "acknowledged": len(acked), "refused_503": len(refused),
+            "other": sorted({a["status"] for a in flat} - {201, 503}), "wall_seconds": round(wall, 2),
+            "max_queued_seconds": round(max((a["queued"] for a in acked), default=0.0), 4),
+            "max_503_seconds": round(max((a["seconds"] for a in refused), default=0.0), 4),
+            "online_items_before": before, "online_items_after": after, "checks": checks,
+            "passed": all(checks.values()), "missing": missing[:10], "refused_but_stored": stored_refused[:10]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/bench-citeulike-mf-coldllm-cosine", help="A finished run folder.")
@@ -147,13 +215,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="Most seconds per concurrency level.")
     parser.add_argument("--new-items", type=int, default=5, help="New items whose time to be served is measured.")
     parser.add_argument("--start-timeout", type=float, default=1200, help="Most seconds to wait for the start.")
-    parser.add_argument("--out", default=str(ROOT / "results" / "serve.json"))
+    parser.add_argument("--writers", type=int, default=0, help="Run the write-queue check with this many writers.")
+    parser.add_argument("--per-writer", type=int, default=2, help="New items each writer POSTs.")
+    parser.add_argument("--write-timeout", type=float, default=10.0, help="The service's --write-timeout.")
+    parser.add_argument("--write-queue", type=int, default=32, help="The service's --write-queue.")
+    parser.add_argument("--out", default=None, help="Default: results/serve.json (serve_writers.json with --writers).")
     args = parser.parse_args()
     run = Path(args.run)
     manifest = json.loads((run / "manifest.json").read_text())
     port = free_port()
     log = ROOT / "logs" / "serve_load_server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    if args.writers:
+        return main_writers(args, run, manifest, port, log)
+    args.out = args.out or str(ROOT / "results" / "serve.json")
     proc, startup = start_server(run, port, log, args.start_timeout)
     try:
         health = Connection(port).call("GET", "/health")[1]
@@ -179,16 +254,34 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, indent=2))
 
 
+def main_writers(args, run: Path, manifest: dict, port: int, log: Path) -> None:
+    options = ["--write-timeout", str(args.write_timeout), "--write-queue", str(args.write_queue)]
+    proc, startup = start_server(run, port, log, args.start_timeout, options,
+                                 env={"COLDLLM_API_KEYS": f"write:{BENCH_KEY}"})
+    try:
+        _, titles = sample_inputs(run, manifest, min(50, args.writers * args.per_writer))
+        result = writers_check(port, args.writers, args.per_writer, titles, args.write_timeout, str(int(time.time())))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    result.update({"service_start_seconds": round(startup, 2), "run": run.name, "commit": git_commit(ROOT),
+                   "date": now_iso(), "machine": machine(),
+                   "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])})
+    write_json(Path(args.out or ROOT / "results" / "serve_writers.json"), result)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("machine",)}, indent=2))
+    if not result["passed"]:
+        raise SystemExit(1)
+
+
 def sample_inputs(run: Path, manifest: dict, n: int) -> tuple[list[str], list[str]]:
     """Users to ask for (raw ids) and texts of new items."""
-    from coldllm.data import load_dataset
-    from coldllm.serve.runs import run_config
+    from coldllm.serve.runs import run_config, run_data
 
-    data = load_dataset(run_config(run, manifest).data)
+    data = run_data(run, manifest, run_config(run, manifest))
     rng = np.random.default_rng(0)
     users = [str(u) for u in data.user_ids]
     # a new item's text: a cold item's title (the kind of text the catalogue receives)
-    picks = rng.choice(data.cold_items, n, replace=False)
+    picks = rng.choice(data.cold_items, min(n, len(data.cold_items)), replace=False)
     return users, [str(data.item_text[i]) for i in picks]
 
 

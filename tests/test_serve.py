@@ -108,6 +108,14 @@ def test_update_moves_only_the_new_row_from_its_prior_towards_accepted_users(ser
     assert (user_emb @ row).mean() > (user_emb @ prior).mean()  # the accepted users now score it higher
 
 
+def test_new_text_is_normalised_before_the_funnel_and_the_store(client, service):
+    """What is stored (and judged) is the NFKC text without invisible characters, one line."""
+    response = client.post("/items", json={"id": "norm1", "text": "\ufb01ne  graph\u200b net\u202eworks\n\tpaper"})
+    assert response.status_code == 201, response.text
+    assert client.get("/items/norm1").json()["text"] == "fine graph networks paper"
+    assert service.store.load()[-1].text == "fine graph networks paper"
+
+
 def test_recommendations_exclude_training_items_and_respect_only(client, service):
     data = service.data
     train = data.matrix("train")
@@ -309,6 +317,10 @@ MALFORMED = [
     ("POST", "/items", {"id": "i0", "text": "graph networks"}, 409, "id"),  # a dataset item
     ("POST", "/items", {"id": "m5", "text": "graph networks", "extra": "x" * 20_000}, 422, "body"),
     ("POST", "/items", 3_000_000, 413, "content-length"),  # a body over the limit: refused unread
+    ("POST", "/items", b'{"id": "\\ud800", "text": "graph networks"}', 422, "id"),  # a lone surrogate
+    ("POST", "/items", b'{"id": "m9", "text": "graph networks", "year": NaN}', 422, "year"),
+    ("POST", "/items", b'{"id": "m10", "text": "\\u200b\\u202e"}', 422, "text"),  # nothing visible
+    ("POST", "/items", b'{"id": "m11", "text": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 422, "body"),
     ("POST", "/items/batch", {"items": []}, 422, "items"),
     ("POST", "/items/batch", {"id": "m7", "text": "graph networks"}, 422, "items"),
     ("POST", "/items/batch", {"items": [{"id": "m8", "text": "a b"}, {"id": "m8", "text": "c d"}]}, 409, "id"),
@@ -333,6 +345,32 @@ def test_malformed_requests_are_refused_with_the_field_named(live, method, path,
     assert got == status, answer
     assert any(field in [str(part) for part in error["loc"]] for error in answer["detail"]), answer
     assert request(live.url + "/health")[1]["online_items"] == before  # nothing stored half-way
+
+
+def test_a_chunked_body_is_refused_once_past_the_limit_not_read_whole(live):
+    """A 200 MiB chunked body (no length declared): the server answers 413 after about the limit
+    and stops reading; the client sees the answer long before it could have sent it all."""
+    import select
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(live.url)
+    chunk = b"x" * 65536
+    total, sent, status = 200 * 1024 * 1024, 0, None
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(b"POST /items HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        try:
+            while sent < total:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # the answer came
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed the connection after answering
+        head = sock.recv(65536).split(b"\r\n", 1)[0]
+        status = int(head.split()[1])
+    assert status == 413
+    assert sent < 64 * 1024 * 1024  # stopped near the 2 MiB limit (socket buffers hold a few more)
 
 
 def test_ranked_run_items_merged_with_new_ones_give_the_full_ranking(service):

@@ -179,23 +179,41 @@ def report(ctx: typer.Context,
     typer.echo(f"{split} set, K=20:\n{result['table']}\nreport: {result['out'] / 'report.md'}")
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 @app.command()
 @friendly
 def serve(run_dir: Path = typer.Argument(..., help="A finished run folder, e.g. runs/<name>."),
           host: str = typer.Option("127.0.0.1", help="Address to bind (loopback unless told otherwise)."),
           port: int = typer.Option(8000, help="Port to listen on."),
+          keys_file: Optional[Path] = typer.Option(None, help="API keys, one 'write:<key>' or 'read:<key>' a line "
+                                                   "(also read from $COLDLLM_API_KEYS); see docs/service.md."),
+          read_keys: bool = typer.Option(False, help="Reads need a key too (by default only adding items does)."),
+          insecure: bool = typer.Option(False, help="Bind beyond loopback with no API key (anyone may add items)."),
+          write_timeout: float = typer.Option(10.0, help="Seconds a write may wait for its turn before a 503."),
+          write_queue: int = typer.Option(32, help="Writes that may wait behind the running one; more get a 503."),
           access_log: bool = typer.Option(False, help="Log every request (costs latency under load).")) -> None:
     """Serve recommendations over a finished run and take new items online (one process: the index is in memory)."""
     try:  # the service is an optional extra; every other command works without it
         import uvicorn
 
         from .serve.app import create_app
+        from .serve.keys import ApiKeys
+        from .serve.limits import Limits
         from .serve.store import StoreError
     except ImportError as err:
         raise ConfigError(f"coldllm serve needs the serve extra (pip install 'coldllm[serve]'): {err}") from None
+    if write_timeout <= 0 or write_queue < 0:
+        raise ConfigError(f"--write-timeout must be > 0 and --write-queue >= 0, got {write_timeout} and {write_queue}")
+    keys = ApiKeys.load(keys_file, reads=read_keys)
+    if host not in LOOPBACK and not keys.enabled and not insecure:
+        # checked before anything loads: an open service on a network is a mistake to stop at once
+        raise ConfigError(f"coldllm serve: --host {host} reaches beyond this machine and no API key is set; "
+                          "set COLDLLM_API_KEYS or --keys-file (docs/service.md), or pass --insecure")
     setup_logging(Path(run_dir) / "serve" / "log.txt")
     try:
-        application = create_app(run_dir)
+        application = create_app(run_dir, keys=keys, limits=Limits(write_queue=write_queue, write_timeout=write_timeout))
     except StoreError as err:
         raise ConfigError(str(err)) from None
     uvicorn.run(application, host=host, port=port, access_log=access_log, log_config=None)

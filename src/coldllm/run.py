@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -107,6 +108,9 @@ class Run:
         self.manifest: dict[str, Any] = {
             "name": cfg.name,
             "created": old.get("created", now_iso()),
+            # the folder the run's relative paths (data, caches) are relative to: a run folder copied
+            # elsewhere still finds its data through it
+            "origin": str(Path.cwd().resolve()),
             "config": config,
             "seed": cfg.seed,
             "commit": git_commit(),

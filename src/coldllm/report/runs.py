@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig, RunConfig, _apply
-from ..data import ColdStartData, load_dataset
-from ..data.dataset import cache_key
+from ..config import ConfigError, RunConfig
+from ..data import ColdStartData
 from ..utils import read_safetensors
 
 log = logging.getLogger(__name__)
@@ -54,26 +53,12 @@ class FinishedRun:
 
 def open_run(run_dir: Path) -> FinishedRun:
     """The run in ``run_dir``, with its prepared dataset (the cached copy its stages used)."""
-    from ..serve.runs import read_manifest, run_config  # the service reads runs the same way
+    from ..serve.runs import read_manifest, run_config, run_data  # the service reads runs the same way
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     cfg = run_config(run_dir, manifest)
-    return FinishedRun(run_dir, manifest, cfg, _dataset(manifest, cfg))
-
-
-def _dataset(manifest: dict[str, Any], cfg: RunConfig) -> ColdStartData:
-    # The cache key hashes the data settings as the run recorded them (relative paths included);
-    # the absolute paths of ``cfg`` would name another cache folder and prepare the data again.
-    recorded = DataConfig()
-    _apply(recorded, manifest.get("config", {}).get("data", {}), prefix="data.")
-    folder = Path(cfg.data.cache_dir) / recorded.name / cache_key(recorded)
-    if (folder / "summary.json").exists():
-        return ColdStartData.load(folder)
-    try:
-        return load_dataset(cfg.data)
-    except FileNotFoundError as err:
-        raise ConfigError(f"{cfg.data.path}: the run's data is not there ({err})") from None
+    return FinishedRun(run_dir, manifest, cfg, run_data(run_dir, manifest, cfg))
 
 
 def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method]:

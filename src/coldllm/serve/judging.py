@@ -77,6 +77,7 @@ class LMJudge:
         self.threshold = float(json.loads(threshold.read_text())["threshold"])
         self.judge = Judge(model, self.prompts, cfg.refiner.batch_size)
         self.histories, self.titles = histories, titles
+        self.tokenizer = tokenizer  # the service caps new texts in its tokens
         self._prefixes: dict[int, list[int]] = {}  # tokenised once per user, on first use
 
     def prefix(self, user: int) -> list[int]:

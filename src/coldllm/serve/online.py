@@ -20,16 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
 from ..content import build_encoder, encode_texts
-from ..data import load_dataset
 from ..funnel.update import FastParams, fit_cold_rows, knn_prior
-from ..utils import now_iso
+from ..normalize import TextNormalizer
+from ..utils import now_iso, read_safetensors, read_safetensors_metadata
 from .index import RecommendationIndex
 from .judging import build_judge
-from .runs import check_finished, lm_text_config, read_manifest, run_config, update_steps
+from .runs import (check_finished, lm_text_config, read_artifact_parquet, read_manifest, run_config, run_data,
+                   update_steps)
 from .store import ItemStore, StoredItem
 from .towers import load_or_fit
 
@@ -65,7 +63,7 @@ class OnlineService:
         check_finished(self.run_dir, manifest)
         self.cfg = cfg = run_config(self.run_dir, manifest)
         self.name = self.run_dir.absolute().name
-        self.data = data = load_dataset(cfg.data)
+        self.data = data = run_data(self.run_dir, manifest, cfg)
         self.content = encode_texts(list(data.item_text), cfg.content)
         self.encoder = build_encoder(cfg.content)
         self.lm_text = self.lm_encoder = None
@@ -76,10 +74,12 @@ class OnlineService:
             self.lm_encoder = self.encoder if same else build_encoder(text_cfg)
         self.towers = load_or_fit(self.run_dir, cfg, manifest, data, self.content, self.lm_text)
         self.judge = build_judge(cfg, self.run_dir, data, self.content)
+        # new texts are normalised before the funnel reads or stores them, capped in the judge's
+        # tokens when it has a tokenizer (the language-model judge), in characters otherwise
+        self.normalize = TextNormalizer(tokenizer=getattr(self.judge, "tokenizer", None))
         path = self.run_dir / "update" / "embeddings.safetensors"
-        tensors = load_file(str(path))
-        with safe_open(str(path), "pt") as fh:
-            space = (fh.metadata() or {}).get("fingerprint", "unknown")
+        tensors = read_safetensors(path)
+        space = read_safetensors_metadata(path).get("fingerprint", "unknown")
         self.user_emb, base_items = tensors["user"].float(), tensors["item"].float()
         self.warm = torch.as_tensor(data.warm_items)
         self.warm_content = torch.as_tensor(self.content[data.warm_items], dtype=torch.float32)
@@ -101,7 +101,7 @@ class OnlineService:
 
     def _run_simulated(self) -> dict[int, pd.DataFrame]:
         """The run's own simulated users of its cold items (for ``item_info``)."""
-        frame = pd.read_parquet(self.run_dir / "simulate" / "simulated.parquet")
+        frame = read_artifact_parquet(self.run_dir / "simulate" / "simulated.parquet")
         return {int(item): group for item, group in frame[frame["accepted"]].groupby("item")}
 
     # -- reads -----------------------------------------------------------------------------------
@@ -134,7 +134,12 @@ class OnlineService:
         """Run the funnel for ``items``, store them in one transaction, then make them recommendable.
 
         Raises ``DuplicateItem`` (before any work) when an id exists or repeats within ``items``.
+        Each text is normalised first (``coldllm.normalize``): what is stored is what was judged.
         """
+        items = [dataclasses.replace(item, text=self.normalize(item.text)) for item in items]
+        for item in items:
+            if not item.text:
+                raise ValueError(f"item {item.id!r}: the text has no visible character")
         with self.index.lock:
             seen: set[str] = set()
             for n, item in enumerate(items):

@@ -64,11 +64,27 @@ class ItemStore:
         # one connection, written only under the service's lock; FULL sync so a committed item
         # survives even the machine going down, not just the process
         self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.executescript(SCHEMA)
-        self._claim(space)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.executescript(SCHEMA)
+            self._check()
+            self._claim(space)
+        except sqlite3.DatabaseError as err:
+            self.conn.close()
+            raise self._damaged(err) from None
+
+    def _check(self) -> None:
+        """SQLite reads a damaged page only when a query reaches it: read every page once now (a
+        quick_check is linear in the file), so damage stops the start, not a request later."""
+        problems = [row[0] for row in self.conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:2]))
+
+    def _damaged(self, err: Exception) -> StoreError:
+        return StoreError(f"{self.path}: damaged SQLite store ({' '.join(str(err).split())[:160]}); move it "
+                          "away (with its -wal and -shm files) to start with no online items, or restore a backup")
 
     def _claim(self, space: str) -> None:
         rows = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
@@ -102,6 +118,12 @@ class ItemStore:
 
     def load(self) -> list[StoredItem]:
         """Every stored item, in the order they were added."""
+        try:
+            return self._load()
+        except sqlite3.DatabaseError as err:
+            raise self._damaged(err) from None
+
+    def _load(self) -> list[StoredItem]:
         simulated: dict[str, list[tuple]] = {}
         for item_id, user, p, ok in self.conn.execute(
                 "SELECT item_id, user_id, p_yes, accepted FROM simulated ORDER BY item_id, rank"):

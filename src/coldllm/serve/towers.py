@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -27,6 +26,7 @@ from ..config import ConfigError, RunConfig
 from ..data import ColdStartData
 from ..funnel.update import knn_prior
 from ..utils import write_json
+from .runs import read_artifact_parquet
 
 log = logging.getLogger(__name__)
 FORMAT = "1"  # bump when what is cached changes meaning
@@ -86,6 +86,8 @@ def fingerprint(run_dir: Path, manifest: dict) -> str:
     recorded settings of the filter stage."""
     digest = hashlib.sha256(FORMAT.encode())
     for name in ("backbone/best.safetensors", "filter/candidates.parquet"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir / name}: file not found; rerun the stage that writes it")
         digest.update((run_dir / name).read_bytes())
     recorded = manifest.get("config", {})
     settings = {k: recorded.get(k) for k in ("seed", "content", "filter")}
@@ -106,14 +108,7 @@ def load_or_fit(run_dir: Path, cfg: RunConfig, manifest: dict, data: ColdStartDa
     key = fingerprint(run_dir, manifest)
     tensors = specs = None
     if path.exists():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        if meta.get("fingerprint") == key:
-            tensors, specs = load_file(str(path)), json.loads(meta["layers"])
-        if tensors is None:
-            log.warning("%s was fitted for another backbone or filter settings; fitting again", path)
+        tensors, specs = _cached(path, key)
     if tensors is None:
         log.info("fitting the run's filter towers once for new items (cached in %s)", path)
         tensors, specs = _fit(run_dir, cfg, data, content, lm_text)
@@ -123,6 +118,23 @@ def load_or_fit(run_dir: Path, cfg: RunConfig, manifest: dict, data: ColdStartDa
                   metadata={"fingerprint": key, "layers": json.dumps(specs)})
         tmp.replace(path)
     return _assemble(cfg, tensors, specs, content[data.warm_items])
+
+
+def _cached(path: Path, key: str) -> tuple[dict[str, torch.Tensor] | None, dict[str, list[dict]] | None]:
+    """The cached towers when they were fitted for ``key``; (None, None) when they must be fitted
+    again: fitted for other settings, or damaged (a cache is rebuilt, never a reason to stop)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("fingerprint") != key:
+            log.warning("%s was fitted for another backbone or filter settings; fitting again", path)
+            return None, None
+        return load_file(str(path)), json.loads(meta["layers"])
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own error type for every defect)
+        log.warning("%s is truncated or corrupt (%s); fitting the towers again", path, " ".join(str(err).split()))
+        return None, None
 
 
 def _fit(run_dir: Path, cfg: RunConfig, data: ColdStartData, content: np.ndarray,
@@ -171,7 +183,7 @@ def _agreement(run_dir: Path, cfg: RunConfig, users: np.ndarray, items: np.ndarr
     from ..funnel.filter import CoupledEmbeddings, top_users
 
     ours = top_users(CoupledEmbeddings(users=users, cold_items=items, cold_ids=ids), cfg.filter.k, cfg.filter.index)
-    theirs = pd.read_parquet(run_dir / "filter" / "candidates.parquet", columns=["item", "user"])
+    theirs = read_artifact_parquet(run_dir / "filter" / "candidates.parquet", columns=["item", "user"])
     shared = len(ours.merge(theirs, on=["item", "user"]))
     report = {"run_candidates": len(theirs), "refitted_candidates": len(ours),
               "agreement": shared / max(len(theirs), 1)}
