@@ -87,7 +87,12 @@ def main() -> None:
     methods = args.methods or [m for m in grids if m in METHODS]
     dataset = load_config(args.preset, []).data.name
     for backbone_name in args.backbones:
-        chosen: dict[str, dict] = {}  # method -> configuration chosen on the first seed's validation
+        # method -> configuration chosen on the first seed's validation (a row recorded before keeps its
+        # choice, so seeds added later fit what the search chose, never search again on their own)
+        out = ROOT / "results" / dataset / f"{backbone_name}.json"
+        recorded = json.loads(out.read_text())["methods"] if out.exists() else {}
+        chosen: dict[str, dict] = {m: recorded[m]["params_given"] for m in methods
+                                   if "params_given" in recorded.get(m, {})}
         for seed in args.seeds or [None]:
             name = run_name(dataset, backbone_name) if seed is None else run_name(dataset, backbone_name, seed)
             cfg = load_config(args.preset, [f"--name={name}", f"--backbone.model={backbone_name}",
@@ -109,7 +114,7 @@ def main() -> None:
                 extra = {"seconds": best["seconds"], "peak_memory_mb": round(peak_memory_mb(), 1),
                          "content_seconds": round(content_seconds, 1), "keeps_warm": best["keeps_warm"],
                          "source_hash": best["source_hash"], "paper_protocol": best["paper_protocol"],
-                         "val": best["val"], "search": search}
+                         "val": best["val"], "search": search, "params_given": best["params_given"]}
                 record = dict(path=ROOT / "results" / cfg.data.name / f"{backbone_name}.json", dataset=cfg.data.name,
                               split=cfg.data.split, backbone=backbone_name, method=method, metrics=best["test"],
                               config={**to_dict(cfg), "method_params": best["params"]}, commit=best["commit"],

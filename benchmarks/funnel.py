@@ -42,11 +42,16 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from coldllm.backbones import load_backbone
 
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import user_histories
 from coldllm.evaluate import Evaluator, embedding_scorer
-from coldllm.funnel.stages import prompt_template, updated_embeddings
+from coldllm.funnel.stages import FILTER_PRIOR, content_prior, prompt_template, updated_embeddings
+from coldllm.funnel.update import prior_candidates
 from coldllm.funnel.report import fit_combined_judge, judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
 from coldllm.results import record_seed
@@ -165,6 +170,19 @@ def funnel_statistics(run: Run) -> dict:
     return stats
 
 
+def prior_test(run: Run) -> dict:
+    """Test figures of the prior the update started from, alone: what the simulated pairs add is the
+    row's figures minus these."""
+    user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
+    name = run.manifest["stages"]["update"].get("prior", "knn")
+    knn = content_prior(run, user_emb, item_emb)
+    path = run.dir / FILTER_PRIOR
+    mapped = load_file(str(path))["cold"] if path.exists() else None
+    table = item_emb.clone()
+    table[torch.as_tensor(run.data.cold_items)] = prior_candidates(knn, mapped)[name]
+    return Evaluator(run.data, "test", run.cfg.eval.ks).evaluate(embedding_scorer(user_emb, table))
+
+
 def language_model_calls(run: Run) -> dict:
     """Language-model passes the simulation made for the cold items: one over each item's text
     (the filter's language-model tower, or the one-pass simulator), plus one per judged pair when
@@ -196,6 +214,10 @@ def record_variant(scope: Scope, backbone: str, variant: str, extra: list[str],
                        for s in METHOD_STAGES},
             "own_stages": own,
             "val": stages["evaluate_coldllm_val"]["metrics"],
+            # where the update started (chosen on validation) and how far the simulated pairs moved it
+            "update": {k: stages["update"].get(k) for k in ("prior", "prior_search", "k", "k_search", "best_step",
+                                                            "best_val") if k in stages["update"]},
+            "prior_test": prior_test(run),
             "funnel": funnel_statistics(run),
             **language_model_calls(run),
             "paper_protocol": Evaluator(run.data, "test", cfg.eval.ks, reference=True).evaluate(
