@@ -21,7 +21,7 @@ from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.pipeline import Run
-from coldllm.results import record_method, record_seed
+from results import record_method, record_seed
 from names import run_name
 from render import render
 

@@ -28,7 +28,7 @@ from coldllm.baselines.runner import fit_and_evaluate, make_context
 from coldllm.config import load_config, to_dict
 from coldllm.data import load_dataset
 from coldllm.pipeline import Run, content_vectors
-from coldllm.results import record_method, record_seed
+from results import record_method, record_seed
 from names import run_name
 from render import render
 from coldllm.utils import git_commit, now_iso, peak_memory_mb, resolve_device, setup_logging, write_json

@@ -4,7 +4,7 @@
 
 Reads the finished runs of ``benchmarks/funnel.py`` (nothing is trained or judged here). For each
 variant, the pairs it fed the update (its accepted pairs) on the cold test items are profiled with
-``coldllm.funnel.report.candidate_profile``: precision, pair coverage, user coverage (the per-user
+``judge_stats.candidate_profile``: precision, pair coverage, user coverage (the per-user
 share that Recall@K averages), how heavy the picked users are against the real ones, and how much
 of the slots the most-picked users hold. Beside each, the variant's cold Recall@20 from
 ``results/<dataset>/<backbone>.json``; per backbone, the Spearman correlation of each trait with it
@@ -25,8 +25,8 @@ from scipy.stats import spearmanr
 
 from coldllm.data import load_dataset
 from coldllm.config import load_config
-from coldllm.funnel.report import candidate_profile
-from coldllm.results import PROFILE_TRAITS, write_results
+from judge_stats import candidate_profile
+from results import PROFILE_TRAITS, write_results
 from coldllm.utils import git_commit, now_iso
 from render import render
 

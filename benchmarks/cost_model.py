@@ -39,7 +39,8 @@ import math
 from pathlib import Path
 
 from coldllm.config import load_config
-from coldllm.utils import fill_block, git_commit, now_iso, write_json
+from coldllm.utils import git_commit, now_iso, write_json
+from results import fill_block
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "scale" / "cost.json"

@@ -52,9 +52,9 @@ from coldllm.funnel.refiner import user_histories
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.funnel.stages import FILTER_PRIOR, content_prior, prompt_template, updated_embeddings
 from coldllm.funnel.update import prior_candidates
-from coldllm.funnel.report import fit_combined_judge, judges_on_candidates, judges_on_held_out
+from judge_stats import fit_combined_judge, judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
-from coldllm.results import record_seed
+from results import record_seed
 from coldllm.utils import git_commit
 from names import DEFAULT_SEED, run_name
 from render import render

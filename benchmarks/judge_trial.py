@@ -27,13 +27,13 @@ import pandas as pd
 
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import auc, simulate, user_histories
-from coldllm.funnel.report import cosine_judge, is_real
+from judge_stats import cosine_judge, is_real
 from coldllm.funnel.stages import prompt_encoder
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.pipeline import Run, content_vectors
-from coldllm.results import write_results
+from results import write_results
 from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent

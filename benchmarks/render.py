@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from coldllm.results import across_datasets_table, headline_table, load_docs, render_table, write_results
-from coldllm.utils import fill_block
+from results import across_datasets_table, headline_table, load_docs, render_table, write_results
+from results import fill_block
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,7 +32,7 @@ from coldllm.funnel.refiner import user_histories
 from coldllm.funnel.stages import content_prior, prompt_template
 from coldllm.funnel.update import FastParams, fit_cold_rows
 from coldllm.pipeline import Run, content_vectors
-from coldllm.results import write_results
+from results import write_results
 from coldllm.utils import git_commit, now_iso, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -206,7 +206,7 @@ def test_fast_update_moves_only_cold_items_towards_their_users():
 
 
 def test_cosine_judge_and_candidate_aucs_by_hand():
-    from coldllm.funnel.report import cosine_judge, judges_on_candidates
+    from judge_stats import cosine_judge, judges_on_candidates
 
     vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
     histories = [np.array([0, 3]), np.array([1]), np.array([], dtype=np.int64)]
@@ -243,7 +243,7 @@ def test_known_verdicts_are_not_judged_again(tmp_path):
 def test_combined_judge_is_fitted_on_held_out_pairs_and_scores_candidates():
     """With P(Yes) flat on the candidates, the combined judge is a monotone function of the cosine
     there (same AUC); on held-out pairs whose label is the cosine it separates them cross-validated."""
-    from coldllm.funnel.report import cosine_judge, fit_combined_judge, judges_on_candidates, judges_on_held_out
+    from judge_stats import cosine_judge, fit_combined_judge, judges_on_candidates, judges_on_held_out
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(30, 4))
@@ -268,7 +268,7 @@ def test_combined_judge_is_fitted_on_held_out_pairs_and_scores_candidates():
 
 def test_candidate_profile_by_hand():
     """Pair coverage counts pairs; user coverage averages per user, as Recall@K does."""
-    from coldllm.funnel.report import candidate_profile
+    from judge_stats import candidate_profile
 
     truth = np.array([[0, 10], [1, 10], [1, 11], [1, 12], [1, 13]])  # user 0: 1 held-out pair, user 1: 4
     candidates = pd.DataFrame({"item": [10, 10, 11, 11, 12, 99], "user": [0, 2, 2, 3, 1, 0]})  # item 99: not in truth

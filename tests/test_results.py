@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from coldllm.results import record_method, render_table
+from results import record_method, render_table
 
 
 def metrics(x):
@@ -61,7 +61,7 @@ def test_oracle_rows_get_their_own_table_and_plot(tmp_path):
 def test_judge_verdict_says_what_precision_a_judge_needs(tmp_path):
     """The language-model judge beside the free judges, and where the oracle curve reaches the
     best free judge: linear between the curve's points, by hand here."""
-    from coldllm.results import needed_precision
+    from results import needed_precision
 
     path = tmp_path / "mf.json"
 
@@ -101,7 +101,7 @@ def test_one_pass_is_compared_with_the_pairwise_funnel(tmp_path):
 
 
 def test_headline_names_the_best_mapping_and_skips_missing_rows(tmp_path):
-    from coldllm.results import headline_table
+    from results import headline_table
 
     path = tmp_path / "mf.json"
     for method, cold in (("knn", 0.30), ("clcrec", 0.32), ("aldi", 0.31), ("coldllm-cosine", 0.33)):
@@ -116,7 +116,7 @@ def test_headline_names_the_best_mapping_and_skips_missing_rows(tmp_path):
 
 
 def test_fill_block_replaces_only_the_marked_block(tmp_path):
-    from coldllm.utils import fill_block
+    from results import fill_block
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
@@ -128,7 +128,7 @@ def test_fill_block_replaces_only_the_marked_block(tmp_path):
 
 
 def test_seeds_make_one_row_with_mean_and_spread(tmp_path):
-    from coldllm.results import record_seed
+    from results import record_seed
 
     path = tmp_path / "mf.json"
     for seed, x in [(2, 0.3), (1, 0.1), (3, 0.2)]:
@@ -149,7 +149,7 @@ def test_seeds_make_one_row_with_mean_and_spread(tmp_path):
 
 
 def test_the_default_is_the_own_method_best_on_validation_never_on_test(tmp_path):
-    from coldllm.results import across_datasets_table, load_docs
+    from results import across_datasets_table, load_docs
 
     path = tmp_path / "mf.json"
     # onepass is better on test, coldllm-cosine on validation; clcrec is not the project's own method

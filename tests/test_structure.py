@@ -107,3 +107,15 @@ def test_building_blocks_live_in_one_place(pattern, home):
     owners = sorted(str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
                     if pattern in p.read_text() and p.parent.name != "serve")
     assert owners == [home]
+
+
+def test_importing_the_package_loads_no_benchmark_bookkeeping():
+    """``import coldllm`` (and its command line) must not need what only the benchmarks use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, coldllm, coldllm.cli, coldllm.pipeline; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('results', 'judge_stats', 'render', 'sklearn')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

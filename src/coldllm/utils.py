@@ -226,17 +226,3 @@ def record_summary(record: dict[str, Any], limit: int = 12, width: int = 400) ->
     if len(parts) > limit or len(line) > width:
         line = line[: width - 4].rstrip(", ") + ", ..."
     return line or "no figures recorded"
-
-
-def fill_block(path: Path | str, marker: str, text: str) -> None:
-    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path``
-    (a README's generated tables), atomically; a missing marker is an error naming the file."""
-    import re
-
-    path = Path(path)
-    body = path.read_text()
-    pattern = re.compile(rf"(<!-- {re.escape(marker)}:start -->\n).*?(<!-- {re.escape(marker)}:end -->)", re.S)
-    if not pattern.search(body):
-        raise ValueError(f"{path}: no <!-- {marker}:start --> ... <!-- {marker}:end --> block to fill")
-    with atomic_path(path) as tmp:
-        tmp.write_text(pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), body))

@@ -14,7 +14,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .report import cosine_judge, is_real
+
+
+def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    return np.asarray(users, np.int64) * (1 << 32) + np.asarray(items, np.int64)
+
+
+def is_real(pairs: pd.DataFrame, truth: np.ndarray) -> np.ndarray:
+    """Whether each (user, item) row is one of the held-out pairs ``truth`` (n, 2)."""
+    return np.isin(pair_keys(pairs["user"], pairs["item"]), pair_keys(truth[:, 0], truth[:, 1]))
+
+
+def cosine_judge(users: np.ndarray, items: np.ndarray, histories: list[np.ndarray], vectors: np.ndarray) -> np.ndarray:
+    """cos(text(item), mean text of the user's history) for each pair (0 for an empty history)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    means = np.stack([unit[h].mean(0) if len(h) else np.zeros(unit.shape[1], unit.dtype) for h in histories])
+    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return np.einsum("nd,nd->n", means[np.asarray(users)], unit[np.asarray(items)])
 
 
 def cosine_verdicts(candidates: pd.DataFrame, histories: list[np.ndarray], vectors: np.ndarray,

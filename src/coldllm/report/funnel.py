@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..data import ColdStartData
 from ..funnel.refiner import auc
-from ..funnel.report import is_real
+from ..funnel.judges import is_real
 
 
 def funnel_steps(data: ColdStartData, simulated: pd.DataFrame, part: str = "cold_test") -> list[dict[str, Any]]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from .evaluate import SETTINGS
-from .utils import atomic_path, git_commit, now_iso, write_json
+from coldllm.evaluate import SETTINGS
+from coldllm.utils import atomic_path, git_commit, now_iso, write_json
 
 HEADLINE = ("recall@20", "ndcg@20")
 
@@ -604,3 +605,15 @@ def _plot(docs: list[dict[str, Any]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
+
+
+def fill_block(path: Path | str, marker: str, text: str) -> None:
+    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``path``
+    (a README's generated tables), atomically; a missing marker is an error naming the file."""
+    path = Path(path)
+    body = path.read_text()
+    pattern = re.compile(rf"(<!-- {re.escape(marker)}:start -->\n).*?(<!-- {re.escape(marker)}:end -->)", re.S)
+    if not pattern.search(body):
+        raise ValueError(f"{path}: no <!-- {marker}:start --> ... <!-- {marker}:end --> block to fill")
+    with atomic_path(path) as tmp:
+        tmp.write_text(pattern.sub(lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2), body))

@@ -13,26 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_predict
 
-from .filter import funnel_coverage
-from .refiner import auc
-
-
-def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    return np.asarray(users, np.int64) * (1 << 32) + np.asarray(items, np.int64)
-
-
-def is_real(pairs: pd.DataFrame, truth: np.ndarray) -> np.ndarray:
-    """Whether each (user, item) row is one of the held-out pairs ``truth`` (n, 2)."""
-    return np.isin(pair_keys(pairs["user"], pairs["item"]), pair_keys(truth[:, 0], truth[:, 1]))
-
-
-def cosine_judge(users: np.ndarray, items: np.ndarray, histories: list[np.ndarray], vectors: np.ndarray) -> np.ndarray:
-    """cos(text(item), mean text of the user's history) for each pair (0 for an empty history)."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    means = np.stack([unit[h].mean(0) if len(h) else np.zeros(unit.shape[1], unit.dtype) for h in histories])
-    means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-    return np.einsum("nd,nd->n", means[np.asarray(users)], unit[np.asarray(items)])
+from coldllm.funnel.filter import funnel_coverage
+from coldllm.funnel.judges import cosine_judge, is_real
+from coldllm.funnel.refiner import auc
 
 
 def combined_features(p_yes: np.ndarray, cosine: np.ndarray) -> np.ndarray:
@@ -51,8 +37,6 @@ def held_out_features(held_out: pd.DataFrame, vectors: np.ndarray) -> tuple[np.n
 
 def fit_combined_judge(held_out: pd.DataFrame, vectors: np.ndarray):
     """The combined judge, fitted on held-out warm examples (e.g. the random and hard sets together)."""
-    from sklearn.linear_model import LogisticRegression
-
     features, labels = held_out_features(held_out, vectors)
     return LogisticRegression().fit(features, labels)
 
@@ -84,9 +68,6 @@ def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, trut
 def judges_on_held_out(held_out: pd.DataFrame, vectors: np.ndarray, folds: int = 5) -> dict[str, float]:
     """AUC of the judge before / after fine-tuning, of the cosine and of the combined judge
     (``folds``-fold cross-validated: each pair scored by a fit that did not see it), on held-out warm examples."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_predict
-
     features, labels = held_out_features(held_out, vectors)
     out = {"n": int(len(held_out)), "auc_before": auc(labels, held_out["p_before"].to_numpy()),
            "auc_after": auc(labels, held_out["p_after"].to_numpy()), "auc_cosine": auc(labels, features[:, 1])}
