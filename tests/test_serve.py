@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -388,27 +389,33 @@ def test_ranked_run_items_merged_with_new_ones_give_the_full_ranking(service):
             assert [i for i, _ in merged] == [i for i, _ in full] and len(merged) == 4
 
 
-def test_one_pass_run_is_served_with_its_head_fitted_again(tmp_path):
-    """A run whose filter is the one-pass simulator: the service fits its text MLP and user head the
-    way the filter stage did (the run's own candidates are found again, all of them) and simulates
-    a new item's users from them."""
-    run = finished_run(tmp_path, "--filter.towers=onepass", "--filter.onepass={epochs: 2, hidden: 16}",
-                       "--refiner.judge=all")
+@pytest.mark.parametrize("towers", ["onepass", "coupled"])
+def test_the_service_scores_with_the_filter_the_run_fitted(tmp_path, towers):
+    """The service loads the towers the filter stage saved (nothing is fitted again): scoring the
+    run's own cold items with them gives the run's candidates, every one, in the same order; and a
+    new item's simulated users are the loaded towers' top users."""
+    extra = (["--filter.onepass={epochs: 2, hidden: 16}", "--refiner.judge=all"] if towers == "onepass"
+             else ["--filter.collab={epochs: 2, hidden: 16}", "--filter.lm={epochs: 2, hidden: 16, out_dim: 8}",
+                   "--refiner.judge=cosine"])
+    run = finished_run(tmp_path, f"--filter.towers={towers}", *extra)
     service = OnlineService(run)
     try:
-        assert service.towers.onepass_item is not None
-        assert json.loads((run / "serve" / "filter.json").read_text())["agreement"] == 1.0
+        data, candidates = service.data, pd.read_parquet(run / "filter" / "candidates.parquet")
+        cold = data.cold_items
+        text = service.lm_text[cold] if service.lm_text is not None else None
+        found = service.towers.top_users(service.towers.item_vectors(service.content[cold], text),
+                                         service.cfg.filter.k, list(range(len(cold))))
+        for item, (users, _) in zip(cold, found):
+            run_users = candidates[candidates["item"] == item].sort_values("rank")["user"].tolist()
+            assert users.tolist() == run_users, item
+        assert not (run / "serve" / "filter.safetensors").exists()  # no refitted copy
         (added,) = service.add([NewItem(id="n1", text="graph networks paper 999")])
-        # the head's top users, every one accepted: a one-pass run has no judge
-        assert len(added.item.users) == 5 and all(added.item.accepted)
-        content = service.content[:0]  # unused by the one-pass towers
-        vector = service.towers.item_vectors(content, service.lm_encoder.encode(["graph networks paper 999"]))
-        (best, _), = service.towers.top_users(vector, 5, [0])
-        assert [service.user_index(u) for u in added.item.users] == best.tolist()
+        vector = service.towers.item_vectors(service.encoder.encode(["graph networks paper 999"]),
+                                             service.lm_encoder.encode(["graph networks paper 999"]))
+        (best, _), = service.towers.top_users(vector, service.cfg.filter.k, [0])
+        if towers == "onepass":  # the head's top users, every one accepted: a one-pass run has no judge
+            assert [service.user_index(u) for u in added.item.users] == best.tolist() and all(added.item.accepted)
+        else:
+            assert {service.user_index(u) for u in added.item.users} == set(best.tolist())
     finally:
         service.close()
-    again = OnlineService(run)  # the fitted head comes back from serve/filter.safetensors
-    try:
-        assert again.towers.onepass_item is not None
-    finally:
-        again.close()

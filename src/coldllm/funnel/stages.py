@@ -43,6 +43,7 @@ from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerPara
 from .refiner import best_threshold, example_parts, finetune_examples, judge_report, judge_sets, simulate, \
     user_histories, with_random_negatives
 from .onepass import OnePass, OnePassParams
+from .towers import save_towers
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
 from .update import FastParams, augmented_train, fit_cold_rows, knn_prior, prior_candidates, project_scorer
 
@@ -80,7 +81,7 @@ def filter_stage(run: Run) -> dict[str, Any]:
         backbone = load_backbone(run.dir / "backbone", data)
         ctx = make_context(data, backbone, content_vectors(run), device, cfg.seed, cfg.eval.ks, cfg.eval.metric)
         towers = cfg.filter.towers
-        collab = lm = mapped = None
+        collab = lm = mapped = fitted = None
         if towers in ("coupled", "collab"):
             collab = (ALDI(cfg.filter.collab).fit(ctx) if cfg.filter.collab_source == "aldi"
                       else KNNTower(ctx, cfg.update.prior_k))
@@ -93,6 +94,7 @@ def filter_stage(run: Run) -> dict[str, Any]:
             rec["onepass_history"] = simulator.history
             # the head's bias is one number per user: it moves no user's ranking of the items, so it is left out
             mapped = project_scorer(ctx.user_emb, simulator.head.weight, simulator.item_out[ctx.cold])
+            fitted = dict(users=simulator.embeddings(ctx.cold).users, parts={"onepass": simulator.net})
         elif towers in ("random", "file"):
             candidates = (random_users(data.n_users, data.cold_items, cfg.filter.k, cfg.seed) if towers == "random"
                           else read_candidates(cfg.filter.file, data.user_ids, data.item_ids, data.cold_items))
@@ -105,12 +107,23 @@ def filter_stage(run: Run) -> dict[str, Any]:
             candidates = top_users(cold_emb, cfg.filter.k, cfg.filter.index)
             if isinstance(collab, ALDI):  # the student's cold scores, mapped into the backbone's space
                 mapped = project_scorer(ctx.user_emb, collab.user_student, collab.cold_student)
+            parts = {**({"aldi": collab.item_tower} if isinstance(collab, ALDI) else {}),
+                     **({"lm": lm.item_net} if lm is not None else {})}
+            fitted = dict(users=cold_emb.users, parts=parts,
+                          knn_items=ctx.item_emb[ctx.warm] if isinstance(collab, KNNTower) else None,
+                          knn_k=cfg.update.prior_k)
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
             warm = top_users(warm_emb, cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
         for frame, name in ((candidates, "candidates.parquet"), (warm, "warm_candidates.parquet")):
             with atomic_path(folder / name) as tmp:
                 frame.to_parquet(tmp)
+        # what the filter fitted, for new items later (the service loads it, never fits it again)
+        (run.dir / FILTER_TOWERS).unlink(missing_ok=True)
+        if towers == "random":
+            fitted = dict(users=np.zeros((data.n_users, 1), np.float32), parts={})
+        if fitted is not None:
+            save_towers(run.dir / FILTER_TOWERS, towers, **fitted)
         (run.dir / FILTER_PRIOR).unlink(missing_ok=True)  # never a mapping left by other settings
         if mapped is not None:
             with atomic_path(run.dir / FILTER_PRIOR) as tmp:
@@ -291,7 +304,8 @@ def simulate_stage(run: Run) -> dict[str, Any]:
 
 
 UPDATE_MODES, PRIORS, INITS = ("fast", "retrain"), ("knn", "none", "best"), ("scratch", "backbone")
-FILTER_PRIOR = "filter/prior.safetensors"  # the filter's content mapping of the cold items, in the backbone's space
+FILTER_PRIOR = "filter/prior.safetensors"
+FILTER_TOWERS = "filter/towers.safetensors"  # the fitted filter: user vectors and item-side stacks  # the filter's content mapping of the cold items, in the backbone's space
 
 
 def _check_update(cfg) -> None:

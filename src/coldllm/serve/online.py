@@ -20,7 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+
+from ..config import ConfigError
 from ..content import build_encoder, encode_texts
+from ..funnel.stages import FILTER_TOWERS
+from ..funnel.towers import TOWER_KINDS, load_towers
 from ..funnel.update import FastParams, fit_cold_rows, knn_prior
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
@@ -29,7 +33,6 @@ from .judging import build_judge
 from .runs import (check_finished, lm_text_config, read_artifact_parquet, read_manifest, run_config, run_data,
                    update_steps)
 from .store import ItemStore, StoredItem
-from .towers import load_or_fit
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,11 @@ class OnlineService:
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
             same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)
             self.lm_encoder = self.encoder if same else build_encoder(text_cfg)
-        self.towers = load_or_fit(self.run_dir, cfg, manifest, data, self.content, self.lm_text)
+        if cfg.filter.towers not in TOWER_KINDS:
+            raise ConfigError(f"filter.towers={cfg.filter.towers}: the run read its candidates from a file, which has "
+                              f"none for a new item; serve a run whose filter scores users ({', '.join(TOWER_KINDS)})")
+        # the filter the run fitted and evaluated, loaded as its stage saved it (never fitted again)
+        self.towers = load_towers(self.run_dir / FILTER_TOWERS, self.content[data.warm_items], cfg.filter.index)
         self.judge = build_judge(cfg, self.run_dir, data, self.content)
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
