@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 pytest.importorskip("fastapi")
@@ -30,7 +31,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from coldllm.cli import app as cli  # noqa: E402
-from coldllm.funnel.update import knn_prior  # noqa: E402
+from coldllm.backbones import load_backbone  # noqa: E402
+from coldllm.funnel.stages import FILTER_PRIOR, content_prior  # noqa: E402
+from coldllm.funnel.update import knn_prior, prior_candidates  # noqa: E402
+from coldllm.pipeline import Run  # noqa: E402
 from coldllm.serve.app import create_app  # noqa: E402
 from coldllm.serve.online import DuplicateItem, NewItem, OnlineService  # noqa: E402
 from coldllm.serve.store import ItemStore, StoredItem, StoreError  # noqa: E402
@@ -417,5 +421,31 @@ def test_the_service_scores_with_the_filter_the_run_fitted(tmp_path, towers):
             assert [service.user_index(u) for u in added.item.users] == best.tolist() and all(added.item.accepted)
         else:
             assert {service.user_index(u) for u in added.item.users} == set(best.tolist())
+    finally:
+        service.close()
+
+
+def test_a_new_item_starts_where_the_runs_update_started_its_cold_items(tmp_path):
+    """With update.prior=best the run may start its cold items at the filter's own mapping or a
+    blend, and take the candidates to a depth chosen on validation; a new item gets the same: the
+    service's prior for a run's cold item's text is the row the run started that item from."""
+    run = finished_run(tmp_path, "--filter.towers=onepass", "--filter.onepass={epochs: 2, hidden: 16}",
+                       "--refiner.judge=all", "--update.prior=best", "--update.k_grid=[2, 5]",
+                       "--stages=[prepare, train, filter, simulate, update]")
+    service = OnlineService(run)
+    try:
+        record = json.loads((run / "manifest.json").read_text())["stages"]["update"]
+        assert service.prior_name == record["prior"] and service.depth == record["k"]
+        user_emb, item_emb = load_backbone(run / "backbone", service.data).embeddings()
+        cold = service.data.cold_items
+        expected = prior_candidates(content_prior(Run(service.cfg), user_emb, item_emb),
+                                    load_file(str(run / FILTER_PRIOR))["cold"])
+        table = torch.from_numpy(service.index.item_rows())
+        for name in expected:  # every candidate the run could choose, computed as the service computes it
+            service.prior_name = name
+            got = service._prior(service.content[cold], service.lm_text[cold], table)
+            torch.testing.assert_close(got, expected[name].float(), rtol=1e-4, atol=1e-5)
+        (added,) = service.add([NewItem(id="n1", text="graph networks paper 999")])
+        assert len(added.item.users) == record["k"]
     finally:
         service.close()

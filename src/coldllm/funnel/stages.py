@@ -45,7 +45,7 @@ from .refiner import best_threshold, example_parts, finetune_examples, judge_rep
 from .onepass import OnePass, OnePassParams
 from .towers import save_towers
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
-from .update import FastParams, augmented_train, fit_cold_rows, knn_prior, prior_candidates, project_scorer
+from .update import FastParams, augmented_train, fit_cold_rows, knn_prior, prior_candidates, to_backbone
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,10 @@ def filter_stage(run: Run) -> dict[str, Any]:
             warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
             rec["onepass_history"] = simulator.history
             # the head's bias is one number per user: it moves no user's ranking of the items, so it is left out
-            mapped = project_scorer(ctx.user_emb, simulator.head.weight, simulator.item_out[ctx.cold])
-            fitted = dict(users=simulator.embeddings(ctx.cold).users, parts={"onepass": simulator.net})
+            projection = to_backbone(ctx.user_emb, simulator.head.weight)
+            mapped = simulator.item_out[ctx.cold] @ projection.T
+            fitted = dict(users=simulator.embeddings(ctx.cold).users, parts={"onepass": simulator.net},
+                          to_backbone=projection)
         elif towers in ("random", "file"):
             candidates = (random_users(data.n_users, data.cold_items, cfg.filter.k, cfg.seed) if towers == "random"
                           else read_candidates(cfg.filter.file, data.user_ids, data.item_ids, data.cold_items))
@@ -105,13 +107,15 @@ def filter_stage(run: Run) -> dict[str, Any]:
                 for emb in (cold_emb, warm_emb):
                     emb.users = emb.users / np.maximum(np.linalg.norm(emb.users, axis=1, keepdims=True), 1e-12)
             candidates = top_users(cold_emb, cfg.filter.k, cfg.filter.index)
+            projection = None
             if isinstance(collab, ALDI):  # the student's cold scores, mapped into the backbone's space
-                mapped = project_scorer(ctx.user_emb, collab.user_student, collab.cold_student)
+                projection = to_backbone(ctx.user_emb, collab.user_student)
+                mapped = collab.cold_student @ projection.T
             parts = {**({"aldi": collab.item_tower} if isinstance(collab, ALDI) else {}),
                      **({"lm": lm.item_net} if lm is not None else {})}
             fitted = dict(users=cold_emb.users, parts=parts,
                           knn_items=ctx.item_emb[ctx.warm] if isinstance(collab, KNNTower) else None,
-                          knn_k=cfg.update.prior_k)
+                          knn_k=cfg.update.prior_k, to_backbone=projection)
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
             warm = top_users(warm_emb, cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,19 @@ class FilterTowers:
     # the head's bias their last coordinate, met by a constant 1 on the item side)
     onepass_item: nn.Module | None = None
     index: Any = None  # FAISS inner-product index over ``users``
+    to_backbone: torch.Tensor | None = None  # the content mapping's item vectors -> the backbone's space
+
+    @torch.no_grad()
+    def backbone_rows(self, content: np.ndarray, text: np.ndarray | None) -> torch.Tensor | None:
+        """New items' rows in the backbone's space from the filter's own content mapping (the one-pass
+        simulator's item vectors, else the ALDI student's), as the update's prior takes them."""
+        if self.to_backbone is None:
+            return None
+        if self.onepass_item is not None:
+            vectors = self.onepass_item(F.normalize(torch.as_tensor(text, dtype=torch.float32), dim=1))
+        else:
+            vectors = self.aldi_item(torch.as_tensor(content, dtype=torch.float32))
+        return vectors @ self.to_backbone.T
 
     @torch.no_grad()
     def item_vectors(self, content: np.ndarray, text: np.ndarray | None) -> np.ndarray:
@@ -78,14 +91,19 @@ class FilterTowers:
 
 
 def save_towers(path: Path, kind: str, users: np.ndarray, parts: dict[str, nn.Module],
-                knn_items: torch.Tensor | None = None, knn_k: int = 20) -> None:
-    """Write the towers: ``parts`` maps a sub-tower (aldi, lm, onepass) to its item-side stack."""
+                knn_items: torch.Tensor | None = None, knn_k: int = 20,
+                to_backbone: torch.Tensor | None = None) -> None:
+    """Write the towers: ``parts`` maps a sub-tower (aldi, lm, onepass) to its item-side stack;
+    ``to_backbone`` maps the content mapping's item vectors (the one-pass simulator's, else the ALDI
+    student's) into the backbone's space, for the update's prior (``funnel.update.to_backbone``)."""
     specs: dict[str, list[dict]] = {}
     tensors: dict[str, torch.Tensor] = {"users": torch.from_numpy(np.ascontiguousarray(users, dtype=np.float32))}
     for name, module in parts.items():
         tensors.update(flat_layers(f"{name}.", module, specs))
     if knn_items is not None:
         tensors["knn.items"] = knn_items.detach().float().cpu()
+    if to_backbone is not None:
+        tensors["to_backbone"] = to_backbone.detach().float().cpu()
     meta = {"format": FORMAT, "towers": kind, "knn_k": str(knn_k), "layers": json.dumps(specs)}
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -112,6 +130,7 @@ def load_towers(path: Path, warm_content: np.ndarray, index_kind: str = "flat") 
         out.lm_item = rebuild("lm.", specs["lm."], tensors)
     if "onepass." in specs:
         out.onepass_item = rebuild("onepass.", specs["onepass."], tensors)
+    out.to_backbone = tensors.get("to_backbone")
     if out.towers != "random":
         out.index = build_index(np.ascontiguousarray(users), index_kind)
     return out

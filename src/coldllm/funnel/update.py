@@ -63,19 +63,23 @@ def knn_prior(content: torch.Tensor, item_emb: torch.Tensor, warm: torch.Tensor,
 
 
 @torch.no_grad()
-def project_scorer(user_emb: torch.Tensor, scorer_users: torch.Tensor, scorer_items: torch.Tensor) -> torch.Tensor:
-    """Item rows in the backbone's space that score its users as a bilinear scorer of another space
-    does (``scorer_users @ scorer_items.T``), in the least-squares sense over every user.
+def to_backbone(user_emb: torch.Tensor, scorer_users: torch.Tensor) -> torch.Tensor:
+    """The (d_backbone, d_scorer) map that puts item vectors of a bilinear scorer with users of its
+    own into the backbone's space, where they score the backbone's users as the scorer scores its
+    own, in the least-squares sense over every user.
 
     A content mapping with users of its own (the one-pass head, an ALDI student) ranks cold items
     well but not in the space the backbone's users score in. Its scores are ``S = V Z^T``; the rows
-    ``E = Z V^T U (U^T U)^-1`` minimise ``||U E^T - S||`` over all users, a map of the item vectors
-    that costs one d x d solve.
+    ``E = Z V^T U (U^T U)^-1`` minimise ``||U E^T - S||`` over all users: one d x d solve.
     """
     gram = user_emb.T @ user_emb
     ridge = 1e-6 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-    to_backbone = torch.linalg.solve(gram + ridge, user_emb.T @ scorer_users.to(user_emb.dtype))
-    return scorer_items.to(user_emb.dtype) @ to_backbone.T
+    return torch.linalg.solve(gram + ridge, user_emb.T @ scorer_users.to(user_emb.dtype))
+
+
+def project_scorer(user_emb: torch.Tensor, scorer_users: torch.Tensor, scorer_items: torch.Tensor) -> torch.Tensor:
+    """``scorer_items`` mapped into the backbone's space by ``to_backbone``."""
+    return scorer_items.to(user_emb.dtype) @ to_backbone(user_emb, scorer_users).T
 
 
 BLENDS = (0.25, 0.5, 0.75)  # weights of the filter's mapping against content-KNN, tried on validation

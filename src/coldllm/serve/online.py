@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..content import build_encoder, encode_texts
 from ..funnel.stages import FILTER_TOWERS
 from ..funnel.towers import TOWER_KINDS, load_towers
-from ..funnel.update import FastParams, fit_cold_rows, knn_prior
+from ..funnel.update import FastParams, fit_cold_rows, knn_prior, prior_candidates
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
 from .index import RecommendationIndex
@@ -80,6 +80,9 @@ class OnlineService:
                               f"none for a new item; serve a run whose filter scores users ({', '.join(TOWER_KINDS)})")
         # the filter the run fitted and evaluated, loaded as its stage saved it (never fitted again)
         self.towers = load_towers(self.run_dir / FILTER_TOWERS, self.content[data.warm_items], cfg.filter.index)
+        # what the run's update chose on validation: where new rows start, and how deep the candidates go
+        update = manifest["stages"]["update"]
+        self.prior_name, self.depth = update.get("prior", "knn"), update.get("k") or cfg.filter.k
         self.judge = build_judge(cfg, self.run_dir, data, self.content)
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
@@ -170,11 +173,11 @@ class OnlineService:
             content if self.lm_encoder is self.encoder else self.lm_encoder.encode(texts))
         first = self.index.n_items
         seeds = [self.cfg.seed + first + n for n in range(len(items))]  # the random filter's draws
-        candidates = self.towers.top_users(self.towers.item_vectors(content, lm_text), self.cfg.filter.k, seeds)
+        candidates = self.towers.top_users(self.towers.item_vectors(content, lm_text), self.depth, seeds)
         t1 = clock()
         verdicts = [self.judge.verdicts(users, text, vec) for (users, _), text, vec in zip(candidates, texts, content)]
         t2 = clock()
-        rows = self._update(content, candidates, verdicts, first)
+        rows = self._update(content, lm_text, candidates, verdicts, first)
         t3 = clock()
         out, now = [], now_iso()
         for n, item in enumerate(items):
@@ -187,11 +190,11 @@ class OnlineService:
                                         created=now, seconds=round(t3 - t0, 4)), stages))
         return out
 
-    def _update(self, content: np.ndarray, candidates, verdicts, first: int) -> np.ndarray:
-        """New rows for the items, from their content-KNN prior and their accepted users."""
+    def _update(self, content: np.ndarray, lm_text: np.ndarray | None, candidates, verdicts, first: int) -> np.ndarray:
+        """New rows for the items, from their prior and their accepted users."""
         table = torch.from_numpy(self.index.item_rows())
         n = len(content)
-        prior = self._prior(torch.as_tensor(content, dtype=torch.float32), table)
+        prior = self._prior(content, lm_text, table)
         ids = np.arange(first, first + n)
         pairs = pd.DataFrame({
             "user": np.concatenate([users[accepted] for (users, _), (_, accepted) in zip(candidates, verdicts)]
@@ -204,15 +207,19 @@ class OnlineService:
         result = fit_cold_rows(self.user_emb, torch.cat([table, prior]), prior, ids, pairs, self.params)
         return result.item_emb[first:first + n].numpy()
 
-    def _prior(self, content: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """The items' content-KNN prior in the served space, as the run's update computed its cold items'."""
+    def _prior(self, content: np.ndarray, lm_text: np.ndarray | None, table: torch.Tensor) -> torch.Tensor:
+        """The items' prior in the served space, the one the run's update chose for its cold items
+        (content-KNN, the filter's own mapping, or their blend), computed the same way."""
         if self.cfg.update.prior == "none":
             return table.new_zeros((len(content), table.shape[1]))
         # the warm items' content first, the new items' after: knn_prior reads rows by position
         n = len(self.warm)
-        pool = torch.cat([self.warm_content, content])
-        return knn_prior(pool, table[self.warm], torch.arange(n), torch.arange(n, n + len(content)),
-                         self.cfg.update.prior_k)
+        pool = torch.cat([self.warm_content, torch.as_tensor(content, dtype=torch.float32)])
+        knn = knn_prior(pool, table[self.warm], torch.arange(n), torch.arange(n, n + len(content)),
+                        self.cfg.update.prior_k)
+        if self.prior_name == "knn":
+            return knn
+        return prior_candidates(knn, self.towers.backbone_rows(content, lm_text))[self.prior_name]
 
     def _publish(self, items: list[StoredItem]) -> None:
         self.index.add([i.id for i in items], np.stack([i.embedding for i in items]))
