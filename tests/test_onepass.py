@@ -5,12 +5,14 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from coldllm.cli import app
 from coldllm.funnel.filter import top_users
 from coldllm.funnel.onepass import OnePass, OnePassParams
+from coldllm.funnel.text_encoder import TextEncoder, TextEncoderSpec
 from test_baselines import ctx  # noqa: F401  (the fixture: tiny communities, an MF backbone, topical text)
 from test_cli import write_project
 
@@ -57,3 +59,70 @@ def test_onepass_runs_through_the_funnel_stages(tmp_path, tiny_llm_dir):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["filter"]["onepass_history"] and manifest["stages"]["update"]["status"] == "done"
     assert set(json.loads((run_dir / "metrics_coldllm_test.json").read_text())) == {"overall", "cold", "warm"}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Two communities whose items differ only by one word, "graph" or "protein", in a text of
+    filler; the tiny model reads both words through the same input embedding, as it would two new
+    names it never saw: frozen, its states cannot tell the communities apart."""
+    from coldllm.backbones import build_backbone, train_backbone
+    from coldllm.baselines.runner import make_context
+    from coldllm.config import RunConfig
+    from coldllm.data import build_dataset
+    from conftest import community_raw, make_tiny_llm
+
+    tmp = tmp_path_factory.mktemp("planted")
+    cfg = RunConfig(seed=1)
+    cfg.data.split, cfg.data.seed = "random", 7
+    raw = community_raw(n_users=60, n_items=80)
+    group = np.array([int(i[1:]) % 2 for i in raw.items["item"]])
+    raw.items["text"] = [("graph " if g == 0 else "protein ") + " ".join(["the"] * 4) for g in group]
+    data = build_dataset(raw, cfg.data)
+    cfg.backbone.model, cfg.backbone.dim, cfg.backbone.lr = "mf", 16, 0.01
+    cfg.backbone.batch_size, cfg.backbone.epochs, cfg.backbone.eval_every = 64, 30, 5
+    backbone = build_backbone(cfg.backbone, data.matrix("train"), seed=1)
+    train_backbone(backbone, data, cfg, tmp / "backbone")
+    ctx = make_context(data, backbone, np.zeros((data.n_items, 4), np.float32), torch.device("cpu"), seed=0, ks=[10])
+    model, tokenizer = make_tiny_llm()
+    with torch.no_grad():
+        embed = model.model.embed_tokens.weight
+        embed[tokenizer.convert_tokens_to_ids("protein")] = embed[tokenizer.convert_tokens_to_ids("graph")]
+    model.save_pretrained(tmp / "llm")
+    tokenizer.save_pretrained(tmp / "llm")
+    return ctx, tmp / "llm"
+
+
+def fit_text(ctx, folder, tune):
+    spec = TextEncoderSpec(model=str(folder), tune=tune, lora_r=4, lora_targets=("embed_tokens", "q_proj", "v_proj"))
+    encoder = TextEncoder(spec)
+    params = OnePassParams(epochs=6, hidden=16, batch_items=8, lr=0.01, text_lr=0.01, patience=6, encoder="text")
+    return OnePass(params).fit(ctx, None, encoder, list(ctx.data.item_text)), encoder
+
+
+def test_the_tuned_language_model_learns_a_rule_the_frozen_one_cannot(planted):
+    ctx, folder = planted
+    frozen, _ = fit_text(ctx, folder, "frozen")
+    tuned, encoder = fit_text(ctx, folder, "lora")
+    frozen_best = max(h["val_cold"] for h in frozen.history)
+    tuned_best = max(h["val_cold"] for h in tuned.history)
+    assert tuned_best > frozen_best + 0.08, (frozen.history, tuned.history)
+    # what the frozen model sees: every item the same vector, so every cold item the same scores
+    assert torch.allclose(frozen._text[ctx.cold], frozen._text[ctx.cold][:1].expand_as(frozen._text[ctx.cold]))
+    # and the tuned one's simulated users are of the item's community
+    top = top_users(tuned.embeddings(ctx.cold), 5)
+    user_group = np.array([int(u[1:]) % 2 for u in ctx.data.user_ids])
+    item_group = np.array([int(i[1:]) % 2 for i in ctx.data.item_ids])
+    assert (user_group[top["user"]] == item_group[top["item"]]).mean() > 0.85
+
+
+def test_a_saved_text_encoder_encodes_as_it_did(planted, tmp_path):
+    ctx, folder = planted
+    tuned, encoder = fit_text(ctx, folder, "lora")
+    encoder.save(tmp_path / "encoder")
+    again = TextEncoder.load(tmp_path / "encoder")
+    texts = list(ctx.data.item_text[:7]) + ["graph the", "protein"]
+    np.testing.assert_allclose(again.encode(texts), encoder.encode(texts), atol=1e-6)
+    # and so the one-pass scores of a new text are the same through either
+    z = lambda enc: tuned.net(torch.nn.functional.normalize(torch.as_tensor(enc.encode(texts)), dim=1))  # noqa: E731
+    torch.testing.assert_close(tuned.head(z(again)), tuned.head(z(encoder)))

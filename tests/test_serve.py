@@ -449,3 +449,23 @@ def test_a_new_item_starts_where_the_runs_update_started_its_cold_items(tmp_path
         assert len(added.item.users) == record["k"]
     finally:
         service.close()
+
+
+def test_a_run_whose_one_pass_learned_its_text_encoder_is_served_with_it(tmp_path, tiny_llm_dir):
+    """filter.onepass.encoder=text: the filter stage saves the tuned encoder beside its towers; the
+    service encodes texts through that encoder, so the run's cold items get the run's candidates."""
+    run = finished_run(tmp_path, "--filter.towers=onepass", "--refiner.judge=all",
+                       f"--filter.onepass={{epochs: 1, hidden: 16, encoder: text, text_model: '{tiny_llm_dir}', "
+                       f"tune: lora, batch_items: 8, lora_r: 2}}")
+    assert (run / "filter" / "text_encoder" / "weights.safetensors").is_file()
+    service = OnlineService(run)
+    try:
+        assert service.lm_encoder.spec.tune == "lora"
+        data, candidates = service.data, pd.read_parquet(run / "filter" / "candidates.parquet")
+        cold = data.cold_items
+        vectors = service.towers.item_vectors(service.content[cold], service.lm_encoder.encode(list(data.item_text[cold])))
+        found = service.towers.top_users(vectors, service.cfg.filter.k, list(range(len(cold))))
+        for item, (users, _) in zip(cold, found):
+            assert users.tolist() == candidates[candidates["item"] == item].sort_values("rank")["user"].tolist()
+    finally:
+        service.close()

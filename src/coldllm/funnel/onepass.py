@@ -16,17 +16,21 @@ like the filter's (the head's bias is one more coordinate), so it scales the sam
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..baselines.base import FitContext, TrainParams, fit_with_early_stopping
+from ..early_stopping import EarlyStopping
 from ..evaluate import Scorer
 from ..layers import mlp
 from .filter import CoupledEmbeddings
+from .text_encoder import TextEncoder
 
 
 @dataclass
@@ -35,6 +39,24 @@ class OnePassParams(TrainParams):
     align: float = field(default=1.0, metadata={"help": "Weight of the alignment loss (mapped text to the "
                                                         "item's behaviour embedding)."})
     epochs: int = field(default=20, metadata={"help": "Maximum epochs."})
+    encoder: str = field(default="vectors", metadata={
+        "help": "vectors: the frozen text vectors of filter.text_model (only the MLP and head learn) | text: the "
+                "item text through a language model (text_model) that is tuned with the head (tune)."})
+    text_model: str = field(default="", metadata={
+        "help": "encoder=text: a causal LM (smollm2-135m, a local folder) or minilm; '' is filter.text_model."})
+    tune: str = field(default="lora", metadata={
+        "help": "encoder=text: lora (adapters on the LM learn) | frozen (the LM's pooled states, fixed) | full "
+                "(every weight learns: for the small MiniLM)."})
+    pooling: str = field(default="mean", metadata={"help": "encoder=text: mean of the last hidden states, or "
+                                                            "last (the last token's state)."})
+    lora_r: int = field(default=8, metadata={"help": "encoder=text, tune=lora: adapter rank."})
+    lora_targets: list[str] = field(default_factory=list, metadata={
+        "help": "encoder=text, tune=lora: the layers that get adapters ([]: the attention's query and value "
+                "projections; add embed_tokens to let the model learn what words it never saw mean)."})
+    text_lr: float = field(default=1e-4, metadata={"help": "encoder=text: learning rate of the text encoder."})
+    batch_items: int = field(default=32, metadata={"help": "encoder=text: items per step (each with all its "
+                                                           "training users as targets)."})
+    max_length: int = field(default=64, metadata={"help": "encoder=text: tokens kept of an item's text."})
 
 
 class OnePass:
@@ -44,19 +66,34 @@ class OnePass:
         self.params = params or OnePassParams()
         self.history: list[dict] = []
 
-    def fit(self, ctx: FitContext, text: np.ndarray) -> "OnePass":
-        """``text``: (n_items, d) language-model vectors of every item's text."""
+    def fit(self, ctx: FitContext, text: np.ndarray | None, encoder: TextEncoder | None = None,
+            texts: list[str] | None = None) -> "OnePass":
+        """``text``: (n_items, d) frozen vectors of every item's text; or, with ``encoder``, the item
+        ``texts`` read by it (trained with the head unless it is frozen)."""
+        p = self.params
+        self.encoder = encoder
+        if encoder is not None:
+            self._ids = encoder.tokenize(list(texts))
+            text = encoder.encode_ids(self._ids).cpu().numpy()  # a frozen encoder's vectors; the tuned start
+        self._build(ctx, text)
+        if encoder is not None and encoder.spec.tune != "frozen":
+            return self._fit_text(ctx)
+        return self._fit_vectors(ctx)
+
+    def _build(self, ctx: FitContext, text: np.ndarray) -> None:
         p = self.params
         torch.manual_seed(ctx.seed)
-        item_text = F.normalize(torch.from_numpy(text.astype(np.float32)).to(ctx.device), dim=1)
+        self._text = F.normalize(torch.from_numpy(text.astype(np.float32)).to(ctx.device), dim=1)
         dim = ctx.user_emb.shape[1]
-        self.net = mlp([item_text.shape[1], p.hidden, dim], nn.ReLU).to(ctx.device)
+        self.net = mlp([self._text.shape[1], p.hidden, dim], nn.ReLU).to(ctx.device)
         self.head = nn.Linear(dim, ctx.user_emb.shape[0]).to(ctx.device)
         with torch.no_grad():  # scores start as the backbone's user-item scores of the mapped text
             self.head.weight.copy_(ctx.user_emb)
             self.head.bias.zero_()
-        self._text = item_text
-        behaviour = ctx.item_emb
+
+    def _fit_vectors(self, ctx: FitContext) -> "OnePass":
+        p = self.params
+        item_text, behaviour = self._text, ctx.item_emb
         modules = nn.ModuleDict({"net": self.net, "head": self.head})
 
         def step(users, pos, neg):  # negatives unused: the softmax runs over every user
@@ -67,6 +104,65 @@ class OnePass:
             return ce + p.align * align + p.reg * decay / len(users)
 
         fit_with_early_stopping(self, ctx, modules, step, p)
+        return self
+
+    def _fit_text(self, ctx: FitContext) -> "OnePass":
+        """End to end: batches of warm items (length-sorted, visited in random order), each item's
+        text encoded, mapped and scored against every user, its training users the targets; the
+        same loss per (item, user) pair as the vector path, and the same early stop on cold
+        validation after each epoch."""
+        p, encoder = self.params, self.encoder
+        train = ctx.data.matrix("train").tocsc()
+        warm = np.array([i for i in ctx.data.warm_items if train.indptr[i + 1] > train.indptr[i]])
+        users_of = {int(i): torch.as_tensor(train.indices[train.indptr[i]:train.indptr[i + 1]], device=ctx.device)
+                    for i in warm}
+        order = warm[np.argsort([len(self._ids[i]) for i in warm], kind="stable")]
+        batches = [order[s:s + p.batch_items] for s in range(0, len(order), p.batch_items)]
+        opt = torch.optim.Adam([{"params": [*self.net.parameters(), *self.head.parameters()], "lr": p.lr},
+                                {"params": encoder.trainable(), "lr": p.text_lr}])
+        rng = np.random.default_rng(ctx.seed)
+        stopper = EarlyStopping(p.patience)
+        state = lambda: {"net": {k: v.clone() for k, v in self.net.state_dict().items()},  # noqa: E731
+                         "head": {k: v.clone() for k, v in self.head.state_dict().items()},
+                         "encoder": encoder.trained_state()}
+        bar = tqdm(range(p.epochs), desc="fit onepass (text)", unit="epoch")
+        for epoch in bar:
+            start, total, pairs = time.perf_counter(), 0.0, 0
+            encoder.train()
+            for b in rng.permutation(len(batches)):
+                items = batches[b]
+                z = self.net(F.normalize(encoder([self._ids[i] for i in items]), dim=1))
+                logp = F.log_softmax(self.head(z), dim=1)
+                counts = torch.tensor([len(users_of[int(i)]) for i in items], device=ctx.device, dtype=z.dtype)
+                rows = torch.repeat_interleave(torch.arange(len(items), device=ctx.device), counts.long())
+                ce = -logp[rows, torch.cat([users_of[int(i)] for i in items])].sum()
+                align = (counts * (z - ctx.item_emb[torch.as_tensor(items, device=ctx.device)]).pow(2).sum(1)).sum()
+                decay = sum(w.pow(2).sum() for w in self.net.parameters())
+                loss = (ce + p.align * align) / counts.sum() + p.reg * decay / len(items)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, pairs = total + loss.item() * float(counts.sum()), pairs + int(counts.sum())
+            encoder.eval()
+            with torch.no_grad():
+                self._text = F.normalize(encoder.encode_ids(self._ids), dim=1)
+                self.finish(ctx)
+                score = ctx.validator.evaluate(self.scorer(), ctx.device)["cold"][ctx.metric]
+            record = {"epoch": epoch + 1, "loss": total / max(pairs, 1), "seconds": time.perf_counter() - start,
+                      "val_cold": score}
+            self.history.append(record)
+            bar.set_postfix(loss=round(record["loss"], 4), val_cold=round(score, 4))
+            stopper.update(score, epoch + 1, state())
+            if stopper.done:
+                break
+        best = stopper.best_state
+        self.net.load_state_dict(best["net"])
+        self.head.load_state_dict(best["head"])
+        encoder.load_trained_state(best["encoder"])
+        encoder.eval()
+        with torch.no_grad():
+            self._text = F.normalize(encoder.encode_ids(self._ids), dim=1)
+            self.finish(ctx)
         return self
 
     def finish(self, ctx: FitContext) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +44,7 @@ from .filter import COLLAB_SOURCES, TOWERS, KNNTower, LanguageTower, LMTowerPara
 from .refiner import best_threshold, example_parts, finetune_examples, judge_report, judge_sets, simulate, \
     user_histories, with_random_negatives
 from .onepass import OnePass, OnePassParams
+from .text_encoder import TextEncoder, TextEncoderSpec
 from .towers import save_towers
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
 from .update import FastParams, augmented_train, fit_cold_rows, knn_prior, prior_candidates, to_backbone
@@ -88,7 +90,20 @@ def filter_stage(run: Run) -> dict[str, Any]:
         if towers in ("coupled", "lm"):
             lm = LanguageTower(_params(LMTowerParams, cfg.filter.lm, "filter.lm")).fit(ctx, llm_text_vectors(run))
         if towers == "onepass":
-            simulator = OnePass(_params(OnePassParams, cfg.filter.onepass, "filter.onepass")).fit(ctx, llm_text_vectors(run))
+            params = _params(OnePassParams, cfg.filter.onepass, "filter.onepass")
+            (run.dir / TEXT_ENCODER).mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(run.dir / TEXT_ENCODER)  # never an encoder left by other settings
+            if params.encoder == "text":  # the item text through a language model that learns with the head
+                spec = TextEncoderSpec(model=params.text_model or cfg.filter.text_model, tune=params.tune,
+                                       pooling=params.pooling, max_length=params.max_length, lora_r=params.lora_r,
+                                       lora_targets=tuple(params.lora_targets))
+                encoder = TextEncoder(spec, cfg.content.cache_dir, device)
+                simulator = OnePass(params).fit(ctx, None, encoder, list(data.item_text))
+                encoder.save(run.dir / TEXT_ENCODER)
+            elif params.encoder == "vectors":
+                simulator = OnePass(params).fit(ctx, llm_text_vectors(run))
+            else:
+                raise ConfigError(f"filter.onepass.encoder {params.encoder!r} must be vectors or text")
             candidates = top_users(simulator.embeddings(ctx.cold), cfg.filter.k, cfg.filter.index)
             warm = pd.DataFrame({"item": [], "user": [], "rank": [], "score": []})
             rec["onepass_history"] = simulator.history
@@ -309,7 +324,8 @@ def simulate_stage(run: Run) -> dict[str, Any]:
 
 UPDATE_MODES, PRIORS, INITS = ("fast", "retrain"), ("knn", "none", "best"), ("scratch", "backbone")
 FILTER_PRIOR = "filter/prior.safetensors"
-FILTER_TOWERS = "filter/towers.safetensors"  # the fitted filter: user vectors and item-side stacks  # the filter's content mapping of the cold items, in the backbone's space
+FILTER_TOWERS = "filter/towers.safetensors"  # the fitted filter: user vectors and item-side stacks
+TEXT_ENCODER = "filter/text_encoder"  # the one-pass simulator's text encoder, when it learned one  # the filter's content mapping of the cold items, in the backbone's space
 
 
 def _check_update(cfg) -> None:

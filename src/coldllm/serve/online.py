@@ -23,7 +23,8 @@ import torch
 
 from ..config import ConfigError
 from ..content import build_encoder, encode_texts
-from ..funnel.stages import FILTER_TOWERS
+from ..funnel.stages import FILTER_TOWERS, TEXT_ENCODER
+from ..funnel.text_encoder import TextEncoder
 from ..funnel.towers import TOWER_KINDS, load_towers
 from ..funnel.update import FastParams, fit_cold_rows, knn_prior, prior_candidates
 from ..normalize import TextNormalizer
@@ -70,7 +71,10 @@ class OnlineService:
         self.content = encode_texts(list(data.item_text), cfg.content)
         self.encoder = build_encoder(cfg.content)
         self.lm_text = self.lm_encoder = None
-        if cfg.filter.towers in ("coupled", "lm", "onepass"):  # the towers that read the text model's vectors
+        if (self.run_dir / TEXT_ENCODER / "text_encoder.json").is_file():
+            # the one-pass simulator learned its own text encoder: new texts go through it, as the run's did
+            self.lm_encoder = TextEncoder.load(self.run_dir / TEXT_ENCODER, cfg.content.cache_dir)
+        elif cfg.filter.towers in ("coupled", "lm", "onepass"):  # the towers that read the text model's vectors
             text_cfg = lm_text_config(cfg)
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
             same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)
