@@ -50,7 +50,7 @@ from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import user_histories
 from coldllm.evaluate import Evaluator, embedding_scorer
-from coldllm.funnel.stages import FILTER_PRIOR, content_prior, prompt_template, updated_embeddings
+from coldllm.funnel.stages import content_prior, prompt_template, updated_embeddings
 from coldllm.funnel.update import prior_candidates
 from judge_stats import fit_combined_judge, judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
@@ -176,7 +176,7 @@ def prior_test(run: Run) -> dict:
     user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
     name = run.manifest["stages"]["update"].get("prior", "knn")
     knn = content_prior(run, user_emb, item_emb)
-    path = run.dir / FILTER_PRIOR
+    path = run.layout.filter_prior
     mapped = load_file(str(path))["cold"] if path.exists() else None
     table = item_emb.clone()
     table[torch.as_tensor(run.data.cold_items)] = prior_candidates(knn, mapped)[name]
@@ -190,7 +190,7 @@ def language_model_calls(run: Run) -> dict:
     text = 0 if run.cfg.filter.towers in ("collab", "random", "file") else len(run.data.cold_items)
     judged = 0
     if run.cfg.refiner.judge == "llm":
-        judged = len(pd.read_parquet(run.dir / "simulate" / "simulated.parquet", columns=["user"]))
+        judged = len(pd.read_parquet(run.layout.simulated, columns=["user"]))
     return {"llm_calls": text + judged, "llm_calls_detail": {"item_text": text, "judged_pairs": judged}}
 
 

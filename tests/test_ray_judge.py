@@ -14,7 +14,7 @@ from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
-from coldllm.run import _inputs
+from coldllm.run import stage_inputs
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_ray_engine_resumes_with_the_local_engines_verdicts(tmp_path, local_ray,
 def test_switching_engines_redoes_nothing():
     local, ray = RunConfig(), RunConfig()
     ray.refiner.engine, ray.refiner.ray_actors = "ray", 4
-    assert _inputs(to_dict(local), "simulate") == _inputs(to_dict(ray), "simulate")
+    assert stage_inputs(to_dict(local), "simulate") == stage_inputs(to_dict(ray), "simulate")
 
 
 def test_a_missing_ray_is_one_clear_error(monkeypatch):

@@ -232,12 +232,12 @@ def test_redo_from_reruns_that_stage_and_later_ones_only(project, tmp_path):
 
 def test_the_filter_goes_stale_with_the_prior_it_reads_and_no_other_update_setting():
     from coldllm.config import RunConfig, to_dict
-    from coldllm.run import _inputs
+    from coldllm.run import stage_inputs
 
     base = to_dict(RunConfig())
     changed = lambda **kw: {**base, "update": {**base["update"], **kw}}  # noqa: E731
     for stage in ("filter", "finetune", "simulate", "update"):
-        assert _inputs(changed(prior_k=5), stage) != _inputs(base, stage), stage
+        assert stage_inputs(changed(prior_k=5), stage) != stage_inputs(base, stage), stage
     for stage in ("filter", "finetune", "simulate"):
-        assert _inputs(changed(k_grid=[5], lr=0.1, pull=2.0), stage) == _inputs(base, stage), stage
-    assert _inputs(changed(k_grid=[5]), "update") != _inputs(base, "update")
+        assert stage_inputs(changed(k_grid=[5], lr=0.1, pull=2.0), stage) == stage_inputs(base, stage), stage
+    assert stage_inputs(changed(k_grid=[5]), "update") != stage_inputs(base, "update")

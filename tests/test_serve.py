@@ -32,7 +32,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from coldllm.cli import app as cli  # noqa: E402
 from coldllm.backbones import load_backbone  # noqa: E402
-from coldllm.funnel.stages import FILTER_PRIOR, content_prior  # noqa: E402
+from coldllm.funnel.stages import content_prior  # noqa: E402
+from coldllm.layout import RunLayout  # noqa: E402
 from coldllm.funnel.update import knn_prior, prior_candidates  # noqa: E402
 from coldllm.pipeline import Run  # noqa: E402
 from coldllm.serve.app import create_app  # noqa: E402
@@ -439,7 +440,7 @@ def test_a_new_item_starts_where_the_runs_update_started_its_cold_items(tmp_path
         user_emb, item_emb = load_backbone(run / "backbone", service.data).embeddings()
         cold = service.data.cold_items
         expected = prior_candidates(content_prior(Run(service.cfg), user_emb, item_emb),
-                                    load_file(str(run / FILTER_PRIOR))["cold"])
+                                    load_file(str(RunLayout(run).filter_prior))["cold"])
         table = torch.from_numpy(service.index.item_rows())
         for name in expected:  # every candidate the run could choose, computed as the service computes it
             service.prior_name = name

@@ -20,7 +20,7 @@ from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
-from coldllm.run import _inputs
+from coldllm.run import stage_inputs
 from test_ray_judge import funnel_inputs
 
 
@@ -107,4 +107,4 @@ def test_a_missing_vllm_is_one_clear_error(monkeypatch):
 def test_switching_to_vllm_redoes_nothing():
     local, gpu = RunConfig(), RunConfig()
     gpu.refiner.engine, gpu.refiner.vllm = "vllm", {"gpu_memory_utilization": 0.5}
-    assert _inputs(to_dict(local), "simulate") == _inputs(to_dict(gpu), "simulate")
+    assert stage_inputs(to_dict(local), "simulate") == stage_inputs(to_dict(gpu), "simulate")

@@ -453,7 +453,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+def apply_values(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
@@ -464,7 +464,7 @@ def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}' is a section; give it a mapping")
-            _apply(current, value, prefix=f"{full}.")
+            apply_values(current, value, prefix=f"{full}.")
         elif isinstance(current, dict):  # free-form mappings (per-method params) merge, not replace
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{full}' expects a mapping, got {value!r}")
@@ -567,9 +567,9 @@ def load_config(preset: str | Path | None = None, overrides: list[str] | None = 
     """The default config, a preset on top, overrides on top of both; every value is then checked."""
     cfg = RunConfig()
     if preset is not None:
-        _apply(cfg, _read_preset(Path(preset)))
+        apply_values(cfg, _read_preset(Path(preset)))
     if overrides:
-        _apply(cfg, parse_overrides(overrides))
+        apply_values(cfg, parse_overrides(overrides))
     cfg.data.path = expand_env(cfg.data.path)
     cfg.filter.file = expand_env(cfg.filter.file)
     return validate(cfg)
@@ -641,7 +641,7 @@ def _check_params(key: str, values: dict[str, Any], target: Any) -> None:
             _check_params(f"{key}.{name}", sub, target[name])
         return
     obj = target()
-    _apply(obj, values, prefix=f"{key}.")
+    apply_values(obj, values, prefix=f"{key}.")
     _check_fields(obj, f"{key}.")
 
 
@@ -665,7 +665,7 @@ def _template_placeholders(cfg: RunConfig) -> str | None:
     from .llm.prompts import PromptTemplate, prefix_text, suffix_text
 
     template = PromptTemplate()
-    _apply(template, cfg.refiner.template, prefix="refiner.template.")
+    apply_values(template, cfg.refiner.template, prefix="refiner.template.")
     try:
         prefix_text(template, ["a title"]), suffix_text(template, "a title")
         return None

@@ -20,7 +20,7 @@ from .data.dataset import cache_key
 from .evaluate import Evaluator, embedding_scorer, format_results
 from .funnel.stages import FUNNEL_STAGES
 # re-exported: the run folder is what most callers of the pipeline also need
-from .run import NOT_INPUTS, STAGE_ARTIFACTS, STAGE_INPUTS, Run, _inputs, _with_defaults, content_vectors  # noqa: F401
+from .run import Run, content_vectors, stage_inputs, with_defaults  # noqa: F401  (Run, content_vectors: for callers)
 from .utils import resolve_device, write_json
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def baselines(run: Run, methods: list[str] | None = None) -> dict[str, dict[str,
     """
     from .baselines.runner import fit_and_evaluate, make_context
 
-    folder = run.dir / "baselines"
+    folder = run.layout.baselines
     if "baselines" in run.stale:  # fitted under other settings: none of them may be reused
         shutil.rmtree(folder, ignore_errors=True)
     reports: dict[str, dict[str, Any]] = {}
@@ -127,7 +127,7 @@ def reuse_stage(run: Run, stage: str, source: str) -> dict[str, Any]:
     if record.get("status") != "done":
         raise ConfigError(f"reuse.{stage}: run {source!r} has no finished {stage!r} stage")
     # settings added since that run was made count at their defaults, as for staleness
-    theirs, ours = _inputs(_with_defaults(manifest["config"]), stage), _inputs(to_dict(run.cfg), stage)
+    theirs, ours = stage_inputs(with_defaults(manifest["config"]), stage), stage_inputs(to_dict(run.cfg), stage)
     differs = sorted(k for k in ours if ours[k] != theirs.get(k))
     if stage == "train" and differs:
         raise ConfigError(f"reuse.train: run {source!r} trained its backbone under other {differs} settings")

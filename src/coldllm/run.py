@@ -22,6 +22,7 @@ import numpy as np
 from .config import RunConfig, to_dict
 from .content import encode_texts
 from .data import ColdStartData, load_dataset
+from .layout import RunLayout, stage_artifacts
 from .utils import git_commit, now_iso, package_versions, peak_memory_mb, record_summary, write_json
 
 log = logging.getLogger(__name__)
@@ -43,22 +44,13 @@ STAGE_INPUTS = {
 }
 
 
-# What each stage leaves behind; a finished stage whose artifact is missing or unreadable is redone.
-STAGE_ARTIFACTS = {
-    "train": ("backbone/backbone.json", "backbone/best.safetensors"),
-    "filter": ("filter/candidates.parquet", "filter/warm_candidates.parquet", "filter/report.json"),
-    "finetune": ("refiner/report.json", "refiner/threshold.json", "refiner/adapter/adapter_config.json"),
-    "simulate": ("simulate/simulated.parquet", "simulate/report.json"),
-    "update": ("update/embeddings.safetensors",),
-}
-
 # Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
 # where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
 # from its last epoch, or stops it at once when the new budget is already spent).
 NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"),
               "refiner": ("batch_size", "gradient_checkpointing", "shard_users", "verdicts_from", "engine", "ray_actors", "vllm")}
 
-def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
+def stage_inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The config sections (or single ``section.key`` fields) ``stage`` depends on (the longest
     matching stage name wins)."""
     key = max((k for k in STAGE_INPUTS if stage.startswith(k)), key=len, default=None)
@@ -74,7 +66,7 @@ def _inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return out
 
 
-def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded config completed with the defaults of settings added since it was written.
 
     A new setting whose default keeps the old behaviour must not make finished stages stale.
@@ -94,13 +86,14 @@ class Run:
         self.cfg = cfg
         self.dir = cfg.run_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = self.dir / "manifest.json"
+        self.layout = RunLayout(self.dir)
+        self.manifest_path = self.layout.manifest
         old = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
         config = to_dict(cfg)
         stages = {}
         # A stage made under other settings than it depends on is stale: forget it, redo it.
         for stage, record in old.get("stages", {}).items():
-            if _inputs(_with_defaults(old.get("config", {})), stage) == _inputs(config, stage):
+            if stage_inputs(with_defaults(old.get("config", {})), stage) == stage_inputs(config, stage):
                 stages[stage] = record
             else:
                 log.warning("%s: settings of stage %r changed since it ran; it will be redone", self.dir, stage)
@@ -132,7 +125,7 @@ class Run:
         checkpoint carries this itself: one written under other settings is never resumed, however
         many times the stage was killed in between.
         """
-        inputs = json.dumps(_inputs(self.manifest["config"], stage), sort_keys=True, default=str)
+        inputs = json.dumps(stage_inputs(self.manifest["config"], stage), sort_keys=True, default=str)
         return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
     def done(self, stage: str) -> bool:
@@ -143,8 +136,8 @@ class Run:
         record = self.manifest["stages"].get(stage, {})
         if record.get("skipped"):
             return None
-        for name in STAGE_ARTIFACTS.get(stage, ()):
-            path = self.dir / name
+        for path in stage_artifacts(self.layout).get(stage, ()):
+            name = self.layout.rel(path)
             try:
                 if path.suffix == ".parquet":
                     import pyarrow.parquet as pq

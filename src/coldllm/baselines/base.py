@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, _apply
+from ..config import ConfigError, apply_values
 from ..data import BPRSampler, ColdStartData
 from ..early_stopping import EarlyStopping
 from ..evaluate import Evaluator, Scorer
@@ -75,7 +75,7 @@ class ColdStartMethod:
     def __init__(self, params: dict[str, Any] | None = None):
         self.params = self.Params()
         try:
-            _apply(self.params, params or {}, prefix="baseline.params.")
+            apply_values(self.params, params or {}, prefix="baseline.params.")
         except ConfigError as err:
             raise ConfigError(f"{self.name}: {err}") from None
         self.history: list[dict[str, float]] = []

@@ -29,7 +29,7 @@ from ..backbones import build_backbone, load_backbone, train_backbone
 from ..backbones.train import load_embeddings
 from ..baselines.aldi import ALDI
 from ..baselines.runner import make_context
-from ..config import ConfigError, ContentConfig, _apply
+from ..config import ConfigError, ContentConfig, apply_values
 from ..content import encode_texts
 from ..evaluate import Evaluator, embedding_scorer, subset_scorer
 from ..llm.judge import Judge
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 def _params(cls: type, values: dict[str, Any], where: str):
     """A hyper-parameter dataclass filled from a config mapping; unknown keys name ``where``."""
     obj = cls()
-    _apply(obj, values, prefix=f"{where}.")
+    apply_values(obj, values, prefix=f"{where}.")
     return obj
 
 
@@ -91,15 +91,15 @@ def filter_stage(run: Run) -> dict[str, Any]:
             lm = LanguageTower(_params(LMTowerParams, cfg.filter.lm, "filter.lm")).fit(ctx, llm_text_vectors(run))
         if towers == "onepass":
             params = _params(OnePassParams, cfg.filter.onepass, "filter.onepass")
-            (run.dir / TEXT_ENCODER).mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(run.dir / TEXT_ENCODER)  # never an encoder left by other settings
+            (run.layout.text_encoder).mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(run.layout.text_encoder)  # never an encoder left by other settings
             if params.encoder == "text":  # the item text through a language model that learns with the head
                 spec = TextEncoderSpec(model=params.text_model or cfg.filter.text_model, tune=params.tune,
                                        pooling=params.pooling, max_length=params.max_length, lora_r=params.lora_r,
                                        lora_targets=tuple(params.lora_targets))
                 encoder = TextEncoder(spec, cfg.content.cache_dir, device)
                 simulator = OnePass(params).fit(ctx, None, encoder, list(data.item_text))
-                encoder.save(run.dir / TEXT_ENCODER)
+                encoder.save(run.layout.text_encoder)
             elif params.encoder == "vectors":
                 simulator = OnePass(params).fit(ctx, llm_text_vectors(run))
             else:
@@ -138,14 +138,14 @@ def filter_stage(run: Run) -> dict[str, Any]:
             with atomic_path(folder / name) as tmp:
                 frame.to_parquet(tmp)
         # what the filter fitted, for new items later (the service loads it, never fits it again)
-        (run.dir / FILTER_TOWERS).unlink(missing_ok=True)
+        (run.layout.filter_towers).unlink(missing_ok=True)
         if towers == "random":
             fitted = dict(users=np.zeros((data.n_users, 1), np.float32), parts={})
         if fitted is not None:
-            save_towers(run.dir / FILTER_TOWERS, towers, **fitted)
-        (run.dir / FILTER_PRIOR).unlink(missing_ok=True)  # never a mapping left by other settings
+            save_towers(run.layout.filter_towers, towers, **fitted)
+        (run.layout.filter_prior).unlink(missing_ok=True)  # never a mapping left by other settings
         if mapped is not None:
-            with atomic_path(run.dir / FILTER_PRIOR) as tmp:
+            with atomic_path(run.layout.filter_prior) as tmp:
                 save_file({"cold": mapped.detach().float().cpu().contiguous()}, str(tmp))
         report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
                   "val": funnel_coverage(candidates, data.parts["cold_val"]),
@@ -182,7 +182,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         train = data.matrix("train")
         rng = np.random.default_rng(cfg.seed)
         train_users, eval_users = _split_users(run, rng)
-        warm_candidates = pd.read_parquet(run.dir / "filter" / "warm_candidates.parquet")
+        warm_candidates = pd.read_parquet(run.layout.warm_candidates)
         hard_users = train_users[rng.random(len(train_users)) < cfg.refiner.hard_negatives]
         hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
         max_history = prompts.template.max_history
@@ -239,7 +239,7 @@ def known_verdicts(run: Run) -> pd.DataFrame | None:
         other = Path(run.cfg.runs_dir) / name
         if (other / "refiner").resolve() != mine:
             raise ConfigError(f"refiner.verdicts_from: run {name!r} used another judge ({(other / 'refiner').resolve()})")
-        path = other / "simulate" / "simulated.parquet"
+        path = RunLayout(other).simulated
         if not path.exists():
             raise ConfigError(f"refiner.verdicts_from: {path} not found (run its simulate stage first)")
         frames.append(pd.read_parquet(path, columns=["user", "item", "p_yes"]))
@@ -255,13 +255,13 @@ def simulate_stage(run: Run) -> dict[str, Any]:
     if cfg.refiner.judge not in JUDGES:
         raise ConfigError(f"refiner.judge {cfg.refiner.judge!r} must be one of {JUDGES}")
     with run.stage("simulate") as rec:
-        candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
+        candidates = pd.read_parquet(run.layout.candidates)
         judge_kind = cfg.refiner.judge
         if judge_kind == "llm":
             device = resolve_device(cfg.refiner.device)
             rec["device"] = str(device)
             template = prompt_template(cfg)
-            threshold = json.loads((run.dir / "refiner" / "threshold.json").read_text())["threshold"]
+            threshold = json.loads((run.layout.threshold).read_text())["threshold"]
             histories = user_histories(data.matrix("train"), template.max_history, cfg.seed)
             known = known_verdicts(run)
             rec["reused_verdicts"] = 0 if known is None else int(
@@ -269,7 +269,7 @@ def simulate_stage(run: Run) -> dict[str, Any]:
             # shards of other candidates, another judge or another sharding are never resumed: they
             # live in a folder named by the fingerprint of all three
             digest = hashlib.sha256()
-            for path in (run.dir / "filter" / "candidates.parquet", *sorted((run.dir / "refiner" / "adapter").glob("*"))):
+            for path in (run.layout.candidates, *sorted((run.layout.adapter).glob("*"))):
                 digest.update(path.read_bytes() if path.is_file() else b"")
             # (the engine is not in it: shards written by one engine resume under the other)
             digest.update(json.dumps([dataclasses.asdict(template), threshold, cfg.refiner.shard_users,
@@ -281,7 +281,7 @@ def simulate_stage(run: Run) -> dict[str, Any]:
 
                 rec["ray_actors"] = cfg.refiner.ray_actors
                 simulated = simulate_on_ray(resolve_llm(cfg.refiner.model, cfg.content.cache_dir),
-                                            run.dir / "refiner" / "adapter", template, candidates, histories,
+                                            run.layout.adapter, template, candidates, histories,
                                             data.item_text, shards, threshold, cfg.refiner.shard_users, known=known,
                                             actors=cfg.refiner.ray_actors, batch_size=cfg.refiner.batch_size,
                                             device=cfg.refiner.device)
@@ -289,12 +289,12 @@ def simulate_stage(run: Run) -> dict[str, Any]:
                 from .vllm_judge import VLLMJudge
 
                 tokenizer = load_tokenizer(cfg.refiner.model, cfg.content.cache_dir)
-                judge = VLLMJudge(resolve_llm(cfg.refiner.model, cfg.content.cache_dir), run.dir / "refiner" / "adapter",
+                judge = VLLMJudge(resolve_llm(cfg.refiner.model, cfg.content.cache_dir), run.layout.adapter,
                                   PromptEncoder(tokenizer, template), cfg.seed, **cfg.refiner.vllm)
             else:
                 model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
                 # folded into the weights: judged as fast as the base model, P(Yes) equal within 1e-5
-                model = load_adapter(model, run.dir / "refiner" / "adapter", merge=True)
+                model = load_adapter(model, run.layout.adapter, merge=True)
                 judge = Judge(model, PromptEncoder(tokenizer, template), cfg.refiner.batch_size)
             if cfg.refiner.engine != "ray":  # both in-process judges go through the same shard loop
                 simulated = simulate(judge, candidates, histories, data.item_text, shards, threshold,
@@ -323,9 +323,6 @@ def simulate_stage(run: Run) -> dict[str, Any]:
 
 
 UPDATE_MODES, PRIORS, INITS = ("fast", "retrain"), ("knn", "none", "best"), ("scratch", "backbone")
-FILTER_PRIOR = "filter/prior.safetensors"
-FILTER_TOWERS = "filter/towers.safetensors"  # the fitted filter: user vectors and item-side stacks
-TEXT_ENCODER = "filter/text_encoder"  # the one-pass simulator's text encoder, when it learned one  # the filter's content mapping of the cold items, in the backbone's space
 
 
 def _check_update(cfg) -> None:
@@ -355,7 +352,7 @@ def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
         return knn, {}
     if validate is None:
         raise ConfigError("update.prior=best chooses on validation, which only update.mode=fast does")
-    path = run.dir / FILTER_PRIOR
+    path = run.layout.filter_prior
     mapped = load_file(str(path))["cold"].to(item_emb.device, item_emb.dtype) if path.exists() else None
     cold = torch.as_tensor(run.data.cold_items, device=item_emb.device)
     candidates, scores = prior_candidates(knn, mapped), {}
@@ -377,7 +374,7 @@ def update_fingerprint(run: Run) -> str:
     """The update's inputs: its simulated pairs, the backbone it starts from and its settings (a
     retraining killed under one learning rate must not be resumed under another)."""
     digest = hashlib.sha256(run.fingerprint("update").encode())
-    for path in (run.dir / "simulate" / "simulated.parquet", run.dir / "backbone" / "best.safetensors"):
+    for path in (run.layout.simulated, run.layout.backbone_best):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -387,7 +384,7 @@ def update_stage(run: Run) -> dict[str, Any]:
     folder = run.dir / "update"
     _check_update(cfg)
     with run.stage("update") as rec:
-        simulated = pd.read_parquet(run.dir / "simulate" / "simulated.parquet")
+        simulated = pd.read_parquet(run.layout.simulated)
         accepted = simulated[simulated["accepted"]]
         device = resolve_device(cfg.backbone.device)
         user_emb, item_emb = load_backbone(run.dir / "backbone", data).to(device).embeddings()
@@ -426,7 +423,7 @@ def update_stage(run: Run) -> dict[str, Any]:
                 raise ConfigError(f"update.k_grid {cfg.update.k_grid}: every depth must be <= filter.k={cfg.filter.k}")
             searched = []
             for depth in depths or [None]:
-                pairs = accepted if depth is None else within_depth(accepted, run.dir / "filter" / "candidates.parquet",
+                pairs = accepted if depth is None else within_depth(accepted, run.layout.candidates,
                                                                     depth)
                 result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=validate)
                 searched.append((depth, len(pairs), result))
@@ -452,7 +449,7 @@ def warm_start(model, run: Run, prior: torch.Tensor) -> None:
     LightGCN). Dividing by it makes the backbone on its training graph score cold items exactly as
     the prior does; the simulated edges then move them.
     """
-    weights = load_file(str(run.dir / "backbone" / "best.safetensors"))
+    weights = load_file(str(run.layout.backbone_best))
     model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("optim.", "rng."))})
     scale = model.isolated_scale()
     if scale is None:
@@ -463,7 +460,7 @@ def warm_start(model, run: Run, prior: torch.Tensor) -> None:
 
 def updated_embeddings(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     """User and item representations after the update, exactly as it validated them."""
-    tensors = load_file(str(run.dir / "update" / "embeddings.safetensors"))
+    tensors = load_file(str(run.layout.embeddings))
     return tensors["user"], tensors["item"]
 
 

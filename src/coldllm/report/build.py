@@ -49,7 +49,7 @@ def build_report(run_dir: Path, out: Path | None = None, split: str = "test", de
     }
     write_json(out / "curves.json", curves)  # the numbers behind the curves
     ctx["figures"]["curves"] = plots.plot_curves(curves, out / "curves.png", f"{name}: {split} set").name
-    simulated_path = run.dir / "simulate" / "simulated.parquet"
+    simulated_path = run.layout.simulated
     if simulated_path.exists():
         simulated = pd.read_parquet(simulated_path)
         ctx["funnel"] = {part: funnel_steps(run.data, simulated, part) for part in ("cold_val", "cold_test")}
@@ -71,7 +71,7 @@ def build_report(run_dir: Path, out: Path | None = None, split: str = "test", de
 
 def _threshold(run: FinishedRun) -> float | None:
     """The acceptance threshold of a language-model judge (other judges accept by rank or by label)."""
-    path = run.dir / "refiner" / "threshold.json"
+    path = run.layout.threshold
     if run.cfg.refiner.judge != "llm" or not path.exists():
         return None
     return float(json.loads(path.read_text())["threshold"])

@@ -21,6 +21,7 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..data import ColdStartData
+from ..layout import RunLayout
 from ..utils import read_safetensors
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ class FinishedRun:
     def done(self, stage: str) -> bool:
         return self.manifest.get("stages", {}).get(stage, {}).get("status") == "done"
 
-    def has(self, artifact: str) -> bool:
-        return (self.dir / artifact).exists()
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.dir)
 
 
 def open_run(run_dir: Path) -> FinishedRun:
@@ -65,19 +67,19 @@ def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method
     """Every method the run can score again, the backbone first."""
     from ..backbones import load_backbone
 
-    if not run.has("backbone/backbone.json"):
+    if not run.layout.backbone_meta.exists():
         raise ConfigError(f"{run.dir}: no trained backbone (backbone/backbone.json); run its train stage first")
     backbone = load_backbone(run.dir / "backbone", run.data).to(device)
     user_emb, item_emb = backbone.embeddings()
     out = [Method("backbone", f"{run.cfg.backbone.model} backbone alone", user_emb, item_emb)]
     out += _controls(run, user_emb, item_emb, device)
-    if run.has("update/embeddings.safetensors"):
+    if run.layout.embeddings.exists():
         if run.cfg.update.prior == "knn":
             starts_there = run.cfg.update.mode == "fast" or run.cfg.update.init == "backbone"
             label = "content prior (the update's start)" if starts_there else "content prior (content-KNN)"
             out.append(Method("prior", label, user_emb,
                               _with_cold_rows(run, item_emb, _prior(run, item_emb))))
-        tensors = read_safetensors(run.dir / "update" / "embeddings.safetensors")
+        tensors = read_safetensors(run.layout.embeddings)
         out.append(Method("coldllm", f"ColdLLM ({run.cfg.refiner.judge} judge, {run.cfg.update.mode} update)",
                           tensors["user"].to(device), tensors["item"].to(device)))
     return out
@@ -105,7 +107,7 @@ def _prior(run: FinishedRun, item_emb: torch.Tensor) -> torch.Tensor:
 
 def _controls(run: FinishedRun, user_emb: torch.Tensor, item_emb: torch.Tensor, device) -> list[Method]:
     """The training-free baselines the run measured (a ``baselines/<name>.json`` of each)."""
-    names = [n for n in TRAINING_FREE if run.has(f"baselines/{n}.json")]
+    names = [n for n in TRAINING_FREE if (run.layout.baselines / f"{n}.json").exists()]
     if not names:
         return []
     from ..baselines import build_method
@@ -115,7 +117,7 @@ def _controls(run: FinishedRun, user_emb: torch.Tensor, item_emb: torch.Tensor, 
                      user_emb=user_emb, item_emb=item_emb, device=torch.device(device), seed=run.cfg.seed)
     out = []
     for name in names:
-        saved = json.loads((run.dir / "baselines" / f"{name}.json").read_text())
+        saved = json.loads((run.layout.baselines / f"{name}.json").read_text())
         method = build_method(name, saved.get("params") or run.cfg.baselines.params.get(name))
         method.fit(ctx)
         out.append(Method(name, {"random": "random control", "knn": "content-KNN control"}[name],

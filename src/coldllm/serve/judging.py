@@ -25,6 +25,7 @@ from ..config import ConfigError, RunConfig
 from ..data import ColdStartData
 from ..funnel.judges import cosine_verdicts
 from ..funnel.refiner import user_histories
+from ..layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class LMJudge:
         from ..llm.prompts import PromptEncoder
         from ..utils import resolve_device
 
-        adapter = run_dir / "refiner" / "adapter"
-        threshold = run_dir / "refiner" / "threshold.json"  # the finetune stage's named output
+        adapter = RunLayout(run_dir).adapter
+        threshold = RunLayout(run_dir).threshold  # the finetune stage's named output
         if not (adapter / "adapter_config.json").exists() or not threshold.exists():
             raise ConfigError(f"{run_dir}: refiner.judge=llm but the finetune stage left no adapter in {adapter}")
         model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, resolve_device(cfg.refiner.device))

@@ -23,10 +23,10 @@ import torch
 
 from ..config import ConfigError
 from ..content import build_encoder, encode_texts
-from ..funnel.stages import FILTER_TOWERS, TEXT_ENCODER
-from ..funnel.text_encoder import TextEncoder
+from ..funnel.text_encoder import CONFIG as TEXT_ENCODER_CONFIG, TextEncoder
 from ..funnel.towers import TOWER_KINDS, load_towers
 from ..funnel.update import FastParams, fit_cold_rows, knn_prior, prior_candidates
+from ..layout import RunLayout
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
 from .index import RecommendationIndex
@@ -63,6 +63,7 @@ class OnlineService:
     def __init__(self, run_dir: Path | str):
         start = time.perf_counter()
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(self.run_dir)
         manifest = read_manifest(self.run_dir)
         check_finished(self.run_dir, manifest)
         self.cfg = cfg = run_config(self.run_dir, manifest)
@@ -71,9 +72,9 @@ class OnlineService:
         self.content = encode_texts(list(data.item_text), cfg.content)
         self.encoder = build_encoder(cfg.content)
         self.lm_text = self.lm_encoder = None
-        if (self.run_dir / TEXT_ENCODER / "text_encoder.json").is_file():
+        if (self.layout.text_encoder / TEXT_ENCODER_CONFIG).is_file():
             # the one-pass simulator learned its own text encoder: new texts go through it, as the run's did
-            self.lm_encoder = TextEncoder.load(self.run_dir / TEXT_ENCODER, cfg.content.cache_dir)
+            self.lm_encoder = TextEncoder.load(self.layout.text_encoder, cfg.content.cache_dir)
         elif cfg.filter.towers in ("coupled", "lm", "onepass"):  # the towers that read the text model's vectors
             text_cfg = lm_text_config(cfg)
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
@@ -83,7 +84,7 @@ class OnlineService:
             raise ConfigError(f"filter.towers={cfg.filter.towers}: the run read its candidates from a file, which has "
                               f"none for a new item; serve a run whose filter scores users ({', '.join(TOWER_KINDS)})")
         # the filter the run fitted and evaluated, loaded as its stage saved it (never fitted again)
-        self.towers = load_towers(self.run_dir / FILTER_TOWERS, self.content[data.warm_items], cfg.filter.index)
+        self.towers = load_towers(self.layout.filter_towers, self.content[data.warm_items], cfg.filter.index)
         # what the run's update chose on validation: where new rows start, and how deep the candidates go
         update = manifest["stages"]["update"]
         self.prior_name, self.depth = update.get("prior", "knn"), update.get("k") or cfg.filter.k
@@ -91,7 +92,7 @@ class OnlineService:
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
         self.normalize = TextNormalizer(tokenizer=getattr(self.judge, "tokenizer", None))
-        path = self.run_dir / "update" / "embeddings.safetensors"
+        path = self.layout.embeddings
         tensors = read_safetensors(path)
         space = read_safetensors_metadata(path).get("fingerprint", "unknown")
         self.user_emb, base_items = tensors["user"].float(), tensors["item"].float()
@@ -105,7 +106,7 @@ class OnlineService:
                                          data.is_cold, data.matrix("train"))
         self.run_simulated = self._run_simulated()
         self.online: dict[str, StoredItem] = {}
-        self.store = ItemStore(self.run_dir / "serve" / "items.sqlite", space, base_items.shape[1])
+        self.store = ItemStore(self.layout.store, space, base_items.shape[1])
         stored = self.store.load()
         if stored:
             self._publish(stored)
@@ -115,7 +116,7 @@ class OnlineService:
 
     def _run_simulated(self) -> dict[int, pd.DataFrame]:
         """The run's own simulated users of its cold items (for ``item_info``)."""
-        frame = read_artifact_parquet(self.run_dir / "simulate" / "simulated.parquet")
+        frame = read_artifact_parquet(self.layout.simulated)
         return {int(item): group for item, group in frame[frame["accepted"]].groupby("item")}
 
     # -- reads -----------------------------------------------------------------------------------

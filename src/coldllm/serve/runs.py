@@ -8,17 +8,18 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError, ContentConfig, RunConfig, _apply
+from ..config import ConfigError, ContentConfig, RunConfig, apply_values
+from ..layout import RunLayout
 from ..data import ColdStartData, load_dataset
 from ..data.dataset import cache_key
 
 # what the service reads from the run; each is checked at start so a half-finished run is named
-NEEDED = {"update": "update/embeddings.safetensors", "simulate": "simulate/simulated.parquet",
-          "backbone": "backbone/backbone.json"}
+NEEDED = {"update": lambda layout: layout.embeddings, "simulate": lambda layout: layout.simulated,
+          "backbone": lambda layout: layout.backbone_meta}
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "manifest.json"
+    path = RunLayout(run_dir).manifest
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no manifest.json; give the folder of a finished `coldllm run`")
     try:
@@ -58,7 +59,7 @@ def run_config(run_dir: Path, manifest: dict[str, Any]) -> RunConfig:
     under ``RUN_DIR/serve/``.
     """
     cfg = RunConfig()
-    _apply(cfg, manifest.get("config", {}))
+    apply_values(cfg, manifest.get("config", {}))
     run_dir = Path(run_dir).absolute()
     roots = _roots(run_dir, manifest, cfg.runs_dir)
     cfg.runs_dir, cfg.name = str(run_dir.parent), run_dir.name
@@ -96,7 +97,7 @@ def run_data(run_dir: Path, manifest: dict[str, Any], cfg: RunConfig) -> ColdSta
     """The dataset the run prepared (its cache, keyed by the paths as recorded), else read again
     from the raw data; a run whose data is nowhere is a one-line error saying what to set."""
     recorded = RunConfig()
-    _apply(recorded, manifest.get("config", {}))
+    apply_values(recorded, manifest.get("config", {}))
     folder = Path(cfg.data.cache_dir) / cfg.data.name / cache_key(recorded.data)
     if (folder / "summary.json").is_file():
         return ColdStartData.load(folder)
@@ -111,9 +112,11 @@ def run_data(run_dir: Path, manifest: dict[str, Any], cfg: RunConfig) -> ColdSta
 
 def check_finished(run_dir: Path, manifest: dict[str, Any]) -> None:
     stages = manifest.get("stages", {})
-    for stage, artifact in NEEDED.items():
+    layout = RunLayout(run_dir)
+    for stage, where in NEEDED.items():
         record = stages.get("train" if stage == "backbone" else stage, {})
-        if record.get("status") != "done" or not (run_dir / artifact).exists():
+        artifact = layout.rel(where(layout))
+        if record.get("status") != "done" or not where(layout).exists():
             raise ConfigError(f"{run_dir}: stage {stage!r} is not finished ({artifact} missing); "
                               "run `coldllm run` with the filter, simulate and update stages first")
 

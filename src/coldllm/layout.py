@@ -1,0 +1,140 @@
+"""Where everything of a run lives: the one place that spells a run folder's file names.
+
+Stages, the service, the report and the benchmarks ask a ``RunLayout`` for a path; none of them
+writes ``"candidates.parquet"`` itself, so a file that moves moves once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the run folder, as a stage's artifact list names it."""
+        return path.relative_to(self.root).as_posix()
+
+    # -- the run -----------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+    def metrics(self, split: str, what: str = "coldllm") -> Path:
+        return self.root / f"metrics_{what}_{split}.json"
+
+    # -- train ---------------------------------------------------------------------------------------
+    @property
+    def backbone(self) -> Path:
+        return self.root / "backbone"
+
+    @property
+    def backbone_meta(self) -> Path:
+        return self.backbone / "backbone.json"
+
+    @property
+    def backbone_best(self) -> Path:
+        return self.backbone / "best.safetensors"
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
+
+    # -- filter --------------------------------------------------------------------------------------
+    @property
+    def filter(self) -> Path:
+        return self.root / "filter"
+
+    @property
+    def candidates(self) -> Path:
+        return self.filter / "candidates.parquet"
+
+    @property
+    def warm_candidates(self) -> Path:
+        return self.filter / "warm_candidates.parquet"
+
+    @property
+    def filter_report(self) -> Path:
+        return self.filter / "report.json"
+
+    @property
+    def filter_towers(self) -> Path:
+        """The fitted filter: the user vectors it searched and its item-side stacks."""
+        return self.filter / "towers.safetensors"
+
+    @property
+    def filter_prior(self) -> Path:
+        """The filter's own content mapping of the cold items, in the backbone's space."""
+        return self.filter / "prior.safetensors"
+
+    @property
+    def text_encoder(self) -> Path:
+        """The one-pass simulator's text encoder, when it learned one."""
+        return self.filter / "text_encoder"
+
+    # -- finetune ------------------------------------------------------------------------------------
+    @property
+    def refiner(self) -> Path:
+        return self.root / "refiner"
+
+    @property
+    def adapter(self) -> Path:
+        return self.refiner / "adapter"
+
+    @property
+    def threshold(self) -> Path:
+        return self.refiner / "threshold.json"
+
+    @property
+    def refiner_report(self) -> Path:
+        return self.refiner / "report.json"
+
+    # -- simulate ------------------------------------------------------------------------------------
+    @property
+    def simulate(self) -> Path:
+        return self.root / "simulate"
+
+    @property
+    def simulated(self) -> Path:
+        return self.simulate / "simulated.parquet"
+
+    @property
+    def simulate_report(self) -> Path:
+        return self.simulate / "report.json"
+
+    # -- update --------------------------------------------------------------------------------------
+    @property
+    def update(self) -> Path:
+        return self.root / "update"
+
+    @property
+    def embeddings(self) -> Path:
+        """User and item rows after the update, as it validated them."""
+        return self.update / "embeddings.safetensors"
+
+    # -- serve ---------------------------------------------------------------------------------------
+    @property
+    def serve(self) -> Path:
+        return self.root / "serve"
+
+    @property
+    def store(self) -> Path:
+        return self.serve / "items.sqlite"
+
+
+def stage_artifacts(layout: RunLayout) -> dict[str, tuple[Path, ...]]:
+    """What each stage leaves behind; a finished stage whose artifact is missing or unreadable is redone."""
+    return {
+        "train": (layout.backbone_meta, layout.backbone_best),
+        "filter": (layout.candidates, layout.warm_candidates, layout.filter_report),
+        "finetune": (layout.refiner_report, layout.threshold, layout.adapter / "adapter_config.json"),
+        "simulate": (layout.simulated, layout.simulate_report),
+        "update": (layout.embeddings,),
+    }
