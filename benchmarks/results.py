@@ -227,7 +227,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
         for method, entry in reference["methods"].items():
             cells = [_fmt(entry.get(s, {}).get(m)) for s in SETTINGS for m in HEADLINE]
             lines.append(f"| {reference['backbone']} | {method} | " + " | ".join(cells) + " |")
-    lines += funnel_table(docs)
+    lines += funnel_table(docs) + prior_table(docs) + comparison_table(docs)
     lines += judge_verdict_table(docs) + one_pass_table(docs)
     lines += oracle_table(docs, folder / "oracle.png")
     lines += candidate_profile_table(folder) + update_search_table(folder) + judge_trial_table(folder)
@@ -440,6 +440,61 @@ def across_datasets_table(docs: dict[str, list[dict[str, Any]]]) -> list[str]:
             names.add(name)
             cells.append(_cell(methods.get(name)) + (f" `{name}`" if key in ("best-mapping", "default") and name else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def prior_table(docs: list[dict[str, Any]]) -> list[str]:
+    """Per funnel row: the prior the update started from (chosen on validation), its own test
+    figures, and what the simulated pairs added on top of it; the candidate depth chosen."""
+    rows = [(doc["backbone"], m, e) for doc in docs for m, e in doc["methods"].items() if e.get("prior_test")]
+    if not rows:
+        return []
+    lines = ["", "## The prior and what the simulated pairs add", "",
+             "Each funnel row starts its cold items at a prior in the backbone's space (`update.prior: best` chooses "
+             "on cold validation among content-KNN, the filter's own content mapping and their blends) and moves "
+             "them with its accepted pairs; *added* is the row's cold test figure minus its prior's (the last seed "
+             "recorded, whose prior is shown). Written by `benchmarks/funnel.py`.", "",
+             "| backbone | method | prior | depth k | prior cold R@20 | prior cold N@20 | row cold R@20 | added R@20 "
+             "| added N@20 |", "|---|---|---|---|---|---|---|---|---|"]
+    for backbone, method, e in rows:
+        update, prior = e.get("update", {}), e["prior_test"]["cold"]
+        last = e.get("per_seed", {}).get(str(max(e.get("seeds", [0]))), e)
+        lines.append(f"| {backbone} | {method} | {update.get('prior', 'knn')} | {update.get('k', '-')} "
+                     f"| {_fmt(prior['recall@20'])} | {_fmt(prior['ndcg@20'])} | {_fmt(last['cold']['recall@20'])} "
+                     f"| {_signed(last['cold']['recall@20'] - prior['recall@20'])} "
+                     f"| {_signed(last['cold']['ndcg@20'] - prior['ndcg@20'])} |")
+    return lines
+
+
+def comparison_table(docs: list[dict[str, Any]]) -> list[str]:
+    """The default against content-KNN and the best content mapping (chosen on validation), with the
+    rule the project uses: a win only when the means differ by more than the larger spread over seeds."""
+    lines = []
+    for doc in docs:
+        methods, default = doc["methods"], (doc.get("default") or {}).get("method")
+        mappings = [m for m in MAPPINGS if _get(methods.get(m, {}), "val", "cold", "ndcg@20") is not None]
+        best = max(mappings, key=lambda m: methods[m]["val"]["cold"]["ndcg@20"], default=None)
+        if default is None:
+            continue
+        if not lines:
+            lines = ["", "## The default against the controls", "",
+                     "Cold test figures, mean ± standard deviation over the seeds each row lists. *verdict*: above or "
+                     "below when the means differ by more than the larger of the two spreads, else level (a single "
+                     "seed has no spread, so a one-seed comparison is never more than indicative).", "",
+                     "| backbone | default | against | metric | default | other | difference | verdict |",
+                     "|---|---|---|---|---|---|---|---|"]
+        for other in ("knn", best):
+            if other not in methods:
+                continue
+            for metric in HEADLINE:
+                a, b = methods[default]["cold"], methods[other]["cold"]
+                spread = max(a.get(f"{metric}_std", 0.0), b.get(f"{metric}_std", 0.0))
+                diff = a[metric] - b[metric]
+                verdict = "level" if abs(diff) <= spread else ("above" if diff > 0 else "below")
+                seeds = min(len(methods[default].get("seeds", [0])), len(methods[other].get("seeds", [0])))
+                verdict += "" if seeds > 1 else " (one seed)"
+                lines.append(f"| {doc['backbone']} | `{default}` | `{other}` | {metric} | {_fmt(a[metric])} "
+                             f"| {_fmt(b[metric])} | {_signed(diff)} | {verdict} |")
     return lines
 
 

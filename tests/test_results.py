@@ -162,3 +162,19 @@ def test_the_default_is_the_own_method_best_on_validation_never_on_test(tmp_path
     assert table[0] == "| method | toy mf |"
     assert next(line for line in table if line.startswith("| coldllm default")).endswith("`coldllm-cosine` |")
     assert next(line for line in table if line.startswith("| best content mapping")).endswith("`clcrec` |")
+
+
+def test_a_win_needs_a_difference_beyond_the_larger_spread(tmp_path):
+    from results import comparison_table, load_docs, record_seed
+
+    path = tmp_path / "mf.json"
+    rows = {"onepass": [0.30, 0.32, 0.34], "knn": [0.20, 0.21, 0.22], "clcrec": [0.28, 0.30, 0.35]}
+    for method, values in rows.items():
+        for seed, x in enumerate(values):
+            record_seed(path, dataset="toy", split="random", backbone="mf", method=method, seed=seed,
+                        metrics=metrics(x), config={}, extra={"val": metrics(x + (1 if method == "onepass" else 0))},
+                        commit="c")
+    table = comparison_table(load_docs(tmp_path))
+    line = lambda other, m: next(r for r in table if f"`{other}` | {m} |" in r)  # noqa: E731
+    assert line("knn", "recall@20").endswith("| above |")  # .32 against .21, spreads .02 and .01
+    assert line("clcrec", "recall@20").endswith("| level |")  # .32 against .31: within clcrec's spread
