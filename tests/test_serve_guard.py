@@ -340,3 +340,22 @@ def test_every_service_case_in_bad_input_md_names_a_test_that_exists():
     source = "".join(p.read_text() for p in tests.glob("test_serve*.py"))
     assert len(rows) >= 20 and all(re.findall(r"`test_\w+`", row) for row in rows)
     assert {n for n in names if f"def {n}(" not in source} == set()
+
+
+def test_a_write_without_a_key_is_refused_before_its_body_is_read(monkeypatch):
+    """The key is checked first: a keyless client gets 401 whatever it sends, a body the service would
+    refuse as too deep or not JSON included, and the body's checker never runs."""
+    from coldllm.serve import app as app_module
+
+    keys = ApiKeys.load(env=f"write:{WRITE_KEY}")
+    client, service = app_client(keys=keys)
+    looked = []
+    real = app_module.json_problem
+    monkeypatch.setattr(app_module, "json_problem", lambda body, depth: looked.append(len(body)) or real(body, depth))
+    deep = "[" * 5000 + "]" * 5000
+    for body in (deep, "not json", '{"id": "k1", "text": "graph networks"}'):
+        answer = client.post("/items", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 401, answer.text
+    assert not looked and not service.added
+    answer = client.post("/items", content=deep, headers={"content-type": "application/json", **bearer(WRITE_KEY)})
+    assert answer.status_code == 422 and looked  # with the key, the body is read and checked

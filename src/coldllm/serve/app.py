@@ -165,8 +165,10 @@ def _item_out(added: Added, waited: float = 0.0) -> ItemOut:
                    stages={k: round(v, 4) for k, v in added.stages.items()}, queued_seconds=round(waited, 4))
 
 
-def _checked_route(max_depth: int) -> type[APIRoute]:
-    """Routes whose JSON body is refused (422) when ``json_problem`` finds it too deep to parse."""
+def _checked_route(max_depth: int, authorize_write=None) -> type[APIRoute]:
+    """Routes whose JSON body is refused (422) when ``json_problem`` finds it too deep to parse; with
+    ``authorize_write``, a write's key is checked before its body is read at all, so a client without
+    one cannot make the service read and parse a body."""
 
     class CheckedRoute(APIRoute):
         def get_route_handler(self):
@@ -174,6 +176,8 @@ def _checked_route(max_depth: int) -> type[APIRoute]:
 
             async def checked(request: Request):
                 if request.method == "POST":
+                    if authorize_write is not None:
+                        authorize_write(request)
                     problem = json_problem(await request.body(), max_depth)  # the body is read once, kept
                     if problem:
                         raise _error(422, ["body"], problem, "json_invalid")
@@ -224,7 +228,7 @@ def create_app(run_dir: Path | str, service: OnlineService | None = None, keys: 
     keys, limits = keys or ApiKeys(), limits or Limits()
     app = FastAPI(title="coldllm", description="Cold-start items, recommendable as they arrive: the ColdLLM "
                   f"funnel over run {service.name!r}.", version="1")
-    app.router.route_class = _checked_route(limits.depth)
+    app.router.route_class = _checked_route(limits.depth, _authorizer(keys, "write") if keys.enabled else None)
     app.state.service, app.state.writes = service, WriteQueue(limits.write_queue, limits.write_timeout)
     app.add_middleware(BodyLimit, limit=limits.body)
     app.add_exception_handler(RequestValidationError, _short_errors)
