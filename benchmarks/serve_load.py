@@ -11,8 +11,10 @@ each keep one connection open:
   titles of the run's cold items (the kind of text the catalogue receives).
 
 Writes ``results/serve.json``. Bounded: at most ``--requests`` per level and ``--seconds`` per
-level; the service's start (which fits the run's filter towers once, then reads them from
-``RUN/serve/``) is outside the measured figures and recorded separately.
+level; the service's start (it loads the filter towers the run's filter stage saved) is outside the
+measured figures and recorded separately (``service_start_seconds``), and so is
+``run_candidates_agreement``: the share of the run's own candidate pairs (item, user, rank) that
+the service's loaded filter gives again for the run's cold items.
 
 ``--writers N`` is the write-queue check instead: N concurrent writers each POST new items (with
 a write key, the service started with one), and it checks that every acknowledged item (201) is
@@ -239,13 +241,14 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     times = [f["seconds"] for f in fresh]
+    agreement = run_candidates_agreement(run)
     result = {
         "p50_ms_1_client": levels[1]["p50_ms"], "p99_ms_1_client": levels[1]["p99_ms"],
         "p50_ms_20_clients": levels[20]["p50_ms"], "p99_ms_20_clients": levels[20]["p99_ms"],
         "p50_ms_100_clients": levels[100]["p50_ms"], "p99_ms_100_clients": levels[100]["p99_ms"],
         "new_item_seconds": round(float(np.median(times)), 4), "new_item_seconds_max": round(max(times), 4),
         "levels": list(levels.values()), "new_items": fresh,
-        "service_start_seconds": round(startup, 2), "served": health,
+        "service_start_seconds": round(startup, 2), "served": health, "run_candidates_agreement": agreement,
         "run": run.name, "run_commit": manifest.get("commit"), "commit": git_commit(ROOT), "date": now_iso(),
         "machine": machine(), "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "client": "http.client keep-alive connections, one thread per client, in one process beside the service",
@@ -271,6 +274,30 @@ def main_writers(args, run: Path, manifest: dict, port: int, log: Path) -> None:
     print(json.dumps({k: v for k, v in result.items() if k not in ("machine",)}, indent=2))
     if not result["passed"]:
         raise SystemExit(1)
+
+
+def run_candidates_agreement(run: Path) -> float:
+    """Share of the run's candidate pairs that the service's filter finds again for the run's own cold
+    items (their texts through the service's encoders and the towers it loaded), order included."""
+    import pandas as pd
+
+    from coldllm.layout import RunLayout
+    from coldllm.serve.online import OnlineService
+
+    service = OnlineService(run)
+    try:
+        data, cold = service.data, service.data.cold_items
+        # the text vectors the service holds for the run's items (the run's own cache), else its encoder's
+        text = (service.lm_text[cold] if service.lm_text is not None else
+                None if service.lm_encoder is None else service.lm_encoder.encode([str(t) for t in data.item_text[cold]]))
+        found = service.towers.top_users(service.towers.item_vectors(service.content[cold], text),
+                                         service.cfg.filter.k, list(range(len(cold))))
+    finally:
+        service.close()
+    ours = pd.DataFrame([(int(i), int(u), r) for i, (users, _) in zip(cold, found) for r, u in enumerate(users)],
+                        columns=["item", "user", "rank"])
+    theirs = pd.read_parquet(RunLayout(run).candidates, columns=["item", "user", "rank"])
+    return round(len(ours.merge(theirs, on=["item", "user", "rank"])) / max(len(theirs), 1), 6)
 
 
 def sample_inputs(run: Path, manifest: dict, n: int) -> tuple[list[str], list[str]]:
