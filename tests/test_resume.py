@@ -241,3 +241,17 @@ def test_the_filter_goes_stale_with_the_prior_it_reads_and_no_other_update_setti
     for stage in ("filter", "finetune", "simulate"):
         assert stage_inputs(changed(k_grid=[5], lr=0.1, pull=2.0), stage) == stage_inputs(base, stage), stage
     assert stage_inputs(changed(k_grid=[5]), "update") != stage_inputs(base, "update")
+
+
+def test_the_backbone_does_not_depend_on_how_the_item_text_is_written():
+    from coldllm.config import RunConfig, to_dict
+    from coldllm.run import stage_inputs
+
+    base = to_dict(RunConfig())
+    other = {**base, "data": {**base["data"], "text_template": "{title}", "text_fields": ["title", "abstract"]}}
+    for stage in ("train", "evaluate_test"):
+        assert stage_inputs(other, stage) == stage_inputs(base, stage), stage
+    for stage in ("prepare", "content", "filter", "update"):
+        assert stage_inputs(other, stage) != stage_inputs(base, stage), stage
+    moved = {**base, "data": {**base["data"], "min_rating": 4.0}}
+    assert stage_inputs(moved, "train") != stage_inputs(base, "train")

@@ -42,6 +42,10 @@ STAGE_INPUTS = {
     "update": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
     "evaluate_coldllm": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
 }
+# Fields of those sections a stage does not read: the backbone never sees the item text, so a run that
+# only writes the text otherwise (title only, say) trains, or reuses, the same backbone.
+STAGE_IGNORES = {"train": ("data.text_fields", "data.text_template"),
+                 "evaluate": ("data.text_fields", "data.text_template")}
 
 
 # Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
@@ -59,10 +63,11 @@ def stage_inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     for name in keys:
         section, _, field = name.partition(".")
         out[name] = (config.get(section) or {}).get(field) if field else config.get(name)
+    ignored = STAGE_IGNORES.get(key, ())
     for section, value in out.items():
         if isinstance(value, dict):
             skip = NOT_INPUTS["*"] + NOT_INPUTS.get(section, ())
-            out[section] = {k: v for k, v in value.items() if k not in skip}
+            out[section] = {k: v for k, v in value.items() if k not in skip and f"{section}.{k}" not in ignored}
     return out
 
 
