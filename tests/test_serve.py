@@ -32,9 +32,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from coldllm.cli import app as cli  # noqa: E402
 from coldllm.backbones import load_backbone  # noqa: E402
-from coldllm.funnel.stages import content_prior  # noqa: E402
+from coldllm.funnel.stages import content_prior, predicted_popularity  # noqa: E402
 from coldllm.layout import RunLayout  # noqa: E402
-from coldllm.funnel.update import knn_prior, prior_candidates  # noqa: E402
+from coldllm.funnel.update import item_depths, knn_prior, prior_candidates  # noqa: E402
 from coldllm.pipeline import Run  # noqa: E402
 from coldllm.serve.app import create_app  # noqa: E402
 from coldllm.serve.online import DuplicateItem, NewItem, OnlineService  # noqa: E402
@@ -468,5 +468,18 @@ def test_a_run_whose_one_pass_learned_its_text_encoder_is_served_with_it(tmp_pat
         found = service.towers.top_users(vectors, service.cfg.filter.k, list(range(len(cold))))
         for item, (users, _) in zip(cold, found):
             assert users.tolist() == candidates[candidates["item"] == item].sort_values("rank")["user"].tolist()
+    finally:
+        service.close()
+
+
+def test_popularity_depths_are_the_runs_for_its_own_cold_items(tmp_path):
+    run = finished_run(tmp_path, "--filter.towers=onepass", "--filter.onepass={epochs: 1, hidden: 16}",
+                       "--refiner.judge=all", "--update.k_grid=[2, 4]", "--update.depth=popularity")
+    service = OnlineService(run)
+    try:
+        record = json.loads((run / "manifest.json").read_text())["stages"]["update"]
+        cold = service.data.cold_items
+        expected = item_depths(predicted_popularity(Run(service.cfg)), record["k"], service.cfg.filter.k)
+        np.testing.assert_array_equal(service.depths(service.content[cold]), expected)
     finally:
         service.close()

@@ -16,8 +16,8 @@ from coldllm.cli import app
 from coldllm.config import load_config
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.funnel.filter import funnel_coverage
-from coldllm.funnel.stages import content_prior, updated_embeddings, warm_start
-from coldllm.funnel.update import FastParams, fit_cold_rows
+from coldllm.funnel.stages import content_prior, predicted_popularity, updated_embeddings, warm_start
+from coldllm.funnel.update import FastParams, fit_cold_rows, item_depths
 from coldllm.pipeline import Run, content_vectors
 from test_cli import write_project
 
@@ -205,3 +205,37 @@ def test_the_best_prior_is_chosen_on_validation_and_is_where_the_update_starts(t
     assert record["prior"] == max(scores, key=scores.get)
     assert record["history"][0]["val"] == pytest.approx(scores[record["prior"]], abs=1e-9)  # step 0 is that prior
     assert (run.dir / "filter" / "prior.safetensors").exists()
+
+
+def test_popular_items_take_deeper_candidate_lists():
+    from coldllm.funnel.update import item_depths
+
+    # predictions 1, 2, 3 (mean 2): a mean depth of 4 gives 2, 4, 6; the cap and the floor of 1 hold
+    assert item_depths(np.array([1.0, 2.0, 3.0]), 4, cap=10).tolist() == [2, 4, 6]
+    assert item_depths(np.array([0.0, 1.0, 11.0]), 4, cap=10).tolist() == [1, 1, 10]
+
+
+def test_per_item_depths_keep_each_items_top_candidates(tmp_path):
+    from coldllm.funnel.stages import within_depth
+
+    candidates = pd.DataFrame({"item": [7] * 4 + [9] * 4, "user": [1, 2, 3, 4, 5, 6, 7, 8], "rank": [0, 1, 2, 3] * 2})
+    candidates.to_parquet(tmp_path / "c.parquet")
+    pairs = candidates[["user", "item"]].assign(accepted=True)
+    kept = within_depth(pairs, tmp_path / "c.parquet", pd.Series({7: 1, 9: 3}))
+    assert sorted(zip(kept["item"], kept["user"])) == [(7, 1), (9, 5), (9, 6), (9, 7)]
+    assert len(within_depth(pairs, tmp_path / "c.parquet", 2)) == 4
+
+
+def test_popularity_depths_run_through_the_update(tmp_path):
+    cfg = run_cli(write_project(tmp_path), *FREE, "--backbone.model=mf", "--update.steps=10", "--update.eval_every=5",
+                  "--update.k_grid=[2, 4]", "--update.depth=popularity")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    popular = predicted_popularity(run)
+    assert record["predicted_popularity_mean"] == pytest.approx(float(popular.mean()))
+    # each item's pairs: its top item_depths(...) candidates (all accepted: judge all, 8 each)
+    for s in record["k_search"]:
+        assert s["pairs"] == int(np.minimum(item_depths(popular, s["k"], cap=8), 8).sum())
+    # the prediction is the content-KNN mean of warm training degrees, as the prior's rule
+    degree = np.asarray(run.data.matrix("train").sum(0)).ravel()
+    assert popular.min() >= degree[run.data.warm_items].min() and popular.max() <= degree.max()

@@ -334,6 +334,12 @@ class UpdateConfig:
         "candidates (filter ranks; every k <= filter.k); the depth with the best validation score is kept. "
         "[] uses every accepted pair. Where items have many more real users than K, a deeper list covers more "
         "of them at a lower precision, and validation says which wins.", factory=list, check=each(at_least(1)))
+    depth: str = _help(
+        "fast with k_grid: how each item's depth is set. fixed: every item takes its top-k candidates; popularity: "
+        "each item takes k times its predicted popularity over the mean prediction (the mean training degree of "
+        "its prior_k most text-similar warm items), between 1 and filter.k, so an item likely to have many users "
+        "gets more simulated ones (with the same k for all, every new item looks equally popular).", "fixed",
+        check=one_of("fixed", "popularity"))
     select_on: str = _help("Validation setting that selects the update's state: cold | overall | warm.", "cold",
                            check=one_of("cold", "overall", "warm"))
     eval_every: int = _help("Validate every N steps (fast) or epochs (retrain); the start is validated too.", 10,

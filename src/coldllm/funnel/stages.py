@@ -47,7 +47,7 @@ from .onepass import OnePass, OnePassParams
 from .text_encoder import TextEncoder, TextEncoderSpec
 from .towers import save_towers
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
-from .update import FastParams, augmented_train, fit_cold_rows, knn_prior, prior_candidates, to_backbone
+from .update import FastParams, augmented_train, fit_cold_rows, item_depths, knn_prior, prior_candidates, to_backbone
 
 log = logging.getLogger(__name__)
 
@@ -363,11 +363,24 @@ def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
     return candidates[max(scores, key=scores.get)], scores
 
 
-def within_depth(pairs: pd.DataFrame, candidates_path: Path, depth: int) -> pd.DataFrame:
-    """The ``pairs`` among each item's top-``depth`` candidates of the filter (its ``rank`` column)."""
+def within_depth(pairs: pd.DataFrame, candidates_path: Path, depth: int | pd.Series) -> pd.DataFrame:
+    """The ``pairs`` among each item's top-``depth`` candidates of the filter (its ``rank`` column);
+    ``depth`` one number, or one per item (a Series indexed by item)."""
     ranks = pd.read_parquet(candidates_path, columns=["item", "user", "rank"])
-    kept = ranks[ranks["rank"] < depth][["item", "user"]]
+    limit = depth if np.isscalar(depth) else ranks["item"].map(depth).to_numpy()
+    kept = ranks[ranks["rank"].to_numpy() < limit][["item", "user"]]
     return pairs.merge(kept, on=["item", "user"], how="inner")
+
+
+def predicted_popularity(run: Run, content: np.ndarray | None = None, items: np.ndarray | None = None) -> np.ndarray:
+    """Each item's predicted number of users (``items``: the cold items by default): the mean training
+    degree of its ``update.prior_k`` most text-similar warm items, the content-KNN rule of the prior."""
+    data = run.data
+    content = content_vectors(run) if content is None else content
+    degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel(), dtype=torch.float32)[:, None]
+    cold = data.cold_items if items is None else items
+    return knn_prior(torch.as_tensor(content, dtype=torch.float32), degree, torch.as_tensor(data.warm_items),
+                     torch.as_tensor(cold), run.cfg.update.prior_k).squeeze(1).numpy()
 
 
 def update_fingerprint(run: Run) -> str:
@@ -421,10 +434,14 @@ def update_stage(run: Run) -> dict[str, Any]:
             depths = sorted(set(cfg.update.k_grid))
             if depths and depths[-1] > cfg.filter.k:
                 raise ConfigError(f"update.k_grid {cfg.update.k_grid}: every depth must be <= filter.k={cfg.filter.k}")
-            searched = []
+            searched, popular = [], None
+            if depths and cfg.update.depth == "popularity":
+                popular = predicted_popularity(run)
+                rec["predicted_popularity_mean"] = float(popular.mean())
             for depth in depths or [None]:
-                pairs = accepted if depth is None else within_depth(accepted, run.layout.candidates,
-                                                                    depth)
+                per_item = depth if popular is None else pd.Series(item_depths(popular, depth, cfg.filter.k),
+                                                                   index=data.cold_items)
+                pairs = accepted if depth is None else within_depth(accepted, run.layout.candidates, per_item)
                 result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=validate)
                 searched.append((depth, len(pairs), result))
             depth, used, result = max(searched, key=lambda s: s[2].best_score)  # the first of equals: the shallowest

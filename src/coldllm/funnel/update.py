@@ -82,6 +82,12 @@ def project_scorer(user_emb: torch.Tensor, scorer_users: torch.Tensor, scorer_it
     return scorer_items.to(user_emb.dtype) @ to_backbone(user_emb, scorer_users).T
 
 
+def item_depths(predicted: np.ndarray, mean_depth: int, cap: int) -> np.ndarray:
+    """Per item, ``mean_depth`` scaled by its predicted popularity over the mean prediction, in [1, cap]."""
+    scale = predicted / max(float(np.mean(predicted)), 1e-12)
+    return np.clip(np.rint(mean_depth * scale), 1, cap).astype(np.int64)
+
+
 BLENDS = (0.25, 0.5, 0.75)  # weights of the filter's mapping against content-KNN, tried on validation
 
 

@@ -88,6 +88,10 @@ class OnlineService:
         # what the run's update chose on validation: where new rows start, and how deep the candidates go
         update = manifest["stages"]["update"]
         self.prior_name, self.depth = update.get("prior", "knn"), update.get("k") or cfg.filter.k
+        # depth: popularity: a new item's depth scales with its predicted popularity over the run's mean
+        self.popularity_mean = update.get("predicted_popularity_mean") if update.get("k") else None
+        self.warm_degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel()[data.warm_items],
+                                           dtype=torch.float32)[:, None]
         self.judge = build_judge(cfg, self.run_dir, data, self.content)
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
@@ -178,7 +182,8 @@ class OnlineService:
             content if self.lm_encoder is self.encoder else self.lm_encoder.encode(texts))
         first = self.index.n_items
         seeds = [self.cfg.seed + first + n for n in range(len(items))]  # the random filter's draws
-        candidates = self.towers.top_users(self.towers.item_vectors(content, lm_text), self.depth, seeds)
+        candidates = self.towers.top_users(self.towers.item_vectors(content, lm_text), self.depth_cap, seeds)
+        candidates = [(users[:d], scores[:d]) for (users, scores), d in zip(candidates, self.depths(content))]
         t1 = clock()
         verdicts = [self.judge.verdicts(users, text, vec) for (users, _), text, vec in zip(candidates, texts, content)]
         t2 = clock()
@@ -194,6 +199,22 @@ class OnlineService:
                                         p_yes=[float(p) for p in p_yes], accepted=[bool(a) for a in accepted],
                                         created=now, seconds=round(t3 - t0, 4)), stages))
         return out
+
+    @property
+    def depth_cap(self) -> int:
+        return self.cfg.filter.k if self.popularity_mean else self.depth
+
+    def depths(self, content: np.ndarray) -> np.ndarray:
+        """How many top candidates each new item keeps: the depth the run's update chose, scaled per
+        item by its predicted popularity when the run's depths were (``update.depth: popularity``)."""
+        if not self.popularity_mean:
+            return np.full(len(content), self.depth)
+        n = len(self.warm)
+        pool = torch.cat([self.warm_content, torch.as_tensor(content, dtype=torch.float32)])
+        predicted = knn_prior(pool, self.warm_degree, torch.arange(n), torch.arange(n, n + len(content)),
+                              self.cfg.update.prior_k).squeeze(1).numpy()
+        scale = predicted / max(self.popularity_mean, 1e-12)  # over the run's own mean, as item_depths does
+        return np.clip(np.rint(self.depth * scale), 1, self.cfg.filter.k).astype(np.int64)
 
     def _update(self, content: np.ndarray, lm_text: np.ndarray | None, candidates, verdicts, first: int) -> np.ndarray:
         """New rows for the items, from their prior and their accepted users."""
