@@ -231,6 +231,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
     lines += judge_verdict_table(docs) + one_pass_table(docs)
     lines += oracle_table(docs, folder / "oracle.png")
     lines += candidate_profile_table(folder) + update_search_table(folder) + judge_trial_table(folder)
+    lines += update_curve_table(folder)
     if docs:
         _plot(docs, folder / "recall.png")
         lines += ["", "![Recall@20 per method, backbone and setting](recall.png)"]
@@ -495,6 +496,27 @@ def comparison_table(docs: list[dict[str, Any]]) -> list[str]:
                 verdict += "" if seeds > 1 else " (one seed)"
                 lines.append(f"| {doc['backbone']} | `{default}` | `{other}` | {metric} | {_fmt(a[metric])} "
                              f"| {_fmt(b[metric])} | {_signed(diff)} | {verdict} |")
+    return lines
+
+
+def update_curve_table(folder: Path) -> list[str]:
+    """``update-curve.json`` (benchmarks/update_curve.py): cold validation and test NDCG@20 along the
+    update, a diagnostic that reads test labels."""
+    path = folder / "update-curve.json"
+    if not path.exists():
+        return []
+    lines = ["", "## Along the update: validation against test (a diagnostic)", "",
+             "`benchmarks/update_curve.py` runs the update from each run's prior and accepted pairs and scores "
+             "cold validation and cold test at every check (reading test labels, so it chooses nothing). *best "
+             "step*: where validation peaks, as the update's early stop would keep.", "",
+             "| run | depth | k | pairs | val at start | val at best step | test at start | test at best step "
+             "| test at the end | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in json.loads(path.read_text())["rows"]:
+        curve = row["curve"]
+        best = max(range(len(curve)), key=lambda i: curve[i]["val"])
+        lines.append(f"| {row['run']} | {row['depth_mode']} | {row['k']} | {row['pairs']} | {_fmt(curve[0]['val'])} "
+                     f"| {_fmt(curve[best]['val'])} (step {row['steps'][best]}) | {_fmt(curve[0]['test'])} "
+                     f"| {_fmt(curve[best]['test'])} | {_fmt(curve[-1]['test'])} | `{row['commit'][:7]}` |")
     return lines
 
 
