@@ -48,5 +48,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     print(render(args.dataset))
     if args.readme:
-        fill_block(ROOT / "README.md", f"{args.dataset}-headline", headline(args.dataset))
+        if f"<!-- {args.dataset}-headline:start -->" in (ROOT / "README.md").read_text():  # CiteULike's rows
+            fill_block(ROOT / "README.md", f"{args.dataset}-headline", headline(args.dataset))
         fill_block(ROOT / "README.md", "datasets-headline", datasets_headline())

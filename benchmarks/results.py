@@ -416,9 +416,9 @@ ACROSS_ROWS = {"backbone": "backbone alone", "random": "random users (control)",
 def _cell(entry: dict[str, Any] | None, setting: str = "cold") -> str:
     if entry is None:
         return "-"
-    block = entry.get(setting, {})
-    spread = lambda m: f" ± {block[m + '_std']:.4f}" if f"{m}_std" in block else ""  # noqa: E731
-    seeds = f" ({len(entry['seeds'])} seeds)" if len(entry.get("seeds", [])) > 1 else ""
+    block, several = entry.get(setting, {}), len(entry.get("seeds", [])) > 1
+    spread = lambda m: f" ± {block[m + '_std']:.4f}" if several and f"{m}_std" in block else ""  # noqa: E731
+    seeds = f" ({len(entry['seeds'])} seeds)" if several else ""
     return (f"{_fmt(block.get('recall@20'))}{spread('recall@20')} / "
             f"{_fmt(block.get('ndcg@20'))}{spread('ndcg@20')}{seeds}")
 
