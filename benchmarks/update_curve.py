@@ -22,7 +22,7 @@ import pandas as pd
 from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, subset_scorer
-from coldllm.funnel.stages import chosen_prior, predicted_popularity, within_depth
+from coldllm.funnel.update_stage import chosen_prior, predicted_popularity, within_depth
 from coldllm.funnel.update import FastParams, fit_cold_rows, item_depths
 from coldllm.pipeline import Run
 from coldllm.utils import git_commit, now_iso

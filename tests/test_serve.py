@@ -32,7 +32,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from coldllm.cli import app as cli  # noqa: E402
 from coldllm.backbones import load_backbone  # noqa: E402
-from coldllm.funnel.stages import content_prior, predicted_popularity  # noqa: E402
+from coldllm.funnel.update_stage import content_prior, predicted_popularity  # noqa: E402
 from coldllm.layout import RunLayout  # noqa: E402
 from coldllm.funnel.update import item_depths, knn_prior, prior_candidates  # noqa: E402
 from coldllm.pipeline import Run  # noqa: E402

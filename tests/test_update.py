@@ -16,7 +16,7 @@ from coldllm.cli import app
 from coldllm.config import load_config
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.funnel.filter import funnel_coverage
-from coldllm.funnel.stages import content_prior, predicted_popularity, updated_embeddings, warm_start
+from coldllm.funnel.update_stage import content_prior, predicted_popularity, updated_embeddings, warm_start
 from coldllm.funnel.update import FastParams, fit_cold_rows, item_depths
 from coldllm.pipeline import Run, content_vectors
 from test_cli import write_project
@@ -216,7 +216,7 @@ def test_popular_items_take_deeper_candidate_lists():
 
 
 def test_per_item_depths_keep_each_items_top_candidates(tmp_path):
-    from coldllm.funnel.stages import within_depth
+    from coldllm.funnel.update_stage import within_depth
 
     candidates = pd.DataFrame({"item": [7] * 4 + [9] * 4, "user": [1, 2, 3, 4, 5, 6, 7, 8], "rank": [0, 1, 2, 3] * 2})
     candidates.to_parquet(tmp_path / "c.parquet")

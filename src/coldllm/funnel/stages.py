@@ -18,20 +18,18 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..backbones import build_backbone, load_backbone, train_backbone
-from ..backbones.train import load_embeddings
+from ..backbones import load_backbone
 from ..baselines.aldi import ALDI
 from ..baselines.runner import make_context
 from ..config import ConfigError, ContentConfig, apply_values
 from ..content import encode_texts
-from ..evaluate import Evaluator, embedding_scorer, subset_scorer
 from ..llm.judge import Judge
 from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
 from ..llm.models import load_llm, load_tokenizer, resolve_llm
@@ -47,7 +45,8 @@ from .onepass import OnePass, OnePassParams
 from .text_encoder import TextEncoder, TextEncoderSpec
 from .towers import save_towers
 from .judges import cosine_verdicts, file_verdicts, oracle_verdicts
-from .update import FastParams, augmented_train, fit_cold_rows, item_depths, knn_prior, prior_candidates, to_backbone
+from .update import to_backbone
+from .update_stage import evaluate_coldllm, update_stage
 
 log = logging.getLogger(__name__)
 
@@ -320,176 +319,6 @@ def simulate_stage(run: Run) -> dict[str, Any]:
         write_json(folder / "report.json", report)
         rec.update(report)
     return report
-
-
-UPDATE_MODES, PRIORS, INITS = ("fast", "retrain"), ("knn", "none", "best"), ("scratch", "backbone")
-
-
-def _check_update(cfg) -> None:
-    for key, allowed in (("mode", UPDATE_MODES), ("prior", PRIORS), ("init", INITS),
-                         ("select_on", ("cold", "overall", "warm"))):
-        if getattr(cfg.update, key) not in allowed:
-            raise ConfigError(f"update.{key} {getattr(cfg.update, key)!r} must be one of {allowed}")
-
-
-def content_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor) -> torch.Tensor:
-    """The cold items' content-KNN rows in the backbone's output space (``data.cold_items`` order);
-    zeros with ``update.prior: none``."""
-    cold = torch.as_tensor(run.data.cold_items)
-    if run.cfg.update.prior == "none":
-        return item_emb.new_zeros((len(cold), item_emb.shape[1]))
-    content = torch.as_tensor(content_vectors(run), dtype=torch.float32)
-    return knn_prior(content, item_emb.cpu(), torch.as_tensor(run.data.warm_items), cold,
-                     run.cfg.update.prior_k).to(item_emb.device)
-
-
-def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
-                 validate: Callable[[torch.Tensor], float] | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The prior the update starts from and, with ``update.prior: best``, each candidate's validation
-    score (content-KNN, the filter's mapping, their blends; the best is kept, ties to content-KNN)."""
-    knn = content_prior(run, user_emb, item_emb)
-    if run.cfg.update.prior != "best":
-        return knn, {}
-    if validate is None:
-        raise ConfigError("update.prior=best chooses on validation, which only update.mode=fast does")
-    path = run.layout.filter_prior
-    mapped = load_file(str(path))["cold"].to(item_emb.device, item_emb.dtype) if path.exists() else None
-    cold = torch.as_tensor(run.data.cold_items, device=item_emb.device)
-    candidates, scores = prior_candidates(knn, mapped), {}
-    for name, rows in candidates.items():
-        table = item_emb.clone()
-        table[cold] = rows
-        scores[name] = validate(table)
-    return candidates[max(scores, key=scores.get)], scores
-
-
-def within_depth(pairs: pd.DataFrame, candidates_path: Path, depth: int | pd.Series) -> pd.DataFrame:
-    """The ``pairs`` among each item's top-``depth`` candidates of the filter (its ``rank`` column);
-    ``depth`` one number, or one per item (a Series indexed by item)."""
-    ranks = pd.read_parquet(candidates_path, columns=["item", "user", "rank"])
-    limit = depth if np.isscalar(depth) else ranks["item"].map(depth).to_numpy()
-    kept = ranks[ranks["rank"].to_numpy() < limit][["item", "user"]]
-    return pairs.merge(kept, on=["item", "user"], how="inner")
-
-
-def predicted_popularity(run: Run, content: np.ndarray | None = None, items: np.ndarray | None = None) -> np.ndarray:
-    """Each item's predicted number of users (``items``: the cold items by default): the mean training
-    degree of its ``update.prior_k`` most text-similar warm items, the content-KNN rule of the prior."""
-    data = run.data
-    content = content_vectors(run) if content is None else content
-    degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel(), dtype=torch.float32)[:, None]
-    cold = data.cold_items if items is None else items
-    return knn_prior(torch.as_tensor(content, dtype=torch.float32), degree, torch.as_tensor(data.warm_items),
-                     torch.as_tensor(cold), run.cfg.update.prior_k).squeeze(1).numpy()
-
-
-def update_fingerprint(run: Run) -> str:
-    """The update's inputs: its simulated pairs, the backbone it starts from and its settings (a
-    retraining killed under one learning rate must not be resumed under another)."""
-    digest = hashlib.sha256(run.fingerprint("update").encode())
-    for path in (run.layout.simulated, run.layout.backbone_best):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def update_stage(run: Run) -> dict[str, Any]:
-    cfg, data = run.cfg, run.data
-    folder = run.dir / "update"
-    _check_update(cfg)
-    with run.stage("update") as rec:
-        simulated = pd.read_parquet(run.layout.simulated)
-        accepted = simulated[simulated["accepted"]]
-        device = resolve_device(cfg.backbone.device)
-        user_emb, item_emb = load_backbone(run.dir / "backbone", data).to(device).embeddings()
-        validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(cfg.update.select_on,))
-        metric, setting = cfg.eval.metric, cfg.update.select_on
-
-        def validate(items: torch.Tensor) -> float:
-            scorer = (subset_scorer(user_emb, items, data.cold_items) if setting == "cold"
-                      else embedding_scorer(user_emb, items))
-            return validator.evaluate(scorer, device)[setting][metric]
-
-        prior, prior_scores = chosen_prior(run, user_emb, item_emb, validate if cfg.update.mode == "fast" else None)
-        prior = prior.to(device)
-        if prior_scores:
-            rec.update(prior=max(prior_scores, key=prior_scores.get), prior_search=prior_scores)
-        folder.mkdir(parents=True, exist_ok=True)
-        fingerprint = update_fingerprint(run)
-        if cfg.update.mode == "retrain":
-            train = augmented_train(data.matrix("train"), simulated)
-            model = build_backbone(cfg.backbone, train, seed=cfg.seed)
-            if cfg.update.init == "backbone":
-                warm_start(model, run, prior)
-            # the update's own budget, not the backbone's
-            ucfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
-                cfg.backbone, epochs=cfg.update.epochs, lr=cfg.update.retrain_lr,
-                eval_every=cfg.update.eval_every, patience=cfg.update.patience))
-            result = train_backbone(model, data, ucfg, folder, train=train, select=cfg.update.select_on,
-                                    validate_first=True, fingerprint=fingerprint)
-            user_out, item_out = load_embeddings(folder)
-            rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz),
-                       history=result.history)
-        else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
-            params = FastParams.from_config(cfg.update, cfg.seed)
-            depths = sorted(set(cfg.update.k_grid))
-            if depths and depths[-1] > cfg.filter.k:
-                raise ConfigError(f"update.k_grid {cfg.update.k_grid}: every depth must be <= filter.k={cfg.filter.k}")
-            searched, popular = [], None
-            if depths and cfg.update.depth == "popularity":
-                popular = predicted_popularity(run)
-                rec["predicted_popularity_mean"] = float(popular.mean())
-            for depth in depths or [None]:
-                per_item = depth if popular is None else pd.Series(item_depths(popular, depth, cfg.filter.k),
-                                                                   index=data.cold_items)
-                pairs = accepted if depth is None else within_depth(accepted, run.layout.candidates, per_item)
-                result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=validate)
-                searched.append((depth, len(pairs), result))
-            depth, used, result = max(searched, key=lambda s: s[2].best_score)  # the first of equals: the shallowest
-            user_out, item_out = user_emb, result.item_emb
-            rec.update(best_step=result.best_step, best_val=result.best_score, history=result.history)
-            if depths:
-                rec.update(k=depth, used_pairs=used,
-                           k_search=[{"k": d, "pairs": n, "best_val": r.best_score, "best_step": r.best_step}
-                                     for d, n, r in searched])
-        with atomic_path(folder / "embeddings.safetensors") as tmp:
-            save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},
-                      str(tmp), metadata={"fingerprint": fingerprint})
-        rec.update(accepted_pairs=len(accepted), fingerprint=fingerprint)
-    return evaluate_coldllm(run)
-
-
-def warm_start(model, run: Run, prior: torch.Tensor) -> None:
-    """Load the trained backbone's weights; the cold rows (never trained) take the prior.
-
-    The prior lives in the output space; a cold item has no edge in the training graph, so its
-    output is its ego row times the model's ``isolated_scale`` (1 for MF, 1/(layers+1) for
-    LightGCN). Dividing by it makes the backbone on its training graph score cold items exactly as
-    the prior does; the simulated edges then move them.
-    """
-    weights = load_file(str(run.layout.backbone_best))
-    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(("optim.", "rng."))})
-    scale = model.isolated_scale()
-    if scale is None:
-        raise ConfigError(f"update.init=backbone: no prior start for {model.name}; use update.init=scratch")
-    with torch.no_grad():
-        model.item.weight[run.data.cold_items] = (prior / scale).to(model.item.weight.dtype).to(model.item.weight.device)
-
-
-def updated_embeddings(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """User and item representations after the update, exactly as it validated them."""
-    tensors = load_file(str(run.layout.embeddings))
-    return tensors["user"], tensors["item"]
-
-
-def evaluate_coldllm(run: Run, split: str = "test") -> dict[str, Any]:
-    with run.stage(f"evaluate_coldllm_{split}") as rec:
-        device = resolve_device(run.cfg.backbone.device)
-        user_emb, item_emb = (t.to(device) for t in updated_embeddings(run))
-        evaluator = Evaluator(run.data, split, run.cfg.eval.ks, run.cfg.eval.batch_size)
-        metrics = evaluator.evaluate(embedding_scorer(user_emb, item_emb), device)
-        write_json(run.dir / f"metrics_coldllm_{split}.json", metrics)
-        rec["metrics"] = metrics
-    return metrics
 
 
 def prompt_template(cfg) -> PromptTemplate:
