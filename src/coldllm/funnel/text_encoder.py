@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..config import ConfigError
@@ -70,7 +71,7 @@ class TextEncoder(nn.Module):
         for weight in model.parameters():
             weight.requires_grad_(spec.tune == "full")
         if spec.tune == "lora":
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig, get_peft_model  # peft loads in a second: only when adapters are asked for
 
             torch.manual_seed(0)  # the adapters' start, whatever ran before
             targets = list(spec.lora_targets) or (["q_proj", "v_proj"] if self.causal else ["query", "value"])
@@ -138,8 +139,6 @@ class TextEncoder(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / CONFIG, asdict(self.spec))
         if self.spec.tune != "frozen":
-            from safetensors.torch import save_file
-
             with atomic_path(folder / "weights.safetensors") as tmp:
                 save_file({k: v.contiguous().cpu() for k, v in self.trained_state().items()}, str(tmp))
 
