@@ -201,7 +201,8 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
         "uses. *seconds*: fit and evaluation (for a backbone: its accumulated training); *peak MB*: the "
         "measuring process's peak resident memory when the row was written. A figure with ± is the mean over the "
         "row's seeds (the model seeds; the split stays fixed) and their standard deviation; a difference smaller "
-        "than the larger spread is not a finding.",
+        "than the larger spread is not a finding; such a row's reference-protocol figure, seconds and peak MB are "
+        "its newest seed's.",
         "",
         head + " | cold R@20, reference protocol | paper cold R@20 | seconds | peak MB | commit |",
         "|" + "---|" * (2 + 2 * len(SETTINGS) + 5),

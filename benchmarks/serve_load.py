@@ -134,7 +134,7 @@ def latency_level(port: int, clients: int, users: list[str], requests: int, seco
 
 def new_item_latency(port: int, titles: list[str], tag: str) -> list[dict]:
     """Seconds from sending ``POST /items`` until the item is in an accepted user's top 100 cold items."""
-    conn = Connection(port)
+    conn = Connection(port, BENCH_KEY)  # the service runs with keys on: a write needs this one
     out = []
     for n, title in enumerate(titles):
         item_id = f"bench-{tag}-{n}"
@@ -231,7 +231,8 @@ def main() -> None:
     if args.writers:
         return main_writers(args, run, manifest, port, log)
     args.out = args.out or str(ROOT / "results" / "serve.json")
-    proc, startup = start_server(run, port, log, args.start_timeout)
+    # keys on, as on a network: writes need the write key, reads stay open (the service's default)
+    proc, startup = start_server(run, port, log, args.start_timeout, env={"COLDLLM_API_KEYS": f"write:{BENCH_KEY}"})
     try:
         health = Connection(port).call("GET", "/health")[1]
         users, titles = sample_inputs(run, manifest, args.new_items)
@@ -252,6 +253,7 @@ def main() -> None:
         "run": run.name, "run_commit": manifest.get("commit"), "commit": git_commit(ROOT), "date": now_iso(),
         "machine": machine(), "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
         "client": "http.client keep-alive connections, one thread per client, in one process beside the service",
+        "keys": "on: writes with a write key, reads open",
     }
     write_json(Path(args.out), result)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (list, dict))}, indent=2))
