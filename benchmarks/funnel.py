@@ -85,12 +85,15 @@ VARIANTS = {
     "paper-filter": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=all"], {}),
     "paper-refiner": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=file"],
                       {"filter": "paper-filter"}),
+    # MovieLens-1M: the one-pass simulator reading the title alone (how much the year and genres give);
+    # the backbone is the same (it never reads the text)
+    "onepass-title": (["--filter.towers=onepass", "--refiner.judge=all", "--data.text_template='{movie_title}'"], {}),
     **{oracle_name(r, f): (["--refiner.judge=oracle", f"--refiner.oracle_r={r}", f"--refiner.oracle_f={f}"],
                            {"filter": "coldllm"}) for r, f in ORACLE_GRID},
 }
 # the language-model judge is not in the default list: on 2 CPU cores its fine-tuning and the
 # 68k judged pairs take hours (run it with --variants coldllm where a GPU is available)
-DEFAULT_VARIANTS = [v for v in VARIANTS if v != "coldllm"]
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title")]
 
 
 @dataclass(frozen=True)
