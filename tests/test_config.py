@@ -153,3 +153,10 @@ def test_an_override_yaml_cannot_read_is_one_line_naming_it():
         load_config(None, ["--data.text_template={} x"])
     with pytest.raises(ConfigError, match=r"data\.text_template' must name a column in every \{field\}"):
         load_config(None, ["--data.text_template='{0} x'"])
+
+
+def test_a_text_setting_given_a_mapping_is_refused_not_stringified():
+    # `{movie_title}` unquoted reads as a YAML mapping: say so instead of storing "{'movie_title': None}"
+    with pytest.raises(ConfigError, match=r"config key 'data\.text_template' expects str, got \{'movie_title': None\}"):
+        load_config(None, ["--data.text_template={movie_title}"])
+    assert load_config(None, ["--data.text_template='{movie_title}'"]).data.text_template == "{movie_title}"

@@ -453,6 +453,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if hint is float:
             return float(value)
         if hint is str:
+            if isinstance(value, (dict, list)):  # `{title}` unquoted is a YAML mapping, not a text
+                raise ValueError(value)
             return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"config key '{key}' expects {hint.__name__}, got {value!r}") from None
