@@ -96,6 +96,17 @@ def start_server(run: Path, port: int, log: Path, wait: float, options: list[str
     raise SystemExit(f"the service did not start within {wait:.0f} s; see {log}")
 
 
+def run_threads(target, n: int) -> float:
+    """``target(i)`` for i < n, each in its own thread, all at once; the wall seconds until all end."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    wall = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - wall
+
+
 def latency_level(port: int, clients: int, users: list[str], requests: int, seconds: float) -> dict:
     """p50/p99 of recommendation requests with ``clients`` concurrent keep-alive clients."""
     per_client = max(1, requests // clients)
@@ -119,13 +130,7 @@ def latency_level(port: int, clients: int, users: list[str], requests: int, seco
             samples[n].append(time.perf_counter() - start)
             errors[n] += status != 200
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    wall = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - wall
+    wall = run_threads(client, clients)
     ms = np.array([s for c in samples for s in c]) * 1000
     return {"clients": clients, "requests": int(len(ms)), "errors": int(sum(errors)),
             "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
@@ -177,13 +182,7 @@ def writers_check(port: int, writers: int, per_writer: int, titles: list[str], t
                                "retry_after": conn.last_headers.get("retry-after") if status == 503 else None})
 
     before = Connection(port).call("GET", "/health")[1]["online_items"]
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
-    wall = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - wall
+    wall = run_threads(writer, writers)
     flat = [a for per in answers for a in per]
     acked = [a for a in flat if a["status"] == 201]
     refused = [a for a in flat if a["status"] == 503]
