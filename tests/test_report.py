@@ -98,3 +98,33 @@ def test_model_card(tmp_path):
     assert path.name == "README.md" and text.startswith("---\nlibrary_name: peft\nbase_model: smollm2-135m\n")
     assert "| hard | 0.5100 | 0.6200 | 0.5000 | 0.5800 |" in text
     assert "6,000 tuning prompts" in text and "`abc123`" in text and "2026-01-02" in text and "r=8, alpha=16" in text
+
+
+def test_the_closing_words_say_which_row_is_the_method_and_how_far_it_moved():
+    from coldllm.report.build import what_moved
+
+    row = lambda r: {"cold": {"recall": r, "ndcg": r / 2}}  # noqa: E731
+    words = what_moved({"backbone": row(0.01), "knn": row(0.30), "prior": row(0.30), "coldllm": row(0.325)}, 20)
+    assert words == ("The method is the ColdLLM row: it moved cold Recall@20 by +0.0250 from its prior; "
+                     "controls: backbone, knn.")
+    kept = what_moved({"prior": row(0.3), "coldllm": row(0.3)}, 20)
+    assert "left cold Recall@20 where its prior put it" in kept
+
+
+def test_the_report_shows_the_prior_the_update_chose(tmp_path):
+    cfg = str(write_project(tmp_path))
+    result = CliRunner().invoke(app, [
+        "run", "-c", cfg, "--stages=[prepare, train, filter, simulate, update]", "--filter.text_model=minilm",
+        "--filter.towers=onepass", "--filter.onepass={epochs: 2, hidden: 16}", "--refiner.judge=all",
+        "--filter.k=5", "--update.steps=20", "--update.prior=best"])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tiny"
+    chosen = json.loads((run_dir / "manifest.json").read_text())["stages"]["update"]["prior"]
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--split", "val"])
+    assert result.exit_code == 0, result.output
+    curves = json.loads((run_dir / "report" / "curves.json").read_text())
+    label = curves["methods"]["prior"]["label"]
+    assert (chosen in label) if chosen != "knn" else "content-KNN" in label
+    # on validation, the prior row scores what the update's first validation (step 0) scored
+    start = json.loads((run_dir / "manifest.json").read_text())["stages"]["update"]["history"][0]["val"]
+    assert curves["methods"]["prior"]["cold"]["ndcg"][curves["ks"].index(20)] == pytest.approx(start, abs=1e-6)

@@ -64,9 +64,22 @@ def build_report(run_dir: Path, out: Path | None = None, split: str = "test", de
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render(ctx))
     labels = {m: e["label"] for m, e in curves["methods"].items()}
-    ctx["table"] = console_table(ctx["at_k"], labels, HEADLINE_K)
+    ctx["table"] = console_table(ctx["at_k"], labels, HEADLINE_K) + "\n" + what_moved(ctx["at_k"], HEADLINE_K)
     ctx["out"] = out
     return ctx
+
+
+def what_moved(at_k: dict[str, dict[str, dict[str, float]]], k: int) -> str:
+    """In words: which row is the method, which are controls, and how far the method moved cold
+    Recall@K from the prior its update started at."""
+    controls = [m for m in ("backbone", "random", "knn") if m in at_k]
+    words = f"controls: {', '.join(controls)}." if controls else ""
+    if "coldllm" in at_k and "prior" in at_k:
+        delta = at_k["coldllm"]["cold"]["recall"] - at_k["prior"]["cold"]["recall"]
+        moved = ("left cold Recall@{k} where its prior put it (the update kept its start on validation)"
+                 if abs(delta) < 5e-5 else f"moved cold Recall@{k} by {delta:+.4f} from its prior")
+        words = f"The method is the ColdLLM row: it {moved.format(k=k)}; " + words
+    return words
 
 
 def _threshold(run: FinishedRun) -> float | None:

@@ -21,6 +21,7 @@ import torch
 
 from ..config import ConfigError, RunConfig
 from ..data import ColdStartData
+from ..funnel.update import prior_candidates
 from ..layout import RunLayout
 from ..utils import read_safetensors
 
@@ -74,11 +75,17 @@ def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method
     out = [Method("backbone", f"{run.cfg.backbone.model} backbone alone", user_emb, item_emb)]
     out += _controls(run, user_emb, item_emb, device)
     if run.layout.embeddings.exists():
-        if run.cfg.update.prior == "knn":
+        if run.cfg.update.prior in ("knn", "best"):
             starts_there = run.cfg.update.mode == "fast" or run.cfg.update.init == "backbone"
-            label = "content prior (the update's start)" if starts_there else "content prior (content-KNN)"
-            out.append(Method("prior", label, user_emb,
-                              _with_cold_rows(run, item_emb, _prior(run, item_emb))))
+            # with prior: best, the one the update chose on validation (its name is in the manifest)
+            chosen = run.manifest.get("stages", {}).get("update", {}).get("prior", "knn")
+            rows = _prior(run, item_emb)
+            if chosen != "knn":
+                mapped = read_safetensors(run.layout.filter_prior)["cold"].to(rows)
+                rows = prior_candidates(rows, mapped)[chosen]
+            what = "content-KNN" if chosen == "knn" else f"{chosen}, chosen on validation"
+            label = f"content prior ({what}{'; the update starts there' if starts_there else ''})"
+            out.append(Method("prior", label, user_emb, _with_cold_rows(run, item_emb, rows)))
         tensors = read_safetensors(run.layout.embeddings)
         out.append(Method("coldllm", f"ColdLLM ({run.cfg.refiner.judge} judge, {run.cfg.update.mode} update)",
                           tensors["user"].to(device), tensors["item"].to(device)))
