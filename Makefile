@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= configs/quickstart.yaml
+ARGS ?=
 BIN := $(VENV)/bin
 
 .PHONY: install run test docs bench clean
@@ -20,8 +21,8 @@ install: $(VENV)/.installed
 
 # the run, then its report: the K=20 table on the terminal, curves and funnel in runs/<name>/report/
 run: install
-	$(BIN)/coldllm run --config $(CONFIG)
-	$(BIN)/coldllm report --config $(CONFIG)
+	$(BIN)/coldllm run --config $(CONFIG) $(ARGS)
+	$(BIN)/coldllm report --config $(CONFIG) $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest

@@ -87,7 +87,9 @@ def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method
             label = f"content prior ({what}{'; the update starts there' if starts_there else ''})"
             out.append(Method("prior", label, user_emb, _with_cold_rows(run, item_emb, rows)))
         tensors = read_safetensors(run.layout.embeddings)
-        out.append(Method("coldllm", f"ColdLLM ({run.cfg.refiner.judge} judge, {run.cfg.update.mode} update)",
+        how = ("one-pass simulator" if run.cfg.filter.towers == "onepass" and run.cfg.refiner.judge == "all"
+               else f"{run.cfg.refiner.judge} judge")
+        out.append(Method("coldllm", f"ColdLLM ({how}, {run.cfg.update.mode} update)",
                           tensors["user"].to(device), tensors["item"].to(device)))
     return out
 
