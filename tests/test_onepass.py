@@ -126,3 +126,18 @@ def test_a_saved_text_encoder_encodes_as_it_did(planted, tmp_path):
     # and so the one-pass scores of a new text are the same through either
     z = lambda enc: tuned.net(torch.nn.functional.normalize(torch.as_tensor(enc.encode(texts)), dim=1))  # noqa: E731
     torch.testing.assert_close(tuned.head(z(again)), tuned.head(z(encoder)))
+
+
+def test_a_filter_refitted_without_a_text_encoder_leaves_none_behind(tmp_path, tiny_llm_dir):
+    """The service reads filter/text_encoder/ when it is there: a run whose filter is fitted again
+    as another filter must not keep the one-pass encoder of the one before."""
+    cfg = str(write_project(tmp_path))
+    base = ["run", "-c", cfg, "--stages=[prepare, train, filter]", "--filter.k=4"]
+    text = f"--filter.onepass={{epochs: 1, hidden: 16, encoder: text, text_model: '{tiny_llm_dir}', lora_r: 2}}"
+    assert CliRunner().invoke(app, [*base, "--filter.towers=onepass", text]).exit_code == 0
+    folder = tmp_path / "runs" / "tiny" / "filter" / "text_encoder"
+    assert (folder / "text_encoder.json").is_file()
+    # another filter altogether (the knn collaborative tower) fitted in the same run folder
+    result = CliRunner().invoke(app, [*base, "--filter.towers=collab", "--filter.collab_source=knn", text])
+    assert result.exit_code == 0, result.output
+    assert not folder.exists()

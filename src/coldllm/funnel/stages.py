@@ -70,7 +70,7 @@ def llm_text_vectors(run: Run) -> np.ndarray:
 
 def filter_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
-    folder = run.dir / "filter"
+    folder = run.layout.filter
     if cfg.filter.towers not in TOWERS:
         raise ConfigError(f"filter.towers {cfg.filter.towers!r} must be one of {TOWERS}")
     if cfg.filter.collab_source not in COLLAB_SOURCES:
@@ -79,10 +79,12 @@ def filter_stage(run: Run) -> dict[str, Any]:
         raise ConfigError("filter.file: a path is needed with filter.towers=file")
     with run.stage("filter") as rec:
         device = resolve_device(cfg.baselines.device)
-        backbone = load_backbone(run.dir / "backbone", data)
+        backbone = load_backbone(run.layout.backbone, data)
         ctx = make_context(data, backbone, content_vectors(run), device, cfg.seed, cfg.eval.ks, cfg.eval.metric)
         towers = cfg.filter.towers
         collab = lm = mapped = fitted = None
+        # whatever another filter left is gone before this one fits: the service loads what is there
+        shutil.rmtree(run.layout.text_encoder, ignore_errors=True)
         if towers in ("coupled", "collab"):
             collab = (ALDI(cfg.filter.collab).fit(ctx) if cfg.filter.collab_source == "aldi"
                       else KNNTower(ctx, cfg.update.prior_k))
@@ -90,8 +92,6 @@ def filter_stage(run: Run) -> dict[str, Any]:
             lm = LanguageTower(_params(LMTowerParams, cfg.filter.lm, "filter.lm")).fit(ctx, llm_text_vectors(run))
         if towers == "onepass":
             params = _params(OnePassParams, cfg.filter.onepass, "filter.onepass")
-            (run.layout.text_encoder).mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(run.layout.text_encoder)  # never an encoder left by other settings
             if params.encoder == "text":  # the item text through a language model that learns with the head
                 spec = TextEncoderSpec(model=params.text_model or cfg.filter.text_model, tune=params.tune,
                                        pooling=params.pooling, max_length=params.max_length, lora_r=params.lora_r,
@@ -133,8 +133,8 @@ def filter_stage(run: Run) -> dict[str, Any]:
             # the same filter on warm items gives on-topic non-interacted users: hard negatives
             warm = top_users(warm_emb, cfg.filter.k, cfg.filter.index)
         folder.mkdir(parents=True, exist_ok=True)
-        for frame, name in ((candidates, "candidates.parquet"), (warm, "warm_candidates.parquet")):
-            with atomic_path(folder / name) as tmp:
+        for frame, path in ((candidates, run.layout.candidates), (warm, run.layout.warm_candidates)):
+            with atomic_path(path) as tmp:
                 frame.to_parquet(tmp)
         # what the filter fitted, for new items later (the service loads it, never fits it again)
         (run.layout.filter_towers).unlink(missing_ok=True)
@@ -149,7 +149,7 @@ def filter_stage(run: Run) -> dict[str, Any]:
         report = {"towers": towers, "k": cfg.filter.k, "cold_items": len(data.cold_items),
                   "val": funnel_coverage(candidates, data.parts["cold_val"]),
                   "test": funnel_coverage(candidates, data.parts["cold_test"])}
-        write_json(folder / "report.json", report)
+        write_json(run.layout.filter_report, report)
         rec.update(report)
     return report
 
@@ -168,7 +168,7 @@ def _split_users(run: Run, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 def finetune_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
-    folder = run.dir / "refiner"
+    folder = run.layout.refiner
     with run.stage("finetune") as rec:
         if cfg.refiner.judge != "llm":
             rec["skipped"] = f"refiner.judge is {cfg.refiner.judge!r}: no language model to tune"
@@ -203,7 +203,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         peft_model = add_lora(model, lora)
         _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
                                 prompts.yes_id, prompts.no_id, lora,
-                                out_dir=folder / "adapter", checkpoint=folder / "checkpoint.safetensors",
+                                out_dir=run.layout.adapter, checkpoint=run.layout.refiner_checkpoint,
                                 base=cfg.refiner.model, gradient_checkpointing=cfg.refiner.gradient_checkpointing)
         # the adapter is saved; merged, the held-out pairs are judged as the simulation judges them
         judge = Judge(peft_model.merge_and_unload(), prompts, cfg.refiner.batch_size)
@@ -220,10 +220,10 @@ def finetune_stage(run: Run) -> dict[str, Any]:
         report["loss_history"] = history
         report["peak_memory_mb"] = round(peak_memory_mb(), 1)
         # the simulation's input, in a file of its own: a report is for people and may change shape
-        write_json(folder / "threshold.json", {"threshold": report["threshold"]})
-        write_json(folder / "report.json", report)
+        write_json(run.layout.threshold, {"threshold": report["threshold"]})
+        write_json(run.layout.refiner_report, report)
         rec.update({k: report[k] for k in ("train_examples", "before", "after", "threshold")})
-        write_model_card(folder / "adapter", base_model=cfg.refiner.model, dataset=cfg.data.name,
+        write_model_card(run.layout.adapter, base_model=cfg.refiner.model, dataset=cfg.data.name,
                          train_examples=report["train_examples"], eval_examples=report["eval_examples"],
                          settings=report["lora"], before=report["before"], after=report["after"],
                          threshold=report["threshold"], commit=run.manifest["commit"])
@@ -233,7 +233,7 @@ def finetune_stage(run: Run) -> dict[str, Any]:
 def known_verdicts(run: Run) -> pd.DataFrame | None:
     """P(Yes) already computed by the same judge in the runs named by ``refiner.verdicts_from``."""
     frames = []
-    mine = (run.dir / "refiner").resolve()
+    mine = run.layout.refiner.resolve()
     for name in run.cfg.refiner.verdicts_from:
         other = Path(run.cfg.runs_dir) / name
         if (other / "refiner").resolve() != mine:
@@ -250,7 +250,7 @@ JUDGES = ("llm", "cosine", "all", "file", "oracle")
 
 def simulate_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
-    folder = run.dir / "simulate"
+    folder = run.layout.simulate
     if cfg.refiner.judge not in JUDGES:
         raise ConfigError(f"refiner.judge {cfg.refiner.judge!r} must be one of {JUDGES}")
     with run.stage("simulate") as rec:
@@ -309,14 +309,14 @@ def simulate_stage(run: Run) -> dict[str, Any]:
         else:  # the no-refiner ablation: every filtered pair becomes an interaction
             simulated = candidates[["user", "item"]].assign(p_yes=1.0, accepted=True)
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "simulated.parquet") as tmp:
+        with atomic_path(run.layout.simulated) as tmp:
             simulated.to_parquet(tmp)
         accepted = simulated[simulated["accepted"]]
         report = {"judge": judge_kind, "pairs": len(simulated), "accepted": len(accepted),
                   "accept_rate": float(simulated["accepted"].mean()) if len(simulated) else 0.0,
                   "refined_test": funnel_coverage(accepted, data.parts["cold_test"]),
                   "refined_val": funnel_coverage(accepted, data.parts["cold_val"])}
-        write_json(folder / "report.json", report)
+        write_json(run.layout.simulate_report, report)
         rec.update(report)
     return report
 
