@@ -49,10 +49,11 @@ def main() -> None:
     def ndcg(items, split: str) -> float:
         return evaluators[split].evaluate(subset_scorer(user_emb, items, data.cold_items))["cold"]["ndcg@20"]
 
-    prior, _ = chosen_prior(run, user_emb, item_emb, lambda items: ndcg(items, "val"))
+    _, prior, _ = chosen_prior(run, user_emb, item_emb, lambda items: ndcg(items, "val"))
     simulated = pd.read_parquet(run.layout.simulated)
     accepted = simulated[simulated["accepted"]]
     popular = predicted_popularity(run)
+    ranks = pd.read_parquet(run.layout.candidates, columns=["item", "user", "rank"])
     params = dataclasses.replace(FastParams.from_config(cfg.update, cfg.seed), eval_every=args.every,
                                  patience=10 ** 6, steps=args.steps)
     out = ROOT / "results" / cfg.data.name / "update-curve.json"
@@ -61,7 +62,7 @@ def main() -> None:
         for depth in args.depths:
             per_item = depth if mode == "fixed" else pd.Series(item_depths(popular, depth, cfg.filter.k),
                                                                index=data.cold_items)
-            pairs = within_depth(accepted, run.layout.candidates, per_item)
+            pairs = within_depth(accepted, ranks, per_item)
             curve = []
 
             def both(items):

@@ -229,8 +229,8 @@ def held_write(client: TestClient, service: StandIn) -> threading.Thread:
     return first
 
 
-def test_a_write_that_cannot_get_its_turn_in_time_is_503_with_retry_after():
-    client, service = app_client(limits=Limits(write_timeout=0.3, write_queue=4))
+def second_write_behind_a_held_one(client, service):
+    """POST a second item while a first write holds the queue; its answer and how long it waited."""
     with client:  # one event loop for every request, as in the server
         first = held_write(client, service)
         start = time.perf_counter()
@@ -238,6 +238,12 @@ def test_a_write_that_cannot_get_its_turn_in_time_is_503_with_retry_after():
         waited = time.perf_counter() - start
         service.gate.set()
         first.join(10)
+    return response, waited
+
+
+def test_a_write_that_cannot_get_its_turn_in_time_is_503_with_retry_after():
+    client, service = app_client(limits=Limits(write_timeout=0.3, write_queue=4))
+    response, waited = second_write_behind_a_held_one(client, service)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json()["detail"][0]["loc"] == ["queue"]
     assert 0.3 <= waited < 3  # it waited its timeout, not for the write ahead of it
@@ -246,13 +252,7 @@ def test_a_write_that_cannot_get_its_turn_in_time_is_503_with_retry_after():
 
 def test_a_full_write_queue_answers_503_at_once():
     client, service = app_client(limits=Limits(write_timeout=30, write_queue=0))
-    with client:
-        first = held_write(client, service)
-        start = time.perf_counter()
-        response = client.post("/items", json={"id": "second", "text": "c d"})
-        waited = time.perf_counter() - start
-        service.gate.set()
-        first.join(10)
+    response, waited = second_write_behind_a_held_one(client, service)
     assert response.status_code == 503 and "waiting already" in response.json()["detail"][0]["msg"]
     assert waited < 5  # far below the 30 s timeout
 

@@ -184,11 +184,11 @@ def test_the_candidate_depth_is_chosen_on_validation(tmp_path):
 
 
 def test_a_scorer_in_the_backbones_user_space_is_projected_exactly():
-    from coldllm.funnel.update import project_scorer
+    from coldllm.funnel.update import to_backbone
 
     gen = torch.Generator().manual_seed(0)
     users, mix, items = (torch.randn(s, generator=gen, dtype=torch.float64) for s in ((50, 4), (4, 4), (3, 4)))
-    rows = project_scorer(users, users @ mix, items)  # the other scorer's users: a linear map of these
+    rows = items @ to_backbone(users, users @ mix).T  # the other scorer's users: a linear map of these
     # exact up to the tiny ridge that keeps a rank-deficient user matrix solvable
     torch.testing.assert_close(users @ rows.T, (users @ mix) @ items.T, rtol=1e-4, atol=1e-4)
     assert rows.shape == (3, 4)
@@ -213,6 +213,8 @@ def test_popular_items_take_deeper_candidate_lists():
     # predictions 1, 2, 3 (mean 2): a mean depth of 4 gives 2, 4, 6; the cap and the floor of 1 hold
     assert item_depths(np.array([1.0, 2.0, 3.0]), 4, cap=10).tolist() == [2, 4, 6]
     assert item_depths(np.array([0.0, 1.0, 11.0]), 4, cap=10).tolist() == [1, 1, 10]
+    # a later item is scaled by the run's own mean, not by itself: 3 over a mean of 2 gives 6
+    assert item_depths(np.array([3.0]), 4, cap=10, mean=2.0).tolist() == [6]
 
 
 def test_per_item_depths_keep_each_items_top_candidates(tmp_path):
@@ -221,9 +223,10 @@ def test_per_item_depths_keep_each_items_top_candidates(tmp_path):
     candidates = pd.DataFrame({"item": [7] * 4 + [9] * 4, "user": [1, 2, 3, 4, 5, 6, 7, 8], "rank": [0, 1, 2, 3] * 2})
     candidates.to_parquet(tmp_path / "c.parquet")
     pairs = candidates[["user", "item"]].assign(accepted=True)
-    kept = within_depth(pairs, tmp_path / "c.parquet", pd.Series({7: 1, 9: 3}))
+    ranks = pd.read_parquet(tmp_path / "c.parquet")
+    kept = within_depth(pairs, ranks, pd.Series({7: 1, 9: 3}))
     assert sorted(zip(kept["item"], kept["user"])) == [(7, 1), (9, 5), (9, 6), (9, 7)]
-    assert len(within_depth(pairs, tmp_path / "c.parquet", 2)) == 4
+    assert len(within_depth(pairs, ranks, 2)) == 4
 
 
 def test_popularity_depths_run_through_the_update(tmp_path):

@@ -18,6 +18,7 @@ from . import pipeline
 from .config import ConfigError, RunConfig, load_config
 from .data import DataError
 from .data.fetch import fetch as fetch_dataset
+from .layout import RunLayout
 from .utils import setup_logging
 
 # one line per paragraph: the help renderer keeps line breaks as they are written
@@ -41,7 +42,7 @@ def _setup(ctx: typer.Context, config: Optional[Path]) -> pipeline.Run:
     cfg: RunConfig = load_config(config, ctx.args)
     if not cfg.run_dir.exists():
         ctx.meta[FRESH_RUN] = cfg.run_dir
-    setup_logging(cfg.run_dir / "log.txt")
+    setup_logging(RunLayout(cfg.run_dir).log)
     return pipeline.Run(cfg)
 
 

@@ -27,8 +27,9 @@ class RunLayout:
     def log(self) -> Path:
         return self.root / "log.txt"
 
-    def metrics(self, split: str, what: str = "coldllm") -> Path:
-        return self.root / f"metrics_{what}_{split}.json"
+    def metrics(self, split: str, what: str = "") -> Path:
+        """The metrics file of ``split``: the backbone's, or (``what="coldllm"``) after the update."""
+        return self.root / f"metrics_{what + '_' if what else ''}{split}.json"
 
     # -- train ---------------------------------------------------------------------------------------
     @property
@@ -89,6 +90,11 @@ class RunLayout:
         return self.refiner / "adapter"
 
     @property
+    def refiner_checkpoint(self) -> Path:
+        """Where a fine-tuning keeps its place (resumed only by the same inputs)."""
+        return self.refiner / "checkpoint.safetensors"
+
+    @property
     def threshold(self) -> Path:
         return self.refiner / "threshold.json"
 
@@ -118,6 +124,11 @@ class RunLayout:
     def embeddings(self) -> Path:
         """User and item rows after the update, as it validated them."""
         return self.update / "embeddings.safetensors"
+
+    @property
+    def report(self) -> Path:
+        """``coldllm report``'s folder (unless it is told another)."""
+        return self.root / "report"
 
     # -- serve ---------------------------------------------------------------------------------------
     @property

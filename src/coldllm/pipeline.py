@@ -19,6 +19,7 @@ from .content import encoder_key
 from .data.dataset import cache_key
 from .evaluate import Evaluator, embedding_scorer, format_results
 from .funnel.stages import FUNNEL_STAGES
+from .layout import RunLayout
 # re-exported: the run folder is what most callers of the pipeline also need
 from .run import Run, content_vectors, stage_inputs, with_defaults  # noqa: F401  (Run, content_vectors: for callers)
 from .utils import resolve_device, write_json
@@ -42,7 +43,7 @@ def train(run: Run, resume: bool = True) -> None:
     with run.stage("train") as rec:
         data = run.data
         model = build_backbone(run.cfg.backbone, data.matrix("train"), seed=run.cfg.seed)
-        result = train_backbone(model, data, run.cfg, run.dir / "backbone",
+        result = train_backbone(model, data, run.cfg, run.layout.backbone,
                                 resume=resume and "train" not in run.stale, fingerprint=run.fingerprint("train"))
         rec.update(best_epoch=result.best_epoch, best_val=result.best_score, epochs=result.epoch,
                    train_seconds=round(result.seconds, 2))
@@ -51,12 +52,12 @@ def train(run: Run, resume: bool = True) -> None:
 def evaluate(run: Run, split: str = "test") -> dict[str, dict[str, float]]:
     with run.stage(f"evaluate_{split}") as rec:
         device = resolve_device(run.cfg.backbone.device)
-        model = load_backbone(run.dir / "backbone", run.data).to(device)
+        model = load_backbone(run.layout.backbone, run.data).to(device)
         user_emb, item_emb = model.embeddings()
         evaluator = Evaluator(run.data, split, run.cfg.eval.ks, run.cfg.eval.batch_size)
         results = evaluator.evaluate(embedding_scorer(user_emb, item_emb), device)
         rec["metrics"] = results
-        write_json(run.dir / f"metrics_{split}.json", results)
+        write_json(run.layout.metrics(split), results)
         log.info("%s results:\n%s", split, format_results(results))
     return results
 
@@ -87,7 +88,7 @@ def baselines(run: Run, methods: list[str] | None = None) -> dict[str, dict[str,
                 reports[name] = json.loads(path.read_text())
                 continue
             if ctx is None:
-                backbone = load_backbone(run.dir / "backbone", run.data)
+                backbone = load_backbone(run.layout.backbone, run.data)
                 ctx = make_context(run.data, backbone, content_vectors(run), device, run.cfg.seed,
                                    run.cfg.eval.ks, run.cfg.eval.metric)
             _, report = fit_and_evaluate(name, run.cfg.baselines.params.get(name), ctx, ks=run.cfg.eval.ks)
@@ -119,7 +120,7 @@ def reuse_stage(run: Run, stage: str, source: str) -> dict[str, Any]:
     if stage not in STAGE_FOLDERS:
         raise ConfigError(f"reuse.{stage}: only {sorted(STAGE_FOLDERS)} can be reused")
     src = Path(run.cfg.runs_dir) / source
-    manifest_path = src / "manifest.json"
+    manifest_path = RunLayout(src).manifest
     if not manifest_path.exists():
         raise ConfigError(f"reuse.{stage}: {manifest_path} not found")
     manifest = json.loads(manifest_path.read_text())

@@ -77,14 +77,11 @@ def to_backbone(user_emb: torch.Tensor, scorer_users: torch.Tensor) -> torch.Ten
     return torch.linalg.solve(gram + ridge, user_emb.T @ scorer_users.to(user_emb.dtype))
 
 
-def project_scorer(user_emb: torch.Tensor, scorer_users: torch.Tensor, scorer_items: torch.Tensor) -> torch.Tensor:
-    """``scorer_items`` mapped into the backbone's space by ``to_backbone``."""
-    return scorer_items.to(user_emb.dtype) @ to_backbone(user_emb, scorer_users).T
-
-
-def item_depths(predicted: np.ndarray, mean_depth: int, cap: int) -> np.ndarray:
-    """Per item, ``mean_depth`` scaled by its predicted popularity over the mean prediction, in [1, cap]."""
-    scale = predicted / max(float(np.mean(predicted)), 1e-12)
+def item_depths(predicted: np.ndarray, mean_depth: int, cap: int, mean: float | None = None) -> np.ndarray:
+    """Per item, ``mean_depth`` scaled by its predicted popularity over the mean prediction (``mean``:
+    the run's own, for items that come later; default: these items'), in [1, cap]."""
+    mean = float(np.mean(predicted)) if mean is None else mean
+    scale = predicted / max(mean, 1e-12)
     return np.clip(np.rint(mean_depth * scale), 1, cap).astype(np.int64)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -49,12 +48,13 @@ def content_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor) -> t
 
 
 def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
-                 validate: Callable[[torch.Tensor], float] | None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The prior the update starts from and, with ``update.prior: best``, each candidate's validation
-    score (content-KNN, the filter's mapping, their blends; the best is kept, ties to content-KNN)."""
+                 validate: Callable[[torch.Tensor], float] | None) -> tuple[str, torch.Tensor, dict[str, float]]:
+    """The name and rows of the prior the update starts from and, with ``update.prior: best``, each
+    candidate's validation score (content-KNN, the filter's mapping, their blends; the best is kept,
+    ties to content-KNN)."""
     knn = content_prior(run, user_emb, item_emb)
     if run.cfg.update.prior != "best":
-        return knn, {}
+        return run.cfg.update.prior, knn, {}
     if validate is None:
         raise ConfigError("update.prior=best chooses on validation, which only update.mode=fast does")
     path = run.layout.filter_prior
@@ -65,27 +65,26 @@ def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
         table = item_emb.clone()
         table[cold] = rows
         scores[name] = validate(table)
-    return candidates[max(scores, key=scores.get)], scores
+    best = max(scores, key=scores.get)
+    return best, candidates[best], scores
 
 
-def within_depth(pairs: pd.DataFrame, candidates_path: Path, depth: int | pd.Series) -> pd.DataFrame:
-    """The ``pairs`` among each item's top-``depth`` candidates of the filter (its ``rank`` column);
-    ``depth`` one number, or one per item (a Series indexed by item)."""
-    ranks = pd.read_parquet(candidates_path, columns=["item", "user", "rank"])
+def within_depth(pairs: pd.DataFrame, ranks: pd.DataFrame, depth: int | pd.Series) -> pd.DataFrame:
+    """The ``pairs`` among each item's top-``depth`` candidates of the filter (``ranks``: its
+    candidates' item, user and rank); ``depth`` one number, or one per item (a Series indexed by item)."""
     limit = depth if np.isscalar(depth) else ranks["item"].map(depth).to_numpy()
     kept = ranks[ranks["rank"].to_numpy() < limit][["item", "user"]]
     return pairs.merge(kept, on=["item", "user"], how="inner")
 
 
-def predicted_popularity(run: Run, content: np.ndarray | None = None, items: np.ndarray | None = None) -> np.ndarray:
-    """Each item's predicted number of users (``items``: the cold items by default): the mean training
-    degree of its ``update.prior_k`` most text-similar warm items, the content-KNN rule of the prior."""
+def predicted_popularity(run: Run) -> np.ndarray:
+    """Each cold item's predicted number of users: the mean training degree of its ``update.prior_k``
+    most text-similar warm items, the content-KNN rule of the prior."""
     data = run.data
-    content = content_vectors(run) if content is None else content
     degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel(), dtype=torch.float32)[:, None]
-    cold = data.cold_items if items is None else items
-    return knn_prior(torch.as_tensor(content, dtype=torch.float32), degree, torch.as_tensor(data.warm_items),
-                     torch.as_tensor(cold), run.cfg.update.prior_k).squeeze(1).numpy()
+    return knn_prior(torch.as_tensor(content_vectors(run), dtype=torch.float32), degree,
+                     torch.as_tensor(data.warm_items), torch.as_tensor(data.cold_items),
+                     run.cfg.update.prior_k).squeeze(1).numpy()
 
 
 def update_fingerprint(run: Run) -> str:
@@ -99,13 +98,13 @@ def update_fingerprint(run: Run) -> str:
 
 def update_stage(run: Run) -> dict[str, Any]:
     cfg, data = run.cfg, run.data
-    folder = run.dir / "update"
+    folder = run.layout.update
     _check_update(cfg)
     with run.stage("update") as rec:
         simulated = pd.read_parquet(run.layout.simulated)
         accepted = simulated[simulated["accepted"]]
         device = resolve_device(cfg.backbone.device)
-        user_emb, item_emb = load_backbone(run.dir / "backbone", data).to(device).embeddings()
+        user_emb, item_emb = load_backbone(run.layout.backbone, data).to(device).embeddings()
         validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(cfg.update.select_on,))
         metric, setting = cfg.eval.metric, cfg.update.select_on
 
@@ -114,10 +113,11 @@ def update_stage(run: Run) -> dict[str, Any]:
                       else embedding_scorer(user_emb, items))
             return validator.evaluate(scorer, device)[setting][metric]
 
-        prior, prior_scores = chosen_prior(run, user_emb, item_emb, validate if cfg.update.mode == "fast" else None)
+        name, prior, prior_scores = chosen_prior(run, user_emb, item_emb,
+                                                 validate if cfg.update.mode == "fast" else None)
         prior = prior.to(device)
         if prior_scores:
-            rec.update(prior=max(prior_scores, key=prior_scores.get), prior_search=prior_scores)
+            rec.update(prior=name, prior_search=prior_scores)
         folder.mkdir(parents=True, exist_ok=True)
         fingerprint = update_fingerprint(run)
         if cfg.update.mode == "retrain":
@@ -140,13 +140,14 @@ def update_stage(run: Run) -> dict[str, Any]:
             if depths and depths[-1] > cfg.filter.k:
                 raise ConfigError(f"update.k_grid {cfg.update.k_grid}: every depth must be <= filter.k={cfg.filter.k}")
             searched, popular = [], None
+            ranks = pd.read_parquet(run.layout.candidates, columns=["item", "user", "rank"]) if depths else None
             if depths and cfg.update.depth == "popularity":
                 popular = predicted_popularity(run)
                 rec["predicted_popularity_mean"] = float(popular.mean())
             for depth in depths or [None]:
                 per_item = depth if popular is None else pd.Series(item_depths(popular, depth, cfg.filter.k),
                                                                    index=data.cold_items)
-                pairs = accepted if depth is None else within_depth(accepted, run.layout.candidates, per_item)
+                pairs = accepted if depth is None else within_depth(accepted, ranks, per_item)
                 result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=validate)
                 searched.append((depth, len(pairs), result))
             depth, used, result = max(searched, key=lambda s: s[2].best_score)  # the first of equals: the shallowest
@@ -156,7 +157,7 @@ def update_stage(run: Run) -> dict[str, Any]:
                 rec.update(k=depth, used_pairs=used,
                            k_search=[{"k": d, "pairs": n, "best_val": r.best_score, "best_step": r.best_step}
                                      for d, n, r in searched])
-        with atomic_path(folder / "embeddings.safetensors") as tmp:
+        with atomic_path(run.layout.embeddings) as tmp:
             save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},
                       str(tmp), metadata={"fingerprint": fingerprint})
         rec.update(accepted_pairs=len(accepted), fingerprint=fingerprint)
@@ -192,6 +193,6 @@ def evaluate_coldllm(run: Run, split: str = "test") -> dict[str, Any]:
         user_emb, item_emb = (t.to(device) for t in updated_embeddings(run))
         evaluator = Evaluator(run.data, split, run.cfg.eval.ks, run.cfg.eval.batch_size)
         metrics = evaluator.evaluate(embedding_scorer(user_emb, item_emb), device)
-        write_json(run.dir / f"metrics_coldllm_{split}.json", metrics)
+        write_json(run.layout.metrics(split, "coldllm"), metrics)
         rec["metrics"] = metrics
     return metrics

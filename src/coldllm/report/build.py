@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from ..evaluate import SETTINGS
+from ..layout import RunLayout
 from ..utils import atomic_path, git_commit, now_iso, resolve_device, write_json
 from .curves import HEADLINE_K, KS, at_k, metric_curves
 from .funnel import funnel_steps, judge_scores, stage_table
@@ -32,7 +33,7 @@ def build_report(run_dir: Path, out: Path | None = None, split: str = "test", de
     Returns what was gathered, including ``table``: the K=20 summary as text.
     """
     run = open_run(Path(run_dir))
-    out = Path(out) if out is not None else run.dir / "report"
+    out = Path(out) if out is not None else run.layout.report
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     name = run.manifest.get("name", run.dir.name)
@@ -113,7 +114,7 @@ def _recorded(run: FinishedRun, stage: str) -> dict[str, Any] | None:
         return stages[stage].get("metrics")
     source = stages.get("train", {}).get("reused_from")
     if stage.startswith("evaluate_") and not stage.startswith("evaluate_coldllm") and source:
-        path = run.dir.parent / source / "manifest.json"
+        path = RunLayout(run.dir.parent / source).manifest
         if path.exists():
             return json.loads(path.read_text()).get("stages", {}).get(stage, {}).get("metrics")
     return None

@@ -70,7 +70,7 @@ def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method
 
     if not run.layout.backbone_meta.exists():
         raise ConfigError(f"{run.dir}: no trained backbone (backbone/backbone.json); run its train stage first")
-    backbone = load_backbone(run.dir / "backbone", run.data).to(device)
+    backbone = load_backbone(run.layout.backbone, run.data).to(device)
     user_emb, item_emb = backbone.embeddings()
     out = [Method("backbone", f"{run.cfg.backbone.model} backbone alone", user_emb, item_emb)]
     out += _controls(run, user_emb, item_emb, device)

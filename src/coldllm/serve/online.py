@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..content import build_encoder, encode_texts
 from ..funnel.text_encoder import CONFIG as TEXT_ENCODER_CONFIG, TextEncoder
 from ..funnel.towers import TOWER_KINDS, load_towers
-from ..funnel.update import FastParams, fit_cold_rows, knn_prior, prior_candidates
+from ..funnel.update import FastParams, fit_cold_rows, item_depths, knn_prior, prior_candidates
 from ..layout import RunLayout
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
@@ -90,8 +90,9 @@ class OnlineService:
         self.prior_name, self.depth = update.get("prior", "knn"), update.get("k") or cfg.filter.k
         # depth: popularity: a new item's depth scales with its predicted popularity over the run's mean
         self.popularity_mean = update.get("predicted_popularity_mean") if update.get("k") else None
-        self.warm_degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel()[data.warm_items],
-                                           dtype=torch.float32)[:, None]
+        if self.popularity_mean:  # the warm items' training degrees, whose content-KNN mean predicts it
+            self.warm_degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel()[data.warm_items],
+                                               dtype=torch.float32)[:, None]
         self.judge = build_judge(cfg, self.run_dir, data, self.content)
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
@@ -213,8 +214,7 @@ class OnlineService:
         pool = torch.cat([self.warm_content, torch.as_tensor(content, dtype=torch.float32)])
         predicted = knn_prior(pool, self.warm_degree, torch.arange(n), torch.arange(n, n + len(content)),
                               self.cfg.update.prior_k).squeeze(1).numpy()
-        scale = predicted / max(self.popularity_mean, 1e-12)  # over the run's own mean, as item_depths does
-        return np.clip(np.rint(self.depth * scale), 1, self.cfg.filter.k).astype(np.int64)
+        return item_depths(predicted, self.depth, self.cfg.filter.k, mean=self.popularity_mean)
 
     def _update(self, content: np.ndarray, lm_text: np.ndarray | None, candidates, verdicts, first: int) -> np.ndarray:
         """New rows for the items, from their prior and their accepted users."""
