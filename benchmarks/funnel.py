@@ -20,6 +20,9 @@ reuse what they do not change:
     coldllm-retrain      no-refiner pairs, the backbone trained again (the paper's kind of update)
     onepass              the one-pass simulator: each item's text once, its top-K users of a
                          distribution over all users, all accepted (no filter, no judge)
+    onepass-minilm-tuned the same, MiniLM reading the text and learning with the head (every weight)
+    onepass-llm-frozen   the same, SmolLM2's mean-pooled states read once, only the head learns
+    onepass-llm          the same, SmolLM2 with LoRA adapters learning with the head (FilterLLM's idea)
     paper-filter         the paper's released candidates, all accepted            (reference)
     paper-refiner        the paper's candidates, its 7B refiner's Yes answers     (reference)
     coldllm-oracle-rR-fF an oracle judge that reads held-out labels: real pairs accepted with
@@ -88,12 +91,22 @@ VARIANTS = {
     # MovieLens-1M: the one-pass simulator reading the title alone (how much the year and genres give);
     # the backbone is the same (it never reads the text)
     "onepass-title": (["--filter.towers=onepass", "--refiner.judge=all", "--data.text_template='{movie_title}'"], {}),
+    # the one-pass simulator with a text encoder that learns with its head (issue: does the language
+    # model earn its place?), and its controls on the same items, users and objective
+    "onepass-minilm-tuned": (["--filter.towers=onepass", "--refiner.judge=all",
+                              "--filter.onepass={encoder: text, text_model: minilm, tune: full}"], {}),
+    "onepass-llm-frozen": (["--filter.towers=onepass", "--refiner.judge=all",
+                            "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: frozen}"], {}),
+    "onepass-llm": (["--filter.towers=onepass", "--refiner.judge=all",
+                     "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: lora}"], {}),
     **{oracle_name(r, f): (["--refiner.judge=oracle", f"--refiner.oracle_r={r}", f"--refiner.oracle_f={f}"],
                            {"filter": "coldllm"}) for r, f in ORACLE_GRID},
 }
 # the language-model judge is not in the default list: on 2 CPU cores its fine-tuning and the
 # 68k judged pairs take hours (run it with --variants coldllm where a GPU is available)
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title")]
+# nor are the text-encoder one-pass variants (an hour or more each on 2 cores: run them by name)
+TEXT_ENCODER_VARIANTS = ("onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm")
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title", *TEXT_ENCODER_VARIANTS)]
 
 
 @dataclass(frozen=True)
