@@ -53,7 +53,7 @@ from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import user_histories
 from coldllm.evaluate import Evaluator, embedding_scorer
-from coldllm.funnel.stages import prompt_template
+from coldllm.funnel.inputs import prompt_template
 from coldllm.funnel.update_stage import content_prior, updated_embeddings
 from coldllm.funnel.update import prior_candidates
 from judge_stats import fit_combined_judge, judges_on_candidates, judges_on_held_out

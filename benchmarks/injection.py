@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from coldllm.funnel.refiner import user_histories
-from coldllm.funnel.stages import prompt_template
+from coldllm.funnel.inputs import prompt_template
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm

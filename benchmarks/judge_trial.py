@@ -28,7 +28,7 @@ import pandas as pd
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import auc, simulate, user_histories
 from judge_stats import cosine_judge, is_real
-from coldllm.funnel.stages import prompt_encoder
+from coldllm.funnel.inputs import prompt_template
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
@@ -72,7 +72,7 @@ def main() -> None:
     device = resolve_device(cfg.refiner.device)
     model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
     model = load_adapter(model, run.dir / "refiner" / "adapter")
-    prompts = prompt_encoder(run, tokenizer)
+    prompts = PromptEncoder(tokenizer, prompt_template(run.cfg))
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
     start = time.perf_counter()
     verdicts = simulate(Judge(model, prompts, cfg.refiner.batch_size), candidates, histories, data.item_text,

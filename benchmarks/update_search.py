@@ -29,7 +29,7 @@ from coldllm.evaluate import Evaluator, subset_scorer
 from coldllm.funnel.filter import funnel_coverage
 from coldllm.funnel.judges import cosine_verdicts
 from coldllm.funnel.refiner import user_histories
-from coldllm.funnel.stages import prompt_template
+from coldllm.funnel.inputs import prompt_template
 from coldllm.funnel.update_stage import content_prior
 from coldllm.funnel.update import FastParams, fit_cold_rows
 from coldllm.pipeline import Run, content_vectors

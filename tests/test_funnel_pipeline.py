@@ -112,7 +112,7 @@ def test_variants_reuse_a_backbone_and_a_judge(tmp_path, tiny_llm_dir):
     assert (runs / "variant" / "backbone").is_symlink() and (runs / "variant" / "refiner").is_symlink()
     stages = json.loads((runs / "variant" / "manifest.json").read_text())["stages"]
     assert stages["train"]["reused_from"] == "tiny" and stages["train"]["differs"] == []
-    assert stages["finetune"]["differs"] == ["filter"]  # the judge was tuned with another filter's negatives
+    assert stages["finetune"]["differs"] == ["filter.towers"]  # the judge was tuned with another filter's negatives
     assert stages["update"]["status"] == "done"
     # a backbone trained under other settings is never taken silently
     other = CliRunner().invoke(app, ["run", "-c", cfg, *common, "--name=v2", "--backbone.dim=8",

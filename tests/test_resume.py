@@ -235,6 +235,7 @@ def test_the_filter_goes_stale_with_the_prior_it_reads_and_no_other_update_setti
     from coldllm.run import stage_inputs
 
     base = to_dict(RunConfig())
+    base["filter"]["collab_source"] = "knn"  # the content-KNN sub-tower is the update's prior
     changed = lambda **kw: {**base, "update": {**base["update"], **kw}}  # noqa: E731
     for stage in ("filter", "finetune", "simulate", "update"):
         assert stage_inputs(changed(prior_k=5), stage) != stage_inputs(base, stage), stage

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .components import ENGINES, FILTERS, JUDGES, Registry
+
 
 class ConfigError(ValueError):
     """A configuration file or override that cannot be applied; the message names the key."""
@@ -242,6 +244,11 @@ class BaselineConfig:
     device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
 
 
+def _choices(registry: Registry) -> str:
+    """A registry's names and what each is, for a field's help (the reference page shows it)."""
+    return " | ".join(f"{d.name} ({d.help})" for d in registry)
+
+
 def _lazy(module: str, name: str) -> Callable[[], type]:
     return lambda: getattr(importlib.import_module(module), name)
 
@@ -249,10 +256,9 @@ def _lazy(module: str, name: str) -> Callable[[], type]:
 @dataclass
 class FilterConfig:
     k: int = _help("Users kept per cold item (K).", 20, check=at_least(1))
-    towers: str = _help("coupled | collab | lm | random (ablations) | file (candidates read from `file`) | "
-                        "onepass (the one-pass simulator: the item's text once, a distribution over all users; "
-                        "with refiner.judge=all its top-K are the simulated pairs).",
-                        "coupled", check=one_of("coupled", "collab", "lm", "random", "file", "onepass"))
+    towers: str = _help(f"Which filter finds each cold item's candidate users: {_choices(FILTERS)}. With "
+                        "refiner.judge=all the one-pass simulator's top-K are the simulated pairs.",
+                        "coupled", check=one_of(*FILTERS.names()))
     collab_source: str = _help("What the collaborative sub-tower is: aldi (the paper's student) | knn "
                                "(content-KNN item vectors against the backbone's users).", "aldi",
                                check=one_of("aldi", "knn"))
@@ -275,11 +281,7 @@ class FilterConfig:
 
 @dataclass
 class RefinerConfig:
-    judge: str = _help(
-        "Which filtered pairs are accepted: llm (the LoRA-tuned language model) | cosine (free: text "
-        "similarity of the item to the user's history) | all (no refiner) | file (the `answer` column of "
-        "filter.file) | oracle (a diagnostic that reads held-out labels; never a method).", "llm",
-        check=one_of("llm", "cosine", "all", "file", "oracle"))
+    judge: str = _help(f"Which filtered pairs are accepted: {_choices(JUDGES)}.", "llm", check=one_of(*JUDGES.names()))
     keep: float = _help("cosine judge: share of each item's candidates accepted (the most similar).", 0.5,
                         check=between(0, 1, low_open=True))
     oracle_r: float = _help("oracle judge: probability a real held-out pair is accepted.", 1.0, check=between(0, 1))
@@ -311,10 +313,9 @@ class RefinerConfig:
         factory=list, check=each(nonempty),
     )
     device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
-    engine: str = _help("How the llm judge's simulation runs: local (this process) | ray (Ray Data actors: a local "
-                        "Ray, or the cluster named by RAY_ADDRESS; needs the ray extra) | vllm (vLLM on a CUDA GPU, "
-                        "prefix caching and its LoRA kernels; needs the vllm extra). Same shards every way.",
-                        "local", check=one_of("local", "ray", "vllm"))
+    engine: str = _help(f"How the llm judge's simulation runs: {_choices(ENGINES)} (ray: a local Ray, or the "
+                        "cluster named by RAY_ADDRESS, needs the ray extra; vllm: needs the vllm extra). Same shards "
+                        "every way.", "local", check=one_of(*ENGINES.names()))
     ray_actors: int = _help("engine=ray: judge actors, each with its own copy of the model.", 1, check=at_least(1))
     vllm: dict = _help("engine=vllm: keyword arguments for vllm.LLM (e.g. gpu_memory_utilization, dtype).",
                        factory=dict)

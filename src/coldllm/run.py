@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .components import FUNNEL_ORDER, funnel_inputs
 from .config import RunConfig, to_dict
 from .content import encode_texts
 from .data import ColdStartData, load_dataset
@@ -28,19 +29,14 @@ from .utils import git_commit, now_iso, package_versions, peak_memory_mb, record
 log = logging.getLogger(__name__)
 
 
-# The config sections each stage's artifacts depend on (a change elsewhere leaves them valid).
+# The config sections each stage before the funnel depends on (a change elsewhere leaves them valid);
+# the funnel's stages derive theirs from what their components declare (``components.funnel_inputs``).
 STAGE_INPUTS = {
     "prepare": ("data",),
     "train": ("data", "backbone", "eval", "seed"),
     "evaluate": ("data", "backbone", "eval", "seed"),
     "content": ("data", "content"),
     "baselines": ("data", "backbone", "eval", "seed", "content", "baselines"),
-    # the knn collaborative tower (filter.collab_source: knn) is the update's prior: it reads prior_k
-    "filter": ("data", "backbone", "eval", "seed", "content", "filter", "update.prior_k"),
-    "finetune": ("data", "backbone", "eval", "seed", "content", "filter", "update.prior_k", "refiner"),
-    "simulate": ("data", "backbone", "eval", "seed", "content", "filter", "update.prior_k", "refiner"),
-    "update": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
-    "evaluate_coldllm": ("data", "backbone", "eval", "seed", "content", "filter", "refiner", "update"),
 }
 # Fields of those sections a stage does not read: the backbone never sees the item text, so a run that
 # only writes the text otherwise (title only, say) trains, or reuses, the same backbone.
@@ -51,14 +47,19 @@ STAGE_IGNORES = {"train": ("data.text_fields", "data.text_template"),
 # Keys that change how a stage runs but not what it produces, so changing them redoes nothing:
 # where it runs, how it batches, and budgets (raising or lowering epochs/patience resumes a training
 # from its last epoch, or stops it at once when the new budget is already spent).
-NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience"),
-              "refiner": ("batch_size", "gradient_checkpointing", "shard_users", "verdicts_from", "engine", "ray_actors", "vllm")}
+NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience")}
 
 def stage_inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The config sections (or single ``section.key`` fields) ``stage`` depends on (the longest
     matching stage name wins)."""
-    key = max((k for k in STAGE_INPUTS if stage.startswith(k)), key=len, default=None)
-    keys = STAGE_INPUTS[key] if key else tuple(config)
+    key = max((k for k in (*STAGE_INPUTS, *FUNNEL_ORDER) if stage.startswith(k)), key=len, default=None)
+    if key in FUNNEL_ORDER:
+        try:
+            keys = funnel_inputs(config, key)
+        except KeyError as err:  # a component this code no longer has: nothing it made can be kept
+            return {"unknown component": str(err)}
+    else:
+        keys = STAGE_INPUTS[key] if key else tuple(config)
     out = {}
     for name in keys:
         section, _, field = name.partition(".")

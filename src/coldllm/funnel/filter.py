@@ -31,8 +31,6 @@ from ..evaluate import Scorer
 from ..layers import mlp
 
 log = logging.getLogger(__name__)
-TOWERS = ("coupled", "collab", "lm", "random", "file", "onepass")
-COLLAB_SOURCES = ("aldi", "knn")
 
 
 class KNNTower:

@@ -1,4 +1,10 @@
-"""Judges that need no language model: what the LoRA judge must beat, and what bounds it.
+"""The judges (``refiner.judge``), one class each, registered against their declarations in
+``coldllm.components``, and the rules of those that need no language model.
+
+A judge is fitted when it learns (``fit``: the LoRA judge's fine-tuning, ``llm_judge``), decides
+every candidate pair of the run's cold items (``apply``, the simulate stage) and, when it can judge
+an item it never saw (the ``servable`` ones), is loaded for the service (``load``: an object whose
+``verdicts`` judges one new item's candidates the way ``apply`` judged the run's).
 
 * ``cosine``: a free judge. Each candidate pair scores the cosine between the item's text vector
   and the mean text vector of the user's history (as the prompt shows it); each item keeps the
@@ -11,9 +17,17 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Protocol
+
 import numpy as np
 import pandas as pd
 
+from ..components import JUDGES, Declared
+from ..config import ConfigError, RunConfig
+from ..data import ColdStartData
+from ..layout import RunLayout
+from ..run import Run, content_vectors
+from .inputs import judge_histories
 
 
 def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -65,3 +79,102 @@ def file_verdicts(candidates: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("refiner.judge=file needs filter.towers=file with an `answer` column in filter.file")
     yes = candidates["answer"].astype(str).str.strip().str.lower().eq("yes")
     return candidates[["user", "item"]].assign(p_yes=yes.astype(np.float32), accepted=yes.to_numpy())
+
+
+class OnlineJudge(Protocol):
+    def verdicts(self, users: np.ndarray, text: str, vector: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p_yes, accepted) for each candidate user of one item with ``text`` and content ``vector``."""
+
+
+class JudgeComponent:
+    """Base of the judges: nothing to fit, nothing to serve unless a judge says otherwise."""
+
+    declared: ClassVar[Declared]
+
+    def __init__(self, run: Run):
+        self.run, self.cfg = run, run.cfg
+
+    def fit(self) -> dict[str, Any]:
+        """Learn what the judge needs (the finetune stage); the report of what it learned."""
+        return {}
+
+    def apply(self, candidates: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
+        """user, item, p_yes, accepted for every candidate pair (``record``: the stage's manifest entry)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray) -> OnlineJudge:
+        raise ConfigError(f"refiner.judge={cls.declared.name}: it reads labels a new item does not have; serve a "
+                          f"run judged by {', '.join(JUDGES.names('servable'))}")
+
+
+class AcceptAll:
+    def verdicts(self, users, text, vector):
+        return np.ones(len(users), np.float32), np.ones(len(users), bool)
+
+
+class OnlineCosine:
+    """The cosine rule on one new item: its candidates' history items and the new item, renumbered,
+    go through ``cosine_verdicts`` itself (a small local problem instead of the whole catalogue)."""
+
+    def __init__(self, histories: list[np.ndarray], content: np.ndarray, keep: float):
+        self.histories, self.content, self.keep = histories, content, keep
+
+    def verdicts(self, users, text, vector):
+        if not len(users):
+            return np.zeros(0, np.float32), np.zeros(0, bool)
+        items, local = np.unique(np.concatenate([self.histories[u] for u in users]), return_inverse=True)
+        bounds = np.cumsum([0] + [len(self.histories[u]) for u in users])
+        histories = [local[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        vectors = np.vstack([self.content[items], np.asarray(vector, np.float32)[None]])
+        pairs = pd.DataFrame({"user": np.arange(len(users)), "item": len(items)})
+        out = cosine_verdicts(pairs, histories, vectors, self.keep)
+        return out["p_yes"].to_numpy(np.float32), out["accepted"].to_numpy(bool)
+
+
+@JUDGES.implement("all")
+class AllJudge(JudgeComponent):
+    """The no-refiner ablation: every filtered pair becomes an interaction."""
+
+    def apply(self, candidates, record):
+        return candidates[["user", "item"]].assign(p_yes=1.0, accepted=True)
+
+    @classmethod
+    def load(cls, cfg, layout, data, content):
+        return AcceptAll()
+
+
+@JUDGES.implement("cosine")
+class CosineJudge(JudgeComponent):
+    def apply(self, candidates, record):
+        return cosine_verdicts(candidates, judge_histories(self.run, self.cfg), content_vectors(self.run),
+                               self.cfg.refiner.keep)
+
+    @classmethod
+    def load(cls, cfg, layout, data, content):
+        return OnlineCosine(judge_histories(data, cfg), content, cfg.refiner.keep)
+
+
+@JUDGES.implement("oracle")
+class OracleJudge(JudgeComponent):
+    """A diagnostic: reads the held-out cold pairs."""
+
+    def apply(self, candidates, record):
+        data = self.run.data
+        truth = np.concatenate([data.parts["cold_val"], data.parts["cold_test"]])
+        return oracle_verdicts(candidates, truth, self.cfg.refiner.oracle_r, self.cfg.refiner.oracle_f, self.cfg.seed)
+
+
+@JUDGES.implement("file")
+class FileJudge(JudgeComponent):
+    def apply(self, candidates, record):
+        return file_verdicts(candidates)
+
+
+def build_judge(run: Run) -> JudgeComponent:
+    return JUDGES.implementation(run.cfg.refiner.judge)(run)
+
+
+def load_online_judge(cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray) -> OnlineJudge:
+    """The run's judge, for new items (the service)."""
+    return JUDGES.implementation(cfg.refiner.judge).load(cfg, layout, data, content)

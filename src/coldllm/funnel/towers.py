@@ -26,7 +26,6 @@ from .filter import build_index
 from .update import knn_prior
 
 FORMAT = "2"  # bump when what is saved changes meaning
-TOWER_KINDS = ("coupled", "collab", "lm", "onepass", "random")  # the filters that score users for any text
 
 
 @dataclass

@@ -24,14 +24,16 @@ import torch
 from ..config import ConfigError
 from ..content import build_encoder, encode_texts
 from ..funnel.text_encoder import CONFIG as TEXT_ENCODER_CONFIG, TextEncoder
-from ..funnel.towers import TOWER_KINDS, load_towers
+from ..components import FILTERS
+from ..funnel.filters import Filter
+from ..funnel.inputs import lm_text_config
+from ..funnel.judges import load_online_judge
 from ..funnel.update import FastParams, fit_cold_rows, item_depths, knn_prior, prior_candidates
 from ..layout import RunLayout
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
 from .index import RecommendationIndex
-from .judging import build_judge
-from .runs import (check_finished, lm_text_config, read_artifact_parquet, read_manifest, run_config, run_data,
+from .runs import (check_finished, read_artifact_parquet, read_manifest, run_config, run_data,
                    update_steps)
 from .store import ItemStore, StoredItem
 
@@ -80,11 +82,12 @@ class OnlineService:
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
             same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)
             self.lm_encoder = self.encoder if same else build_encoder(text_cfg)
-        if cfg.filter.towers not in TOWER_KINDS:
+        servable = FILTERS.names("scores_new_items")
+        if cfg.filter.towers not in servable:
             raise ConfigError(f"filter.towers={cfg.filter.towers}: the run read its candidates from a file, which has "
-                              f"none for a new item; serve a run whose filter scores users ({', '.join(TOWER_KINDS)})")
+                              f"none for a new item; serve a run whose filter scores users ({', '.join(servable)})")
         # the filter the run fitted and evaluated, loaded as its stage saved it (never fitted again)
-        self.towers = load_towers(self.layout.filter_towers, self.content[data.warm_items], cfg.filter.index)
+        self.towers = Filter.load(self.layout, self.content[data.warm_items], cfg.filter.index)
         # what the run's update chose on validation: where new rows start, and how deep the candidates go
         update = manifest["stages"]["update"]
         self.prior_name, self.depth = update.get("prior", "knn"), update.get("k") or cfg.filter.k
@@ -93,7 +96,7 @@ class OnlineService:
         if self.popularity_mean:  # the warm items' training degrees, whose content-KNN mean predicts it
             self.warm_degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel()[data.warm_items],
                                                dtype=torch.float32)[:, None]
-        self.judge = build_judge(cfg, self.run_dir, data, self.content)
+        self.judge = load_online_judge(cfg, self.layout, data, self.content)
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
         self.normalize = TextNormalizer(tokenizer=getattr(self.judge, "tokenizer", None))

@@ -132,14 +132,6 @@ def update_steps(manifest: dict[str, Any], default: int) -> int:
     return int(best) if best is not None else int(default)
 
 
-def lm_text_config(cfg: RunConfig) -> ContentConfig:
-    """The encoder of the language-model sub-tower's text vectors (as the run's filter stage chose it)."""
-    if cfg.filter.text_model == "minilm":
-        return dataclasses.replace(cfg.content, encoder="minilm", model="")
-    return ContentConfig(encoder="llm", model=cfg.filter.text_model, cache_dir=cfg.content.cache_dir,
-                         device=cfg.content.device, batch_size=32)
-
-
 def read_artifact_parquet(path: Path, columns: list[str] | None = None):
     """A Parquet file a stage wrote; a truncated or corrupt one is a one-line error naming it."""
     import pandas as pd

@@ -1,0 +1,150 @@
+"""The funnel's interchangeable parts, declared once: which filters, judges and judging engines
+exist, what each is for, and which config fields each reads.
+
+A declaration is data (no torch, no model), so the settings module checks a name against it when a
+config loads and the run derives from it which stages a changed setting makes stale. The code that
+does the work registers itself against its declaration (``FILTERS.implement("onepass")`` on the
+class), in the module that needs the heavy imports; a name declared here without an
+implementation, or an implementation of an undeclared name, is a test failure, not a silent gap.
+
+What a component reads is a function of the config: the coupled filter reads ``update.prior_k``
+only when its collaborative sub-tower is content-KNN. A stage's inputs are what its component reads
+plus what the stages before it read (``funnel_inputs``), so no stage keeps a list of its own that
+can drift from its code (a test records every field the stages touch and checks it against these).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+Reads = Callable[[dict[str, Any]], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Declared:
+    name: str
+    help: str
+    reads: Reads  # config fields ("section" or "section.key") the component reads, given the config
+    flags: frozenset[str] = frozenset()  # what it can do: scores_new_items, finetunes, reads_labels
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+@dataclass
+class Registry:
+    """Declarations of one kind of component, chosen by the config field ``key``."""
+
+    key: str
+    _declared: dict[str, Declared] = field(default_factory=dict)
+    _implemented: dict[str, type] = field(default_factory=dict)
+
+    def declare(self, name: str, help: str, reads: tuple[str, ...] | Reads = (), flags: tuple[str, ...] = ()) -> None:
+        if name in self._declared:
+            raise ValueError(f"{self.key}: {name!r} is declared twice")
+        fn = reads if callable(reads) else (lambda config, fixed=tuple(reads): fixed)
+        self._declared[name] = Declared(name, help, fn, frozenset(flags))
+
+    def implement(self, name: str) -> Callable[[type], type]:
+        """Class decorator: the implementation of the declared component ``name``."""
+        def register(cls: type) -> type:
+            if name not in self._declared:
+                raise ValueError(f"{self.key}: {name!r} is implemented but not declared in coldllm.components")
+            self._implemented[name] = cls
+            cls.declared = self._declared[name]
+            return cls
+
+        return register
+
+    def names(self, flag: str | None = None) -> tuple[str, ...]:
+        return tuple(n for n, d in self._declared.items() if flag is None or d.has(flag))
+
+    def __getitem__(self, name: str) -> Declared:
+        if name not in self._declared:
+            raise KeyError(f"{self.key} {name!r} must be one of {list(self._declared)}")
+        return self._declared[name]
+
+    def __iter__(self) -> Iterator[Declared]:
+        return iter(self._declared.values())
+
+    def implementation(self, name: str) -> type:
+        if name not in self._implemented:
+            raise KeyError(f"{self.key} {name!r} has no implementation loaded (import coldllm.funnel first)")
+        return self._implemented[name]
+
+    def implemented(self) -> tuple[str, ...]:
+        return tuple(self._implemented)
+
+
+def _section(config: dict[str, Any], dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return (config.get(section) or {}).get(key)
+
+
+# -- filters (filter.towers) -----------------------------------------------------------------------
+FILTERS = Registry("filter.towers")
+
+
+def _collab_reads(config: dict[str, Any]) -> tuple[str, ...]:
+    # content-KNN item vectors are the update's prior, read with its neighbourhood size
+    knn = _section(config, "filter.collab_source") == "knn"
+    return ("filter.collab_source", "update.prior_k" if knn else "filter.collab")
+
+
+_LM_READS = ("filter.lm", "filter.text_model")
+_SEARCH_READS = ("filter.normalize_users", "filter.index")
+
+FILTERS.declare("coupled", "the paper's filter: the collaborative (ALDI student or content-KNN) and the "
+                "language-model sub-towers, their scores summed",
+                lambda c: (*_collab_reads(c), *_LM_READS, *_SEARCH_READS), ("scores_new_items",))
+FILTERS.declare("collab", "the collaborative sub-tower alone (an ablation)",
+                lambda c: (*_collab_reads(c), *_SEARCH_READS), ("scores_new_items",))
+FILTERS.declare("lm", "the language-model sub-tower alone (an ablation)", (*_LM_READS, *_SEARCH_READS),
+                ("scores_new_items",))
+FILTERS.declare("onepass", "the one-pass simulator: the item's text read once, a head scores every user",
+                ("filter.onepass", "filter.text_model", "filter.index"), ("scores_new_items",))
+FILTERS.declare("random", "K random users per item (an ablation)", (), ("scores_new_items",))
+FILTERS.declare("file", "candidates read from filter.file (e.g. the paper's released ones)", ("filter.file",))
+
+# -- judges (refiner.judge) ------------------------------------------------------------------------
+JUDGES = Registry("refiner.judge")
+# what the LoRA judge's fine-tuning reads; its verdicts depend on all of it through the adapter
+_TUNE_READS = ("refiner.model", "refiner.template", "refiner.train_users", "refiner.pairs_per_user",
+               "refiner.eval_users", "refiner.hard_negatives", "refiner.lora", "refiner.threshold")
+JUDGES.declare("llm", "the LoRA-tuned language model: P(Yes) for each (user history, item) prompt", _TUNE_READS,
+               ("finetunes", "servable"))
+JUDGES.declare("cosine", "free: the item text's cosine to the mean text of the user's history; each item keeps "
+               "its refiner.keep share", ("refiner.keep", "refiner.template"), ("servable",))
+JUDGES.declare("all", "no refiner: every candidate accepted", (), ("servable",))
+JUDGES.declare("file", "the answer column of filter.file", (), ("reads_labels",))
+JUDGES.declare("oracle", "a diagnostic that reads held-out labels (never a method)",
+               ("refiner.oracle_r", "refiner.oracle_f"), ("reads_labels",))
+
+# -- engines (refiner.engine): where the LoRA judge's simulation runs; never an input (the same
+# verdicts whichever runs them, and shards written by one resume under another) ------------------
+ENGINES = Registry("refiner.engine")
+ENGINES.declare("local", "this process, shard by shard")
+ENGINES.declare("ray", "Ray Data actors, each with its own copy of the model")
+ENGINES.declare("vllm", "vLLM (a GPU) with the adapter applied per request")
+
+# -- stages ----------------------------------------------------------------------------------------
+BEFORE_FUNNEL = ("data", "backbone", "eval", "seed")  # the backbone the funnel's stages start from
+FUNNEL_ORDER = ("filter", "finetune", "simulate", "update", "evaluate_coldllm")
+
+
+def funnel_inputs(config: dict[str, Any], stage: str) -> tuple[str, ...]:
+    """The config fields a funnel stage depends on: what its own component reads and what every
+    stage before it read (a changed filter makes the judge's verdicts and the update stale)."""
+    towers, judge = _section(config, "filter.towers"), _section(config, "refiner.judge")
+    own = {
+        "filter": (*BEFORE_FUNNEL, "content", "filter.towers", "filter.k", *FILTERS[towers].reads(config)),
+        "finetune": ("refiner.judge", *(JUDGES[judge].reads(config) if JUDGES[judge].has("finetunes") else ())),
+        "simulate": ("refiner.judge", *JUDGES[judge].reads(config)),
+        "update": ("update",),
+        "evaluate_coldllm": (),
+    }
+    out: list[str] = []
+    for name in FUNNEL_ORDER[: FUNNEL_ORDER.index(stage) + 1]:
+        out += [key for key in own[name] if key not in out]
+    return tuple(out)

@@ -1,0 +1,227 @@
+"""The LoRA-tuned language-model judge (``refiner.judge: llm``) and the engines it judges on.
+
+``fit`` is the finetune stage: warm Yes/No examples, the adapter saved as PEFT saves it (with a
+model card), the judge measured on held-out users before and after, and the threshold the
+simulation applies. ``apply`` judges every candidate pair through one of the engines
+(``refiner.engine``), which all write the same fingerprinted shards, so a simulation started on one
+resumes on another. ``load`` gives the service the same judge for new items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ..components import ENGINES, JUDGES, Declared
+from ..config import ConfigError, RunConfig
+from ..data import ColdStartData
+from ..layout import RunLayout
+from ..llm.judge import Judge
+from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
+from ..llm.models import load_llm, load_tokenizer, resolve_llm
+from ..llm.prompts import PromptEncoder, PromptTemplate
+from ..report.model_card import write_model_card
+from ..run import Run
+from ..utils import atomic_path, peak_memory_mb, resolve_device, write_json
+from .inputs import judge_histories, params, prompt_template
+from .judges import JudgeComponent
+from .ray_judge import simulate_on_ray
+from .refiner import best_threshold, example_parts, finetune_examples, judge_report, judge_sets, simulate, \
+    with_random_negatives
+from .vllm_judge import VLLMJudge
+
+
+# -- engines -----------------------------------------------------------------------------------------
+class Engine:
+    """Where the judge's P(Yes) are computed: ``judge`` writes every missing shard of ``candidates``
+    into ``shards`` and returns all verdicts (user, item, p_yes, accepted at ``threshold``)."""
+
+    declared: ClassVar[Declared]
+
+    def __init__(self, cfg: RunConfig, layout: RunLayout, template: PromptTemplate):
+        self.cfg, self.layout, self.template = cfg, layout, template
+
+    def judge(self, candidates: pd.DataFrame, histories: list[np.ndarray], titles: np.ndarray, shards: Path,
+              threshold: float, known: pd.DataFrame | None) -> pd.DataFrame:
+        judge = self.pair_judge()
+        return simulate(judge, candidates, histories, titles, shards, threshold, self.cfg.refiner.shard_users,
+                        known=known)
+
+    def pair_judge(self):
+        raise NotImplementedError
+
+
+@ENGINES.implement("local")
+class LocalEngine(Engine):
+    def pair_judge(self) -> Judge:
+        cfg = self.cfg
+        model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, resolve_device(cfg.refiner.device))
+        # folded into the weights: judged as fast as the base model, P(Yes) equal within 1e-5
+        model = load_adapter(model, self.layout.adapter, merge=True)
+        return Judge(model, PromptEncoder(tokenizer, self.template), cfg.refiner.batch_size)
+
+
+@ENGINES.implement("vllm")
+class VLLMEngine(Engine):
+    def pair_judge(self) -> VLLMJudge:  # imports vllm only when it runs
+        cfg = self.cfg
+        tokenizer = load_tokenizer(cfg.refiner.model, cfg.content.cache_dir)
+        return VLLMJudge(resolve_llm(cfg.refiner.model, cfg.content.cache_dir), self.layout.adapter,
+                         PromptEncoder(tokenizer, self.template), cfg.seed, **cfg.refiner.vllm)
+
+
+@ENGINES.implement("ray")
+class RayEngine(Engine):
+    def judge(self, candidates, histories, titles, shards, threshold, known):  # imports ray only when it runs
+        cfg = self.cfg
+        return simulate_on_ray(resolve_llm(cfg.refiner.model, cfg.content.cache_dir), self.layout.adapter,
+                               self.template, candidates, histories, titles, shards, threshold,
+                               cfg.refiner.shard_users, known=known, actors=cfg.refiner.ray_actors,
+                               batch_size=cfg.refiner.batch_size, device=cfg.refiner.device)
+
+
+# -- the judge ---------------------------------------------------------------------------------------
+def _split_users(run: Run, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    train = run.data.matrix("train")
+    eligible = np.flatnonzero(np.diff(train.indptr) >= 2)
+    chosen = rng.permutation(eligible)
+    n_train, n_eval = run.cfg.refiner.train_users, run.cfg.refiner.eval_users
+    return np.sort(chosen[:n_train]), np.sort(chosen[n_train : n_train + n_eval])
+
+
+def known_verdicts(run: Run) -> pd.DataFrame | None:
+    """P(Yes) already computed by the same judge in the runs named by ``refiner.verdicts_from``."""
+    frames = []
+    mine = run.layout.refiner.resolve()
+    for name in run.cfg.refiner.verdicts_from:
+        other = Path(run.cfg.runs_dir) / name
+        if (other / "refiner").resolve() != mine:
+            raise ConfigError(f"refiner.verdicts_from: run {name!r} used another judge ({(other / 'refiner').resolve()})")
+        path = RunLayout(other).simulated
+        if not path.exists():
+            raise ConfigError(f"refiner.verdicts_from: {path} not found (run its simulate stage first)")
+        frames.append(pd.read_parquet(path, columns=["user", "item", "p_yes"]))
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["user", "item"]) if frames else None
+
+
+@JUDGES.implement("llm")
+class LLMJudge(JudgeComponent):
+    def fit(self) -> dict[str, Any]:
+        run, cfg, data = self.run, self.cfg, self.run.data
+        device = resolve_device(cfg.refiner.device)
+        model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
+        prompts = PromptEncoder(tokenizer, prompt_template(cfg))
+        titles, train = data.item_text, data.matrix("train")
+        rng = np.random.default_rng(cfg.seed)
+        train_users, eval_users = _split_users(run, rng)
+        warm_candidates = pd.read_parquet(run.layout.warm_candidates)
+        hard_users = train_users[rng.random(len(train_users)) < cfg.refiner.hard_negatives]
+        hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
+        max_history = prompts.template.max_history
+        examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard,
+                                     pairs=cfg.refiner.pairs_per_user)
+        # The judge is measured twice on held-out users, on the same positives and histories:
+        # against random negatives (mostly off-topic, an easy topic test) and against the filter's
+        # own top-ranked non-interacted items, the kind of pair it judges in the simulation. Both
+        # sets are judged in one pass, one prefix per user.
+        eval_hard = warm_candidates[warm_candidates["user"].isin(eval_users)].sort_values(["user", "rank"])
+        hard_set = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard)
+        held_out = {"random": with_random_negatives(hard_set, train, data.warm_items, cfg.seed + 1), "hard": hard_set}
+        report: dict[str, Any] = {"device": str(device), "train_examples": len(examples),
+                                  "eval_examples": {k: len(v) for k, v in held_out.items()}}
+        judge = Judge(model, prompts, cfg.refiner.batch_size)
+        for name, p_yes in judge_sets(judge, held_out, titles).items():
+            held_out[name]["p_before"] = p_yes
+        lora = params(LoraParams, cfg.refiner.lora, "refiner.lora")
+        peft_model = add_lora(model, lora)
+        _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
+                                prompts.yes_id, prompts.no_id, lora,
+                                out_dir=run.layout.adapter, checkpoint=run.layout.refiner_checkpoint,
+                                base=cfg.refiner.model, gradient_checkpointing=cfg.refiner.gradient_checkpointing)
+        # the adapter is saved; merged, the held-out pairs are judged as the simulation judges them
+        judge = Judge(peft_model.merge_and_unload(), prompts, cfg.refiner.batch_size)
+        for name, p_yes in judge_sets(judge, held_out, titles).items():
+            held_out[name]["p_after"] = p_yes
+            with atomic_path(run.layout.refiner / f"held_out_{name}.parquet") as tmp:
+                held_out[name].to_parquet(tmp)
+        report["before"] = {k: judge_report(ex["label"].to_numpy(), ex["p_before"].to_numpy()) for k, ex in held_out.items()}
+        report["after"] = {k: judge_report(ex["label"].to_numpy(), ex["p_after"].to_numpy()) for k, ex in held_out.items()}
+        hard_ex = held_out["hard"]
+        report["threshold"] = (best_threshold(hard_ex["label"].to_numpy(), hard_ex["p_after"].to_numpy())
+                               if cfg.refiner.threshold == "tuned" else 0.5)
+        report["lora"] = dataclasses.asdict(lora)
+        report["loss_history"] = history
+        report["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        # the simulation's input, in a file of its own: a report is for people and may change shape
+        write_json(run.layout.threshold, {"threshold": report["threshold"]})
+        write_json(run.layout.refiner_report, report)
+        write_model_card(run.layout.adapter, base_model=cfg.refiner.model, dataset=cfg.data.name,
+                         train_examples=report["train_examples"], eval_examples=report["eval_examples"],
+                         settings=report["lora"], before=report["before"], after=report["after"],
+                         threshold=report["threshold"], commit=run.manifest["commit"])
+        return report
+
+    def apply(self, candidates: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
+        run, cfg = self.run, self.cfg
+        record["device"] = str(resolve_device(cfg.refiner.device))
+        template = prompt_template(cfg)
+        threshold = json.loads(run.layout.threshold.read_text())["threshold"]
+        known = known_verdicts(run)
+        record["reused_verdicts"] = 0 if known is None else int(
+            len(candidates.merge(known[["user", "item"]], on=["user", "item"])))
+        # shards of other candidates, another judge or another sharding are never resumed: they live
+        # in a folder named by the fingerprint of all three (not of the engine: shards written by
+        # one engine resume under another)
+        digest = hashlib.sha256()
+        for path in (run.layout.candidates, *sorted(run.layout.adapter.glob("*"))):
+            digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(json.dumps([dataclasses.asdict(template), threshold, cfg.refiner.shard_users,
+                                  cfg.seed]).encode())
+        shards = run.layout.simulate / "shards" / digest.hexdigest()[:16]
+        record["shards"], record["engine"] = str(shards), cfg.refiner.engine
+        if cfg.refiner.engine == "ray":
+            record["ray_actors"] = cfg.refiner.ray_actors
+        engine = ENGINES.implementation(cfg.refiner.engine)(cfg, run.layout, template)
+        return engine.judge(candidates, judge_histories(run, cfg), run.data.item_text, shards, threshold, known)
+
+    @classmethod
+    def load(cls, cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray) -> "OnlineLLM":
+        return OnlineLLM(cfg, layout, judge_histories(data, cfg), data.item_text)
+
+
+class OnlineLLM:
+    """The run's base model with its adapter, prompt template and threshold, on one new item's
+    candidates: each user's history prefix tokenised once, on first use."""
+
+    def __init__(self, cfg: RunConfig, layout: RunLayout, histories: list[np.ndarray], titles: np.ndarray):
+        if not (layout.adapter / "adapter_config.json").exists() or not layout.threshold.exists():
+            raise ConfigError(f"{layout.root}: refiner.judge=llm but the finetune stage left no adapter in "
+                              f"{layout.adapter}")
+        model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, resolve_device(cfg.refiner.device))
+        # merged: the same weights as the adapter on top of the base, at the base model's speed
+        model = load_adapter(model, layout.adapter, merge=True)
+        self.prompts = PromptEncoder(tokenizer, prompt_template(cfg))
+        self.threshold = float(json.loads(layout.threshold.read_text())["threshold"])
+        self.judge = Judge(model, self.prompts, cfg.refiner.batch_size)
+        self.histories, self.titles = histories, titles
+        self.tokenizer = tokenizer  # the service caps new texts in its tokens
+        self._prefixes: dict[int, list[int]] = {}
+
+    def prefix(self, user: int) -> list[int]:
+        if user not in self._prefixes:
+            self._prefixes[user] = self.prompts.prefix([self.titles[i] for i in self.histories[user]])
+        return self._prefixes[user]
+
+    def verdicts(self, users, text, vector):
+        if not len(users):
+            return np.zeros(0, np.float32), np.zeros(0, bool)
+        prefixes = [self.prefix(int(u)) for u in users]
+        suffix = self.prompts.suffix(text)
+        p = np.asarray(self.judge.p_yes_grouped(prefixes, [suffix] * len(users), np.arange(len(users))), np.float32)
+        return p, p > self.threshold

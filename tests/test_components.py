@@ -1,0 +1,148 @@
+"""The funnel's components: one registry each, every declared one implemented, and staleness that
+follows what each component reads, checked against what the stages' code really reads."""
+
+import copy
+import dataclasses
+
+import pytest
+
+import coldllm.funnel  # noqa: F401  (registers the implementations)
+from coldllm.components import ENGINES, FILTERS, FUNNEL_ORDER, JUDGES, funnel_inputs
+from coldllm.config import ConfigError, RunConfig, load_config, to_dict
+from coldllm.pipeline import STAGES, Run
+from coldllm.run import stage_inputs
+from test_cli import write_project
+
+
+@pytest.mark.parametrize("registry", [FILTERS, JUDGES, ENGINES], ids=lambda r: r.key)
+def test_every_declared_component_has_one_implementation(registry):
+    assert set(registry.implemented()) == set(registry.names())
+    for name in registry.names():
+        assert registry.implementation(name).declared is registry[name]
+
+
+def test_an_undeclared_implementation_or_an_unknown_name_is_refused():
+    with pytest.raises(ValueError, match="not declared"):
+        FILTERS.implement("telepathy")(type("Telepathy", (), {}))
+    with pytest.raises(ConfigError, match="filter.towers"):
+        load_config(None, ["--filter.towers=telepathy"])
+
+
+def changed(value):
+    """Another value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-other"
+    if isinstance(value, list):
+        return [*value, "other"]
+    if isinstance(value, dict):
+        return {**value, "other": 1}
+    raise TypeError(value)
+
+
+def with_field(config: dict, key: str, value) -> dict:
+    out = copy.deepcopy(config)
+    section, _, field = key.partition(".")
+    if field:
+        out[section][field] = value
+    else:
+        out[section] = value
+    return out
+
+
+def stale_after(config: dict, key: str) -> set[str]:
+    other = with_field(config, key, changed(config[key.partition(".")[0]][key.partition(".")[2]]
+                                            if "." in key else config[key]))
+    return {s for s in FUNNEL_ORDER if stage_inputs(other, s) != stage_inputs(config, s)}
+
+
+FUNNELS = [("coupled", "llm", "aldi"), ("coupled", "cosine", "knn"), ("collab", "all", "knn"),
+           ("onepass", "all", "aldi"), ("lm", "oracle", "aldi"), ("random", "cosine", "aldi")]
+
+
+@pytest.mark.parametrize("towers,judge,collab", FUNNELS)
+def test_a_changed_field_makes_exactly_the_stages_that_read_it_stale(towers, judge, collab):
+    config = to_dict(RunConfig())
+    config["filter"].update(towers=towers, collab_source=collab)
+    config["refiner"]["judge"] = judge
+    after_filter = {"filter", "finetune", "simulate", "update", "evaluate_coldllm"}
+    for key in FILTERS[towers].reads(config):
+        assert stale_after(config, key) == after_filter, key
+    for key in JUDGES[judge].reads(config):
+        tuned = {"finetune"} if JUDGES[judge].has("finetunes") else set()
+        assert stale_after(config, key) == {*tuned, "simulate", "update", "evaluate_coldllm"}, key
+    for key in [f"update.{k}" for k in config["update"] if k != "device"]:
+        expected = after_filter if key in FILTERS[towers].reads(config) else {"update", "evaluate_coldllm"}
+        assert stale_after(config, key) == expected, key
+    # what no component of this funnel reads makes nothing stale
+    read = set(funnel_inputs(config, "evaluate_coldllm"))
+    for section in ("filter", "refiner"):
+        for field in config[section]:
+            key = f"{section}.{field}"
+            if key not in read and field != "device":
+                assert stale_after(config, key) == set(), key
+
+
+def test_the_knn_filter_reads_the_priors_neighbourhood_and_the_aldi_filter_does_not():
+    config = to_dict(RunConfig())
+    assert "filter" not in stale_after(config, "update.prior_k")  # aldi: the prior's k is the update's alone
+    config["filter"]["collab_source"] = "knn"
+    assert "filter" in stale_after(config, "update.prior_k")
+
+
+# -- what the stages' code reads, recorded ---------------------------------------------------------
+# Fields that change how a stage runs and never what it makes (where, how it batches, run bookkeeping)
+RUNTIME = {"name", "runs_dir", "stages", "reuse", "refiner.batch_size", "refiner.gradient_checkpointing",
+           "refiner.shard_users", "refiner.verdicts_from", "refiner.engine", "refiner.ray_actors", "refiner.vllm"}
+
+
+def recording(obj, seen: set[str], prefix: str = ""):
+    """A copy of a config whose field reads are added to ``seen`` as ``section.field``."""
+    fields = {f.name for f in dataclasses.fields(obj)}
+
+    def getattribute(self, name):
+        value = object.__getattribute__(self, name)
+        if name in fields and not dataclasses.is_dataclass(value):
+            seen.add(f"{prefix}{name}")
+        return value
+
+    out = copy.copy(obj)
+    out.__class__ = type(f"Recording{type(obj).__name__}", (type(obj),), {"__getattribute__": getattribute})
+    for name in fields:
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            object.__setattr__(out, name, recording(value, seen, f"{prefix}{name}."))
+    return out
+
+
+def covered(key: str, inputs: tuple[str, ...]) -> bool:
+    section = key.split(".")[0]
+    return key in RUNTIME or key.endswith(".device") or any(key == i or key.startswith(i + ".") or i == section
+                                                           for i in inputs)
+
+
+@pytest.mark.parametrize("towers,judge,collab", [("coupled", "llm", "knn"), ("onepass", "cosine", "aldi"),
+                                                 ("random", "oracle", "aldi")])
+def test_each_stage_reads_only_what_its_components_declare(tmp_path, tiny_llm_dir, towers, judge, collab):
+    cfg = load_config(write_project(tmp_path), [
+        f"--filter.towers={towers}", f"--filter.collab_source={collab}", f"--refiner.judge={judge}",
+        f"--filter.text_model={tiny_llm_dir}", "--filter.k=4", "--filter.collab={epochs: 1, hidden: 8}",
+        "--filter.lm={epochs: 1, hidden: 8, out_dim: 4}", "--filter.onepass={epochs: 1, hidden: 8}",
+        f"--refiner.model={tiny_llm_dir}", "--refiner.train_users=8", "--refiner.eval_users=4",
+        "--refiner.lora={epochs: 1, batch_size: 4}", "--update.k_grid=[2, 4]", "--update.steps=5",
+        "--backbone.epochs=2"])
+    run, seen_by = Run(cfg), {}
+    for stage in ("prepare", "train", "filter", "finetune", "simulate", "update", "evaluate_coldllm_val"):
+        seen = seen_by[stage] = set()
+        run.cfg = recording(cfg, seen)
+        STAGES[stage](run)
+        run.cfg = cfg
+        inputs = tuple(stage_inputs(to_dict(cfg), stage))
+        undeclared = sorted(k for k in seen if not covered(k, inputs))
+        assert not undeclared, f"stage {stage} reads {undeclared} but its inputs are {inputs}"
+    # the recording sees what the code reads: the content-KNN sub-tower reads the prior's k
+    assert ("update.prior_k" in seen_by["filter"]) == (collab == "knn" and towers == "coupled")
+    assert {"filter.k", "refiner.judge"} <= seen_by["filter"] | seen_by["simulate"]
