@@ -281,3 +281,52 @@ def test_candidate_profile_by_hand():
     assert p["distinct_users"] == 4 and p["top1pct_share"] == pytest.approx(2 / 5)  # user 2 holds 2 of 5 slots
     assert p["candidate_degree"] == pytest.approx((1 + 30 + 30 + 5 + 9) / 5)
     assert p["real_degree"] == pytest.approx((1 + 9 * 4) / 5)
+
+
+# the similar-history template: items 0-4 against the candidate vector (2, .1), cosines by hand:
+# item 0 (1, 0): .9988, item 2 (1, 1): .7416, item 3 (1, -1): .6710, item 1 (0, 1): .0499, item 4 (-1, 0): -.9988
+SIMILAR_VECTORS = np.array([[1, 0], [0, 1], [1, 1], [1, -1], [-1, 0], [2, 0.1]], np.float32)
+
+
+def test_the_similar_history_is_the_users_items_closest_to_the_candidate():
+    from coldllm.funnel.refiner import similar_history
+
+    items = np.array([0, 1, 2, 3, 4])
+    assert similar_history(items, SIMILAR_VECTORS[5], SIMILAR_VECTORS, 3).tolist() == [0, 2, 3]
+    assert similar_history(items, SIMILAR_VECTORS[5], SIMILAR_VECTORS, 9).tolist() == [0, 2, 3, 1, 4]
+    assert similar_history(np.array([1, 4]), SIMILAR_VECTORS[5], SIMILAR_VECTORS, 1).tolist() == [1]
+    assert similar_history(np.array([], np.int64), SIMILAR_VECTORS[5], SIMILAR_VECTORS, 2).tolist() == []
+
+
+def test_similar_fine_tuning_examples_show_each_candidate_its_closest_items_without_the_target():
+    train = sp.csr_matrix(np.array([[1, 1, 1, 1, 1, 0]], np.float32))  # the user has items 0-4
+    ex = finetune_examples(train, np.array([0]), candidates=np.array([5]), max_history=2, seed=0,
+                           similar=SIMILAR_VECTORS)
+    assert sorted(ex["label"]) == [0, 1]
+    for item, history in zip(ex["item"], ex["history"]):
+        rest = [i for i in range(5) if i != ex.loc[ex["label"] == 1, "item"].iloc[0]]
+        cos = SIMILAR_VECTORS[rest] @ SIMILAR_VECTORS[item] / (
+            np.linalg.norm(SIMILAR_VECTORS[rest], axis=1) * np.linalg.norm(SIMILAR_VECTORS[item]))
+        assert list(history) == [rest[j] for j in np.argsort(-cos, kind="stable")[:2]]
+
+
+def test_a_similar_history_simulation_gives_each_pair_the_prefix_of_its_own_history(tmp_path):
+    from coldllm.funnel.refiner import Histories
+
+    model, tok = make_tiny_llm(seed=2)
+    judge = Judge(model, PromptEncoder(tok, PromptTemplate()), batch_size=4)
+    titles = np.array(["graph networks", "protein folding", "deep learning", "graph", "paper", "neural"])
+    train = sp.csr_matrix(np.array([[1, 1, 1, 1, 1, 0]], np.float32))
+    histories = Histories(user_histories(train, 6), SIMILAR_VECTORS, 2)
+    candidates = pd.DataFrame({"user": [0, 0], "item": [5, 1]})
+    seen = []
+    real = judge.p_yes_grouped
+    judge.p_yes_grouped = lambda prefixes, suffixes, owner: seen.append(prefixes) or real(prefixes, suffixes, owner)
+    out = simulate(judge, candidates, histories, titles, tmp_path / "shards", shard_users=2)
+    # item 5's closest are 0 and 2; item 1's closest are 1 itself (a history may hold the candidate
+    # only in this hand-made case: a real candidate is never in the user's training items) and 2
+    shown = {5: [0, 2], 1: [1, 2]}
+    expected = [judge.prompts.prefix([titles[h] for h in shown[i]]) for i in out["item"]]
+    assert seen == [expected]  # one call, one prefix per pair, in the order of the verdicts
+    alone = [real([p], [judge.prompts.suffix(titles[i])], np.array([0]))[0] for p, i in zip(expected, out["item"])]
+    np.testing.assert_allclose(out["p_yes"], alone, atol=1e-5)

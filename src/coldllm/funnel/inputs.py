@@ -15,7 +15,7 @@ from ..config import ContentConfig, RunConfig, apply_values
 from ..content import encode_texts
 from ..llm.prompts import PromptTemplate
 from ..run import Run
-from .refiner import user_histories
+from .refiner import Histories, user_histories
 
 
 def params(cls: type, values: dict[str, Any], where: str):
@@ -41,6 +41,16 @@ def llm_text_vectors(run: Run) -> np.ndarray:
 
 def prompt_template(cfg: RunConfig) -> PromptTemplate:
     return params(PromptTemplate, cfg.refiner.template, "refiner.template")
+
+
+def prompt_histories(data, cfg: RunConfig, vectors: np.ndarray) -> Histories:
+    """What the language-model judge's prompts show of each user (``refiner.template.history``): the
+    seeded sample, or every training item to choose the candidate's closest ``max_history`` from."""
+    template = prompt_template(cfg)
+    if template.history == "similar":
+        train = data.matrix("train")
+        return Histories(user_histories(train, train.shape[1], cfg.seed), vectors, template.max_history)
+    return Histories(judge_histories(data, cfg), None, template.max_history)
 
 
 def judge_histories(run_or_data, cfg: RunConfig) -> list[np.ndarray]:

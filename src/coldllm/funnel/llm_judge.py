@@ -27,12 +27,12 @@ from ..llm.lora import LoraParams, add_lora, load_adapter, train_lora
 from ..llm.models import load_llm, load_tokenizer, resolve_llm
 from ..llm.prompts import PromptEncoder, PromptTemplate
 from ..report.model_card import write_model_card
-from ..run import Run
+from ..run import Run, content_vectors
 from ..utils import atomic_path, peak_memory_mb, resolve_device, write_json
-from .inputs import judge_histories, params, prompt_template
+from .inputs import params, prompt_histories, prompt_template
 from .judges import JudgeComponent
 from .ray_judge import simulate_on_ray
-from .refiner import best_threshold, example_parts, finetune_examples, judge_report, judge_sets, simulate, \
+from .refiner import Histories, best_threshold, example_parts, finetune_examples, judge_report, judge_sets, simulate, \
     with_random_negatives
 from .vllm_judge import VLLMJudge
 
@@ -47,7 +47,7 @@ class Engine:
     def __init__(self, cfg: RunConfig, layout: RunLayout, template: PromptTemplate):
         self.cfg, self.layout, self.template = cfg, layout, template
 
-    def judge(self, candidates: pd.DataFrame, histories: list[np.ndarray], titles: np.ndarray, shards: Path,
+    def judge(self, candidates: pd.DataFrame, histories: Histories, titles: np.ndarray, shards: Path,
               threshold: float, known: pd.DataFrame | None) -> pd.DataFrame:
         judge = self.pair_judge()
         return simulate(judge, candidates, histories, titles, shards, threshold, self.cfg.refiner.shard_users,
@@ -80,6 +80,10 @@ class VLLMEngine(Engine):
 class RayEngine(Engine):
     def judge(self, candidates, histories, titles, shards, threshold, known):  # imports ray only when it runs
         cfg = self.cfg
+        if histories.per_pair:
+            raise ConfigError("refiner.template.history=similar (one prompt prefix per pair) runs on the local or "
+                              "vllm engine, not ray")
+        histories = histories.items
         return simulate_on_ray(resolve_llm(cfg.refiner.model, cfg.content.cache_dir), self.layout.adapter,
                                self.template, candidates, histories, titles, shards, threshold,
                                cfg.refiner.shard_users, known=known, actors=cfg.refiner.ray_actors,
@@ -124,15 +128,18 @@ class LLMJudge(JudgeComponent):
         hard_users = train_users[rng.random(len(train_users)) < cfg.refiner.hard_negatives]
         hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
         max_history = prompts.template.max_history
+        similar = content_vectors(run) if prompts.template.history == "similar" else None
         examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard,
-                                     pairs=cfg.refiner.pairs_per_user)
+                                     pairs=cfg.refiner.pairs_per_user, similar=similar)
         # The judge is measured twice on held-out users, on the same positives and histories:
         # against random negatives (mostly off-topic, an easy topic test) and against the filter's
         # own top-ranked non-interacted items, the kind of pair it judges in the simulation. Both
         # sets are judged in one pass, one prefix per user.
         eval_hard = warm_candidates[warm_candidates["user"].isin(eval_users)].sort_values(["user", "rank"])
-        hard_set = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard)
-        held_out = {"random": with_random_negatives(hard_set, train, data.warm_items, cfg.seed + 1), "hard": hard_set}
+        hard_set = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard,
+                                     similar=similar)
+        held_out = {"random": with_random_negatives(hard_set, train, data.warm_items, cfg.seed + 1, similar),
+                    "hard": hard_set}
         report: dict[str, Any] = {"device": str(device), "train_examples": len(examples),
                                   "eval_examples": {k: len(v) for k, v in held_out.items()}}
         judge = Judge(model, prompts, cfg.refiner.batch_size)
@@ -188,18 +195,19 @@ class LLMJudge(JudgeComponent):
         if cfg.refiner.engine == "ray":
             record["ray_actors"] = cfg.refiner.ray_actors
         engine = ENGINES.implementation(cfg.refiner.engine)(cfg, run.layout, template)
-        return engine.judge(candidates, judge_histories(run, cfg), run.data.item_text, shards, threshold, known)
+        histories = prompt_histories(run.data, cfg, content_vectors(run) if template.history == "similar" else None)
+        return engine.judge(candidates, histories, run.data.item_text, shards, threshold, known)
 
     @classmethod
     def load(cls, cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray) -> "OnlineLLM":
-        return OnlineLLM(cfg, layout, judge_histories(data, cfg), data.item_text)
+        return OnlineLLM(cfg, layout, prompt_histories(data, cfg, content), data.item_text)
 
 
 class OnlineLLM:
     """The run's base model with its adapter, prompt template and threshold, on one new item's
     candidates: each user's history prefix tokenised once, on first use."""
 
-    def __init__(self, cfg: RunConfig, layout: RunLayout, histories: list[np.ndarray], titles: np.ndarray):
+    def __init__(self, cfg: RunConfig, layout: RunLayout, histories: Histories, titles: np.ndarray):
         if not (layout.adapter / "adapter_config.json").exists() or not layout.threshold.exists():
             raise ConfigError(f"{layout.root}: refiner.judge=llm but the finetune stage left no adapter in "
                               f"{layout.adapter}")
@@ -213,15 +221,17 @@ class OnlineLLM:
         self.tokenizer = tokenizer  # the service caps new texts in its tokens
         self._prefixes: dict[int, list[int]] = {}
 
-    def prefix(self, user: int) -> list[int]:
+    def prefix(self, user: int, vector: np.ndarray) -> list[int]:
+        if self.histories.per_pair:  # the user's items closest to this item: a prefix of its own
+            return self.prompts.prefix([self.titles[i] for i in self.histories.of(user, vector)])
         if user not in self._prefixes:
-            self._prefixes[user] = self.prompts.prefix([self.titles[i] for i in self.histories[user]])
+            self._prefixes[user] = self.prompts.prefix([self.titles[i] for i in self.histories.of(user)])
         return self._prefixes[user]
 
     def verdicts(self, users, text, vector):
         if not len(users):
             return np.zeros(0, np.float32), np.zeros(0, bool)
-        prefixes = [self.prefix(int(u)) for u in users]
+        prefixes = [self.prefix(int(u), np.asarray(vector, np.float32)) for u in users]
         suffix = self.prompts.suffix(text)
         p = np.asarray(self.judge.p_yes_grouped(prefixes, [suffix] * len(users), np.arange(len(users))), np.float32)
         return p, p > self.threshold

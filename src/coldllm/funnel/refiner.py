@@ -11,6 +11,7 @@ to Parquet shards: a killed run resumes at the first missing shard and loses not
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,39 @@ def user_histories(train: sp.csr_matrix, max_items: int, seed: int = 0) -> list[
     return out
 
 
+def similar_history(items: np.ndarray, target: np.ndarray, vectors: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` of ``items`` whose content vectors are closest in cosine to the vector ``target``,
+    most similar first (ties in the order given): the history the paper shows for a candidate."""
+    items = np.asarray(items)
+    if not len(items):
+        return items
+    rows = vectors[items]
+    sims = rows @ target / np.maximum(np.linalg.norm(rows, axis=1) * np.linalg.norm(target), 1e-12)
+    return items[np.argsort(-sims, kind="stable")[:n]]
+
+
+@dataclass
+class Histories:
+    """What a judge's prompt shows of each user: a fixed sample (one prefix per user), or with
+    ``vectors`` the user's training items closest to each candidate (one prefix per pair)."""
+
+    items: list[np.ndarray]  # per user: the sample, or (similar) every training item
+    vectors: np.ndarray | None = None  # similar: every item's content vector
+    n: int = 20
+
+    @property
+    def per_pair(self) -> bool:
+        return self.vectors is not None
+
+    def of(self, user: int, target: np.ndarray | None = None) -> np.ndarray:
+        """The history shown with a candidate whose content vector is ``target`` (unused for a sample)."""
+        return self.items[user] if self.vectors is None else similar_history(self.items[user], target, self.vectors,
+                                                                              self.n)
+
+
 def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.ndarray, max_history: int,
-                      seed: int = 0, hard: pd.DataFrame | None = None, pairs: int = 1) -> pd.DataFrame:
+                      seed: int = 0, hard: pd.DataFrame | None = None, pairs: int = 1,
+                      similar: np.ndarray | None = None) -> pd.DataFrame:
     """``pairs`` positives and as many negatives per user, from training interactions only.
 
     Returns columns ``user``, ``item``, ``label`` and ``history`` (item ids, without the targets).
@@ -51,7 +83,8 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
     fewer than ``pairs + 1`` items gives fewer pairs. ``candidates``: items a random negative may
     be drawn from (warm items). ``hard``: optional (user, item) rows ranked by the filter; the
     best-ranked ones the user did not interact with become that user's negatives before any
-    random item does.
+    random item does. ``similar`` (content vectors): each example's history is instead the
+    ``max_history`` items of the rest closest to its candidate (``similar_history``).
     """
     rng = np.random.default_rng(seed)
     hard_by_user = {} if hard is None else {u: g["item"].to_numpy() for u, g in hard.groupby("user", sort=False)}
@@ -64,6 +97,13 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
         # one target is drawn as it always was, so pairs=1 gives the examples recorded runs tuned on
         targets = [rng.choice(items)] if k == 1 else rng.choice(items, k, replace=False)
         rest = items[~np.isin(items, targets)]  # in stored order, as the draw below has always seen it
+        if similar is not None:
+            seen = set(items.tolist())
+            negatives = [i for i in dict.fromkeys(hard_by_user.get(u, ())) if i not in seen][:k]
+            _draw_unseen(rng, candidates, seen, negatives, k)
+            rows += [(int(u), int(i), label, similar_history(rest, similar[i], similar, max_history))
+                     for label, chosen in ((1, targets), (0, negatives)) for i in chosen]
+            continue
         if len(rest) > max_history:
             rest = rng.choice(rest, max_history, replace=False)
         history = np.sort(rest)
@@ -76,7 +116,7 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
 
 
 def with_random_negatives(examples: pd.DataFrame, train: sp.csr_matrix, candidates: np.ndarray,
-                          seed: int = 0) -> pd.DataFrame:
+                          seed: int = 0, similar: np.ndarray | None = None) -> pd.DataFrame:
     """``examples`` with each negative replaced by a random candidate the user did not interact
     with; users, positives and histories stay. A random-negative set made this way is paired with
     a hard-negative one: the two differ only in their negatives, so they measure the same judge on
@@ -87,6 +127,11 @@ def with_random_negatives(examples: pd.DataFrame, train: sp.csr_matrix, candidat
         seen = set(train.indices[train.indptr[user] : train.indptr[user + 1]].tolist())
         slots = rows.index[rows["label"] == 0]
         out.loc[slots, "item"] = _draw_unseen(rng, candidates, seen, [], len(slots))
+        if similar is not None:  # a history chosen for the new negative, from the same items
+            rest = np.array(sorted(seen - set(rows.loc[rows["label"] == 1, "item"].tolist())))
+            for slot in slots:
+                out.at[slot, "history"] = similar_history(rest, similar[out.at[slot, "item"]], similar,
+                                                          len(rows.at[slot, "history"]))
     return out
 
 
@@ -190,7 +235,7 @@ def read_shards(out_dir: Path, n_shards: int, threshold: float) -> pd.DataFrame:
     return result
 
 
-def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray], titles: np.ndarray,
+def simulate(judge: Judge, candidates: pd.DataFrame, histories: "list[np.ndarray] | Histories", titles: np.ndarray,
              out_dir: Path, threshold: float = 0.5, shard_users: int = 128,
              known: pd.DataFrame | None = None) -> pd.DataFrame:
     """Judge every candidate pair; returns columns user, item, p_yes, accepted (all shards).
@@ -213,8 +258,15 @@ def simulate(judge: Judge, candidates: pd.DataFrame, histories: list[np.ndarray]
         p = known_p_yes(known, users, flat)
         todo = np.flatnonzero(np.isnan(p))
         if len(todo):
-            prefixes = [judge.prompts.prefix([titles[i] for i in histories[u]]) for u in shard]
-            p[todo] = judge.p_yes_grouped(prefixes, [judge.prompts.suffix(titles[i]) for i in flat[todo]], owner[todo])
+            suffixes = [judge.prompts.suffix(titles[i]) for i in flat[todo]]
+            if isinstance(histories, Histories) and histories.per_pair:  # each pair its own history
+                prefixes = [judge.prompts.prefix([titles[h] for h in histories.of(int(users[j]), histories.vectors[flat[j]])])
+                            for j in todo]
+                p[todo] = judge.p_yes_grouped(prefixes, suffixes, np.arange(len(todo)))
+            else:
+                items_of = histories.items if isinstance(histories, Histories) else histories
+                prefixes = [judge.prompts.prefix([titles[i] for i in items_of[u]]) for u in shard]
+                p[todo] = judge.p_yes_grouped(prefixes, suffixes, owner[todo])
         bar.update(len(flat))
         write_shard(out_dir, s, users, flat, p)
     bar.close()

@@ -40,7 +40,11 @@ class PromptTemplate:
     )
     yes: str = field(default=" Yes", metadata={"help": "Answer text for a positive (with its leading space)."})
     no: str = field(default=" No", metadata={"help": "Answer text for a negative."})
-    max_history: int = field(default=20, metadata={"help": "Most recent history titles shown (N)."})
+    max_history: int = field(default=20, metadata={"help": "History titles shown (N)."})
+    history: str = field(default="sample", metadata={
+        "help": "Which N of the user's training items the prompt shows: sample (a seeded sample, one prefix per "
+                "user, shared by all its candidates) | similar (the N closest in content to the candidate, the "
+                "paper's construction: one prefix per pair, so judging costs more)."})
     max_title_chars: int = field(default=400, metadata={"help": "Characters kept before tokenising (huge texts)."})
     max_title_tokens: int = field(default=48, metadata={"help": "Tokens kept of each title in a prompt."})
 
