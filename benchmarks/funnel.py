@@ -23,6 +23,7 @@ reuse what they do not change:
     onepass-minilm-tuned the same, MiniLM reading the text and learning with the head (every weight)
     onepass-llm-frozen   the same, SmolLM2's mean-pooled states read once, only the head learns
     onepass-llm          the same, SmolLM2 with LoRA adapters learning with the head (FilterLLM's idea)
+    onepass-llm-std      the same, SmolLM2's pooled states standardised per dimension (-last: last token)
     paper-filter         the paper's released candidates, all accepted            (reference)
     paper-refiner        the paper's candidates, its 7B refiner's Yes answers     (reference)
     coldllm-oracle-rR-fF an oracle judge that reads held-out labels: real pairs accepted with
@@ -99,13 +100,22 @@ VARIANTS = {
                             "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: frozen}"], {}),
     "onepass-llm": (["--filter.towers=onepass", "--refiner.judge=all",
                      "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: lora}"], {}),
+    # the same with the LM's pooled states standardised per dimension (its states share a few huge
+    # dimensions: unrelated titles at cosine ~.95), and with the last token's state instead of the mean
+    "onepass-llm-std": (["--filter.towers=onepass", "--refiner.judge=all",
+                         "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: lora, standardize: true}"],
+                        {}),
+    "onepass-llm-last": (["--filter.towers=onepass", "--refiner.judge=all",
+                          "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: lora, standardize: true, "
+                          "pooling: last}"], {}),
     **{oracle_name(r, f): (["--refiner.judge=oracle", f"--refiner.oracle_r={r}", f"--refiner.oracle_f={f}"],
                            {"filter": "coldllm"}) for r, f in ORACLE_GRID},
 }
 # the language-model judge is not in the default list: on 2 CPU cores its fine-tuning and the
 # 68k judged pairs take hours (run it with --variants coldllm where a GPU is available)
 # nor are the text-encoder one-pass variants (an hour or more each on 2 cores: run them by name)
-TEXT_ENCODER_VARIANTS = ("onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm")
+TEXT_ENCODER_VARIANTS = ("onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
+                         "onepass-llm-last")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title", *TEXT_ENCODER_VARIANTS)]
 
 

@@ -112,7 +112,8 @@ def record_seed(path: Path, *, dataset: str, split: str, backbone: str, method: 
 
 
 # the project's own ways of simulating a new item's users: the default configuration is one of these
-OWN_METHODS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "coldllm", "coldllm-cosine",
+OWN_METHODS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
+               "onepass-llm-last", "coldllm", "coldllm-cosine",
                "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-retrain")
 DEFAULT_METRIC = ("cold", "ndcg@20")
 

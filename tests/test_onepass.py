@@ -141,3 +141,20 @@ def test_a_filter_refitted_without_a_text_encoder_leaves_none_behind(tmp_path, t
     result = CliRunner().invoke(app, [*base, "--filter.towers=collab", "--filter.collab_source=knn", text])
     assert result.exit_code == 0, result.output
     assert not folder.exists()
+
+
+def test_a_standardized_encoder_centres_the_catalogue_and_saves_its_statistics(planted, tmp_path):
+    ctx, folder = planted
+    spec = TextEncoderSpec(model=str(folder), tune="lora", lora_r=4, standardize=True)
+    encoder = TextEncoder(spec)
+    params = OnePassParams(epochs=1, hidden=16, batch_items=8, encoder="text")
+    OnePass(params).fit(ctx, None, encoder, list(ctx.data.item_text))
+    assert encoder.center is not None and encoder.scale.shape == encoder.center.shape == (encoder.width,)
+    # the statistics are the catalogue's before training: the untrained states, centred, are 0 on average
+    fresh = TextEncoder(TextEncoderSpec(model=str(folder), tune="lora", lora_r=4))
+    raw = fresh.encode_ids(fresh.tokenize(list(ctx.data.item_text)))
+    torch.testing.assert_close(encoder.center, raw.mean(0))
+    encoder.save(tmp_path / "encoder")
+    again = TextEncoder.load(tmp_path / "encoder")
+    texts = list(ctx.data.item_text[:5]) + ["graph"]
+    np.testing.assert_allclose(again.encode(texts), encoder.encode(texts), atol=1e-6)

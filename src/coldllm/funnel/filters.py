@@ -135,7 +135,8 @@ class OnePassFilter(Filter):
         shutil.rmtree(run.layout.text_encoder, ignore_errors=True)
         if p.encoder == "text":  # the item text through a language model that learns with the head
             spec = TextEncoderSpec(model=p.text_model or cfg.filter.text_model, tune=p.tune, pooling=p.pooling,
-                                   max_length=p.max_length, lora_r=p.lora_r, lora_targets=tuple(p.lora_targets))
+                                   max_length=p.max_length, lora_r=p.lora_r, lora_targets=tuple(p.lora_targets),
+                                   standardize=p.standardize)
             encoder = TextEncoder(spec, cfg.content.cache_dir, ctx.device)
             simulator = OnePass(p).fit(ctx, None, encoder, list(run.data.item_text))
             encoder.save(run.layout.text_encoder)

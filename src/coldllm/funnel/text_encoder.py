@@ -39,6 +39,10 @@ class TextEncoderSpec:
     max_length: int = 64
     lora_r: int = 8
     lora_targets: tuple[str, ...] = ()  # () = the attention's query and value projections
+    # pooled states centred and scaled per dimension by the catalogue's own statistics (taken once,
+    # before training): a causal LM's states share a few huge dimensions, so unrelated titles sit at
+    # cosine ~.95 and what tells them apart is a small part of each vector
+    standardize: bool = False
 
     def check(self) -> None:
         if self.tune not in TUNES:
@@ -78,6 +82,15 @@ class TextEncoder(nn.Module):
             model = get_peft_model(model, LoraConfig(r=spec.lora_r, lora_alpha=2 * spec.lora_r, lora_dropout=0.0,
                                                      target_modules=targets))
         self.model = model
+        self.center: torch.Tensor | None = None
+        self.scale: torch.Tensor | None = None
+
+    def standardize_on(self, ids: list[list[int]]) -> None:
+        """Take the per-dimension mean and spread of the pooled states of ``ids`` (the catalogue) as
+        the fixed centring and scaling of every later output."""
+        self.center = self.scale = None
+        raw = self.encode_ids(ids)
+        self.center, self.scale = raw.mean(0), raw.std(0).clamp(min=1e-6)
 
     @property
     def width(self) -> int:
@@ -97,9 +110,13 @@ class TextEncoder(nn.Module):
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         if self.spec.pooling == "last":
-            return hidden[torch.arange(len(ids), device=self.device), mask.sum(1) - 1]
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = hidden[torch.arange(len(ids), device=self.device), mask.sum(1) - 1]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if self.center is not None:
+            pooled = (pooled - self.center) / self.scale
+        return pooled
 
     @torch.no_grad()
     def encode_ids(self, ids: list[list[int]], batch_size: int = 64) -> torch.Tensor:
@@ -138,6 +155,9 @@ class TextEncoder(nn.Module):
         """The spec (JSON) and the weights that learned (safetensors); a frozen encoder saves none."""
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / CONFIG, asdict(self.spec))
+        if self.center is not None:
+            with atomic_path(folder / "standardize.safetensors") as tmp:
+                save_file({"center": self.center.contiguous().cpu(), "scale": self.scale.contiguous().cpu()}, str(tmp))
         if self.spec.tune != "frozen":
             with atomic_path(folder / "weights.safetensors") as tmp:
                 save_file({k: v.contiguous().cpu() for k, v in self.trained_state().items()}, str(tmp))
@@ -152,4 +172,7 @@ class TextEncoder(nn.Module):
         encoder = cls(TextEncoderSpec(**spec), cache_dir, device)
         if encoder.spec.tune != "frozen":
             encoder.load_trained_state(read_safetensors(folder / "weights.safetensors"))
+        if encoder.spec.standardize:
+            stats = read_safetensors(folder / "standardize.safetensors")
+            encoder.center, encoder.scale = stats["center"].to(encoder.device), stats["scale"].to(encoder.device)
         return encoder.eval()
