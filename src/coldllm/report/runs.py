@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backbones import load_backbone
+from ..baselines import build_method
+from ..baselines.base import FitContext
 from ..config import ConfigError, RunConfig
+from ..content import encode_texts
 from ..data import ColdStartData
-from ..funnel.update import prior_candidates
+from ..funnel.update import knn_prior, prior_candidates
 from ..layout import RunLayout
+from ..serve.runs import read_manifest, run_config, run_data  # the service reads runs the same way
 from ..utils import read_safetensors
 
 log = logging.getLogger(__name__)
@@ -56,8 +61,6 @@ class FinishedRun:
 
 def open_run(run_dir: Path) -> FinishedRun:
     """The run in ``run_dir``, with its prepared dataset (the cached copy its stages used)."""
-    from ..serve.runs import read_manifest, run_config, run_data  # the service reads runs the same way
-
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     cfg = run_config(run_dir, manifest)
@@ -66,8 +69,6 @@ def open_run(run_dir: Path) -> FinishedRun:
 
 def methods(run: FinishedRun, device: torch.device | str = "cpu") -> list[Method]:
     """Every method the run can score again, the backbone first."""
-    from ..backbones import load_backbone
-
     if not run.layout.backbone_meta.exists():
         raise ConfigError(f"{run.dir}: no trained backbone (backbone/backbone.json); run its train stage first")
     backbone = load_backbone(run.layout.backbone, run.data).to(device)
@@ -101,14 +102,10 @@ def _with_cold_rows(run: FinishedRun, item_emb: torch.Tensor, cold_rows: torch.T
 
 
 def _content(run: FinishedRun) -> np.ndarray:
-    from ..content import encode_texts
-
     return encode_texts(list(run.data.item_text), run.cfg.content)  # cached by model and text hash
 
 
 def _prior(run: FinishedRun, item_emb: torch.Tensor) -> torch.Tensor:
-    from ..funnel.update import knn_prior
-
     content = torch.as_tensor(_content(run), dtype=torch.float32)
     return knn_prior(content, item_emb.cpu(), torch.as_tensor(run.data.warm_items),
                      torch.as_tensor(run.data.cold_items), run.cfg.update.prior_k)
@@ -119,9 +116,6 @@ def _controls(run: FinishedRun, user_emb: torch.Tensor, item_emb: torch.Tensor, 
     names = [n for n in TRAINING_FREE if (run.layout.baselines / f"{n}.json").exists()]
     if not names:
         return []
-    from ..baselines import build_method
-    from ..baselines.base import FitContext
-
     ctx = FitContext(data=run.data, content=torch.as_tensor(_content(run), dtype=torch.float32).to(device),
                      user_emb=user_emb, item_emb=item_emb, device=torch.device(device), seed=run.cfg.seed)
     out = []
