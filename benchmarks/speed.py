@@ -22,6 +22,10 @@ and that work's share of the limit that bounds it:
 - lightgcn: one BPR epoch of the preset's LightGCN; the sparse propagation's bytes (each nonzero
   reads one 200-float row, forward and backward) against the copy bandwidth.
 - eval: full-ranking evaluation of the test split; filter: the exact top-K users of every cold item.
+- encode: the CiteULike titles (``--encode-items``, all by default) through SmolLM2 as the
+  language-model sub-tower encodes them (token-length-sorted batches, the decoder alone), in
+  tokens/s (real tokens; the padded ones are counted beside them) and as a share of the matmul
+  limit at 2 FLOPs per body weight per token.
 - pipeline (not in the default sections): the CiteULike preset run end to end in a new run
   folder, its wall time and every stage's.
 - paper_pipeline (not in the default sections: hours on 2 cores): ``configs/citeulike-paper.yaml``,
@@ -60,7 +64,7 @@ from coldllm.llm.prompts import PromptEncoder, PromptTemplate
 from coldllm.utils import git_commit, now_iso, package_versions, peak_memory_mb, resolve_device, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("machine", "judge", "lora", "lightgcn", "eval", "filter")
+SECTIONS = ("machine", "judge", "lora", "lightgcn", "eval", "filter", "encode")
 EXTRA_SECTIONS = ("lightgcn_train", "pipeline", "paper_pipeline", "paper_setting")
 # the paper's funnel made to fit 2 cores: its backbone settings are the fast LightGCN, its prompt
 # template the one whose per-candidate words end the prefix (the reasons are in the file)
@@ -442,6 +446,23 @@ def filter_section(args, data, cfg, device, limits) -> dict:
             "share_of_matmul_limit": round(flops / seconds / (limits["matmul_gflops"] * 1e9), 3)}
 
 
+def encode_section(args, data, cfg, device, limits) -> dict:
+    from coldllm.content import LLMEncoder
+
+    encoder = LLMEncoder(args.model, batch_size=args.batch_size, device=str(device), cache_dir=cfg.content.cache_dir)
+    texts = list(data.item_text[: args.encode_items or None])
+    lengths = np.array([len(i) for i in encoder.tokenizer(texts, truncation=True,
+                                                         max_length=encoder.max_length)["input_ids"]])
+    ordered = np.sort(lengths)
+    padded = sum(len(b) * int(b.max()) for b in np.array_split(ordered, max(1, -(-len(ordered) // args.batch_size))))
+    seconds, _ = timed(lambda: encoder.encode(texts), device, warm_up=False)
+    rate = lengths.sum() / seconds
+    return {"seconds": round(seconds, 1), "items": len(texts), "tokens": int(lengths.sum()), "padded_tokens": int(padded),
+            "batch_size": args.batch_size, "tokens_per_second": round(float(rate), 1),
+            "share_of_matmul_limit": round(float(rate * forward_flops_per_token(encoder.model)
+                                                 / (limits["matmul_gflops"] * 1e9)), 3)}
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -471,6 +492,7 @@ def main() -> None:
                         help="pairs judged one prompt at a time (48 gave naive rates 18%% apart on one engine)")
     parser.add_argument("--lora-users", type=int, default=32, help="lora: users giving 2 examples each")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--encode-items", type=int, default=0, help="encode: titles encoded (0: all)")
     parser.add_argument("--candidates-from", default="runs/bench-citeulike-lightgcn-coldllm")
     args = parser.parse_args()
     device = resolve_device(args.device)

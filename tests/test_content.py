@@ -54,6 +54,14 @@ def test_llm_mean_pooling_ignores_padding(tiny_llm_dir, tmp_path):
     np.testing.assert_allclose(together, alone, atol=1e-5)
     cfg = ContentConfig(encoder="llm", model=str(tiny_llm_dir), cache_dir=str(tmp_path), device="cpu")
     np.testing.assert_allclose(encode_texts([long, short], cfg), together[::-1], atol=1e-5)
+    # the mean of the whole model's last hidden states, computed by hand one text at a time
+    import torch
+
+    for text, got in ((short, together[0]), (long, together[1])):
+        ids = torch.tensor([enc.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            states = enc.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(got, states.mean(0).numpy(), atol=1e-5)
 
 
 def test_packaged_smollm2_converts_once_and_encodes(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..llm.models import DEFAULT_LLM, load_llm, offline
+from ..llm.models import DEFAULT_LLM, last_states, load_llm, offline
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,20 @@ class LLMEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> np.ndarray:
-        # Sort by length so each batch pads little; restore the order at the end.
-        order = np.argsort([len(t) for t in texts], kind="stable")
+        # Tokenised once, then batched in order of token length, so a batch pads at most a few tokens;
+        # the order is restored at the end.
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        order = np.argsort([len(i) for i in ids], kind="stable")
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id or 0
         starts = range(0, len(texts), self.batch_size)
         for start in tqdm(starts, desc=f"encode {self.key}", unit="batch", disable=len(texts) <= 256):
             idx = order[start : start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
-            hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            width = max(len(ids[i]) for i in idx)
+            input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in idx], device=self.device)
+            mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in idx], device=self.device)
+            hidden = last_states(self.model, input_ids, mask)
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
             out[idx] = pooled.float().cpu().numpy()
         return out

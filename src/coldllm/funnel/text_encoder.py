@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..config import ConfigError
-from ..llm.models import load_llm, offline
+from ..llm.models import last_states, load_llm, offline
 from ..utils import atomic_path, read_safetensors, write_json
 
 TUNES = ("lora", "frozen", "full")
@@ -106,7 +106,7 @@ class TextEncoder(nn.Module):
         input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=self.device)
         mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=self.device)
         if self.causal:
-            hidden = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+            hidden = last_states(self.model, input_ids, mask)
         else:
             hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
         if self.spec.pooling == "last":

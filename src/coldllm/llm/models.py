@@ -89,3 +89,16 @@ def load_llm(name_or_path: str = DEFAULT_LLM, cache_dir: str | Path = "cache",
     tokenizer = load_tokenizer(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     return model, tokenizer
+
+
+def last_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last hidden states (after the final norm) of a causal LM, through its decoder alone when
+    it exposes one: the logits over the vocabulary would cost a third more FLOPs per token and are
+    not needed."""
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError):
+        decoder = None
+    if decoder is not None:
+        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-1]
