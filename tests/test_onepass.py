@@ -1,7 +1,9 @@
 """The one-pass simulator: its users are scored in the space it searches, it learns who likes a
 text, and its top-K go through the same update as the pairwise funnel's accepted pairs."""
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -158,3 +160,44 @@ def test_a_standardized_encoder_centres_the_catalogue_and_saves_its_statistics(p
     again = TextEncoder.load(tmp_path / "encoder")
     texts = list(ctx.data.item_text[:5]) + ["graph"]
     np.testing.assert_allclose(again.encode(texts), encoder.encode(texts), atol=1e-6)
+
+
+def test_an_end_to_end_fit_killed_after_an_epoch_resumes_to_the_same_model(planted, tmp_path):
+    ctx, folder = planted
+    params = OnePassParams(epochs=4, hidden=16, batch_items=8, lr=0.01, text_lr=0.01, patience=4, encoder="text")
+    spec = TextEncoderSpec(model=str(folder), tune="lora", lora_r=4)
+    whole = OnePass(params).fit(ctx, None, TextEncoder(spec), list(ctx.data.item_text))
+
+    path, real = tmp_path / "onepass.safetensors", ctx.validator.evaluate
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed while validating the third epoch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    ctx.validator.evaluate = dying
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            OnePass(params).fit(ctx, None, TextEncoder(spec), list(ctx.data.item_text), path, "same")
+    finally:
+        ctx.validator.evaluate = real
+    assert path.exists()
+    # another fit's checkpoint is never taken: a different fingerprint starts from the first epoch
+    shutil.copy(path, tmp_path / "copy.safetensors")
+    other = OnePass(dataclasses.replace(params, epochs=1)).fit(ctx, None, TextEncoder(spec), list(ctx.data.item_text),
+                                                               tmp_path / "copy.safetensors", "other")
+    assert [h["epoch"] for h in other.history] == [1]
+    calls["n"] = -10 ** 6  # counting, never dying
+    ctx.validator.evaluate = dying
+    try:
+        resumed = OnePass(params).fit(ctx, None, TextEncoder(spec), list(ctx.data.item_text), path, "same")
+    finally:
+        ctx.validator.evaluate = real
+    # the two epochs written were not trained again: only the later ones were validated
+    assert calls["n"] + 10 ** 6 == len(whole.history) - 2
+    assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in whole.history]
+    np.testing.assert_allclose([h["val_cold"] for h in resumed.history], [h["val_cold"] for h in whole.history],
+                               atol=1e-6)
+    torch.testing.assert_close(resumed.item_out, whole.item_out, atol=1e-5, rtol=1e-5)

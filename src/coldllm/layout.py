@@ -76,6 +76,11 @@ class RunLayout:
         return self.filter / "prior.safetensors"
 
     @property
+    def onepass_checkpoint(self) -> Path:
+        """Where an end-to-end one-pass fit keeps its place (resumed only under the same settings)."""
+        return self.filter / "onepass_checkpoint.safetensors"
+
+    @property
     def text_encoder(self) -> Path:
         """The one-pass simulator's text encoder, when it learned one."""
         return self.filter / "text_encoder"

@@ -138,7 +138,8 @@ class OnePassFilter(Filter):
                                    max_length=p.max_length, lora_r=p.lora_r, lora_targets=tuple(p.lora_targets),
                                    standardize=p.standardize)
             encoder = TextEncoder(spec, cfg.content.cache_dir, ctx.device)
-            simulator = OnePass(p).fit(ctx, None, encoder, list(run.data.item_text))
+            simulator = OnePass(p).fit(ctx, None, encoder, list(run.data.item_text),
+                                       checkpoint=run.layout.onepass_checkpoint, fingerprint=run.fingerprint("filter"))
             encoder.save(run.layout.text_encoder)
         elif p.encoder == "vectors":
             simulator = OnePass(p).fit(ctx, llm_text_vectors(run))

@@ -16,8 +16,11 @@ like the filter's (the head's bias is one more coordinate), so it scales the sam
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,11 +29,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..baselines.base import FitContext, TrainParams, fit_with_early_stopping
+from ..checkpoint import load_optimizer, optimizer_tensors, save_tensors
 from ..early_stopping import EarlyStopping
 from ..evaluate import Scorer
 from ..layers import mlp
+from ..utils import read_safetensors, read_safetensors_metadata
 from .filter import CoupledEmbeddings
 from .text_encoder import TextEncoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,11 +78,12 @@ class OnePass:
         self.history: list[dict] = []
 
     def fit(self, ctx: FitContext, text: np.ndarray | None, encoder: TextEncoder | None = None,
-            texts: list[str] | None = None) -> "OnePass":
+            texts: list[str] | None = None, checkpoint: Path | None = None, fingerprint: str = "") -> "OnePass":
         """``text``: (n_items, d) frozen vectors of every item's text; or, with ``encoder``, the item
-        ``texts`` read by it (trained with the head unless it is frozen)."""
+        ``texts`` read by it (trained with the head unless it is frozen). ``checkpoint``: where an
+        end-to-end fit keeps its place after every epoch (resumed only under the same ``fingerprint``)."""
         p = self.params
-        self.encoder = encoder
+        self.encoder, self.checkpoint, self.fingerprint = encoder, checkpoint, fingerprint
         if encoder is not None:
             self._ids = encoder.tokenize(list(texts))
             if encoder.spec.standardize:
@@ -131,8 +139,12 @@ class OnePass:
         state = lambda: {"net": {k: v.clone() for k, v in self.net.state_dict().items()},  # noqa: E731
                          "head": {k: v.clone() for k, v in self.head.state_dict().items()},
                          "encoder": encoder.trained_state()}
-        bar = tqdm(range(p.epochs), desc="fit onepass (text)", unit="epoch")
+        start_epoch = self._resume(opt, rng, stopper)
+        bar = tqdm(range(start_epoch, p.epochs), desc="fit onepass (text)", unit="epoch", initial=start_epoch,
+                   total=p.epochs)
         for epoch in bar:
+            if stopper.done:  # a resumed fit that had already stopped
+                break
             start, total, pairs = time.perf_counter(), 0.0, 0
             encoder.train()
             for b in rng.permutation(len(batches)):
@@ -159,6 +171,7 @@ class OnePass:
             self.history.append(record)
             bar.set_postfix(loss=round(record["loss"], 4), val_cold=round(score, 4))
             stopper.update(score, epoch + 1, state())
+            self._save(state(), opt, rng, stopper)
             if stopper.done:
                 break
         best = stopper.best_state
@@ -170,6 +183,47 @@ class OnePass:
             self._text = F.normalize(encoder.encode_ids(self._ids), dim=1)
             self.finish(ctx)
         return self
+
+    # -- the end-to-end fit's checkpoint: current and best weights, the optimiser, the shuffling RNG,
+    # the stopper and the history, written after every epoch, all or nothing -----------------------
+    def _save(self, current: dict, opt: torch.optim.Optimizer, rng: np.random.Generator, stopper: EarlyStopping) -> None:
+        if self.checkpoint is None:
+            return
+        tensors = {f"{when}.{part}.{k}": v for when, parts in (("current", current), ("best", stopper.best_state))
+                   for part, weights in parts.items() for k, v in weights.items()}
+        meta = {"fingerprint": self.fingerprint, "history": json.dumps(self.history),
+                "rng": json.dumps(rng.bit_generator.state),
+                "stopper": json.dumps({"best_score": stopper.best_score, "best_step": stopper.best_step,
+                                       "bad": stopper.bad})}
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_tensors({**tensors, **optimizer_tensors(opt)}, self.checkpoint, metadata=meta)
+
+    def _resume(self, opt: torch.optim.Optimizer, rng: np.random.Generator, stopper: EarlyStopping) -> int:
+        """The epoch to start at: 0, or where a checkpoint of the same fit left off (loaded)."""
+        path = self.checkpoint
+        if path is None or not path.exists():
+            return 0
+        meta = read_safetensors_metadata(path)
+        if meta.get("fingerprint") != self.fingerprint:
+            log.warning("%s belongs to another fit; starting from the first epoch", path)
+            return 0
+        tensors = read_safetensors(path)
+
+        def weights(when: str, part: str) -> dict[str, torch.Tensor]:
+            prefix = f"{when}.{part}."
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.net.load_state_dict(weights("current", "net"))
+        self.head.load_state_dict(weights("current", "head"))
+        self.encoder.load_trained_state(weights("current", "encoder"))
+        load_optimizer(opt, tensors)
+        rng.bit_generator.state = json.loads(meta["rng"])
+        for key, value in json.loads(meta["stopper"]).items():
+            setattr(stopper, key, value)
+        stopper.best_state = {part: weights("best", part) for part in ("net", "head", "encoder")}
+        self.history = json.loads(meta["history"])
+        log.info("one-pass fit resumed after epoch %d", len(self.history))
+        return len(self.history)
 
     def finish(self, ctx: FitContext) -> None:
         self.item_out = self.net(self._text)
