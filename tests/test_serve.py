@@ -459,6 +459,8 @@ def test_a_run_whose_one_pass_learned_its_text_encoder_is_served_with_it(tmp_pat
                        f"--filter.onepass={{epochs: 1, hidden: 16, encoder: text, text_model: '{tiny_llm_dir}', "
                        f"tune: lora, batch_items: 8, lora_r: 2}}")
     assert (run / "filter" / "text_encoder" / "weights.safetensors").is_file()
+    card = (run / "filter" / "text_encoder" / "README.md").read_text()  # the model card, with its epochs
+    assert f"base_model: {tiny_llm_dir}" in card and "| 1 |" in card
     service = OnlineService(run)
     try:
         assert service.lm_encoder.spec.tune == "lora"

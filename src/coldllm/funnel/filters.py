@@ -10,6 +10,7 @@ top users with no refit).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from ..baselines.base import FitContext
 from ..components import FILTERS, Declared
 from ..config import ConfigError
 from ..layout import RunLayout
+from ..report.model_card import write_encoder_card
 from ..run import Run
 from ..utils import atomic_path
 from .filter import KNNTower, LanguageTower, LMTowerParams, coupled_embeddings, random_users, read_candidates, \
@@ -141,6 +143,8 @@ class OnePassFilter(Filter):
             simulator = OnePass(p).fit(ctx, None, encoder, list(run.data.item_text),
                                        checkpoint=run.layout.onepass_checkpoint, fingerprint=run.fingerprint("filter"))
             encoder.save(run.layout.text_encoder)
+            write_encoder_card(run.layout.text_encoder, spec=dataclasses.asdict(spec), dataset=cfg.data.name,
+                               history=simulator.history, commit=run.manifest["commit"])
         elif p.encoder == "vectors":
             simulator = OnePass(p).fit(ctx, llm_text_vectors(run))
         else:

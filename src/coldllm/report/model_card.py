@@ -53,3 +53,30 @@ def write_model_card(folder: Path, *, base_model: str, dataset: str, train_examp
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_encoder_card(folder: Path, *, spec: dict[str, Any], dataset: str, history: list[dict[str, Any]],
+                       commit: str | None = None, date: str | None = None) -> Path:
+    """Write ``<folder>/README.md`` beside a one-pass simulator's text encoder: what it is, how it was
+    tuned, and its cold-validation score after each epoch (``history``; the best epoch is kept)."""
+    commit, date = commit or git_commit(), date or now_iso()
+    tune = spec.get("tune")
+    lines = [
+        "---", *(["library_name: peft"] if tune == "lora" else []), f"base_model: {spec.get('model')}",
+        "tags: [recommendation, cold-start, text-encoder]", "---", "", "# ColdLLM one-pass text encoder", "",
+        "Reads a new item's text once; its pooled state goes through the one-pass simulator's MLP and user "
+        "head (saved in `filter/towers.safetensors`), which scores every user. Tuned end to end with the head "
+        "on the warm items' users (full softmax over users, plus alignment to the item's behaviour embedding).",
+        "", "| | |", "|---|---|",
+        f"| base model | `{spec.get('model')}` |", f"| data | `{dataset}` |",
+        "| encoder | " + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "model") + " |",
+        f"| weights | {'LoRA adapters' if tune == 'lora' else 'every weight' if tune == 'full' else 'none (frozen)'}"
+        " in `weights.safetensors`; per-dimension centring in `standardize.safetensors` when standardize is on |",
+        f"| date | {date} |", f"| commit | `{commit}` |", "", "## Cold-validation NDCG@20 after each epoch", "",
+        "| epoch | loss | cold-val | seconds |", "|---:|---:|---:|---:|",
+        *[f"| {h['epoch']} | {_fmt(h['loss'])} | {_fmt(h['val_cold'])} | {h['seconds']:.0f} |" for h in history],
+    ]
+    path = Path(folder) / "README.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return path
