@@ -5,9 +5,10 @@
 For each ``results/<dataset>/<backbone>.json`` row and each of its seeds, the run folder that made
 it (``bench-<dataset>-<backbone>[-s<seed>][-<variant>]``) is opened through the same reader the
 service uses, its saved embeddings (the update's, or the backbone's for the backbone row) are
-scored on the test split, and the figures are compared with the recorded ones. A row whose folder
-is gone (the content-mapping baselines keep no embeddings; older runs were cleaned away) is listed
-as such, never counted as reproduced. Writes ``results/reproduce.json`` (each checked row with its
+scored on the test split, and the figures are compared with the recorded ones. The training-free
+controls (content-KNN, random) are fitted again on their backbone run with their recorded settings.
+A row whose folder is gone (the trained content-mapping baselines keep no embeddings; older runs
+were cleaned away) is listed as such, never counted as reproduced. Writes ``results/reproduce.json`` (each checked row with its
 largest difference, commit and date) and prints a table.
 """
 
@@ -21,6 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 from coldllm.backbones import load_backbone
+from coldllm.baselines.runner import fit_and_evaluate, make_context
+from coldllm.content import encode_texts
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.layout import RunLayout
 from coldllm.serve.runs import read_manifest, run_config, run_data
@@ -28,6 +31,7 @@ from coldllm.utils import git_commit, now_iso, write_json
 from names import run_name
 
 ROOT = Path(__file__).resolve().parent.parent
+TRAINING_FREE = ("knn", "random")  # fitted again: nothing learned, nothing kept
 TOLERANCE = 1e-6
 
 
@@ -50,15 +54,30 @@ def evaluate_folder(folder: Path, backbone_row: bool) -> dict:
         return Evaluator(data, "test", cfg.eval.ks, cfg.eval.batch_size).evaluate(embedding_scorer(user, item))
 
 
+def refit_control(folder: Path, method: str, params: dict | None) -> dict:
+    """A training-free control fitted again on the backbone run in ``folder``: its test figures."""
+    manifest = read_manifest(folder)
+    cfg = run_config(folder, manifest)
+    data = run_data(folder, manifest, cfg)
+    backbone = load_backbone(RunLayout(folder).backbone, data)
+    ctx = make_context(data, backbone, encode_texts(list(data.item_text), cfg.content), torch.device("cpu"),
+                       cfg.seed, cfg.eval.ks, cfg.eval.metric)
+    return fit_and_evaluate(method, params, ctx, splits=("test",), ks=cfg.eval.ks)[1]["test"]
+
+
 def check(dataset: str, backbone: str, method: str, seed: int, recorded: dict, runs: Path) -> dict:
     base = run_name(dataset, backbone, seed)
-    folder = runs / (base if method == "backbone" else f"{base}-{method}")
+    control = method in TRAINING_FREE
+    folder = runs / (base if method == "backbone" or control else f"{base}-{method}")
     row = {"dataset": dataset, "backbone": backbone, "method": method, "seed": seed, "folder": folder.name}
-    has_result = (RunLayout(folder).backbone_best.exists() if method == "backbone"
+    has_result = (RunLayout(folder).backbone_best.exists() if method == "backbone" or control
                   else RunLayout(folder).embeddings.exists())
     if not has_result:
         return {**row, "status": "no run folder with embeddings"}
-    again = flat(evaluate_folder(folder, method == "backbone"))
+    if control:
+        again = flat(refit_control(folder, method, (recorded.get("config") or {}).get("method_params")))
+    else:
+        again = flat(evaluate_folder(folder, method == "backbone"))
     before = flat(recorded)
     diff = max(abs(again[k] - before[k]) for k in before if k in again)
     return {**row, "status": "reproduced" if diff <= TOLERANCE else "differs", "max_abs_diff": diff,
