@@ -230,7 +230,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
             cells = [_fmt(entry.get(s, {}).get(m)) for s in SETTINGS for m in HEADLINE]
             lines.append(f"| {reference['backbone']} | {method} | " + " | ".join(cells) + " |")
     lines += funnel_table(docs) + prior_table(docs) + comparison_table(docs)
-    lines += judge_verdict_table(docs) + one_pass_table(docs)
+    lines += judge_verdict_table(docs) + one_pass_table(docs) + text_encoder_table(docs)
     lines += oracle_table(docs, folder / "oracle.png")
     lines += candidate_profile_table(folder) + update_search_table(folder) + judge_trial_table(folder)
     lines += update_curve_table(folder)
@@ -423,6 +423,55 @@ def _cell(entry: dict[str, Any] | None, setting: str = "cold") -> str:
     seeds = f" ({len(entry['seeds'])} seeds)" if several else ""
     return (f"{_fmt(block.get('recall@20'))}{spread('recall@20')} / "
             f"{_fmt(block.get('ndcg@20'))}{spread('ndcg@20')}{seeds}")
+
+
+# what reads the item text in each variant that the language-model comparison sets side by side
+TEXT_READERS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
+                "onepass-llm-last", "coldllm-cosine", "coldllm")
+
+
+def _reader(entry: dict[str, Any]) -> str:
+    """In words: which model reads the item text, and what of it learns."""
+    cfg = entry.get("config", {})
+    onepass, judge = cfg.get("filter", {}).get("onepass", {}), cfg.get("refiner", {}).get("judge")
+    text_model = cfg.get("filter", {}).get("text_model", "")
+    if cfg.get("filter", {}).get("towers") != "onepass":
+        return ("LoRA-tuned " + cfg.get("refiner", {}).get("model", "") + " judge, per pair" if judge == "llm"
+                else f"{text_model} vectors, frozen; cosine judge")
+    if onepass.get("encoder", "vectors") == "vectors":
+        return f"{text_model} vectors, frozen"
+    model = onepass.get("text_model") or text_model
+    tune = {"lora": "LoRA adapters learn", "full": "every weight learns", "frozen": "frozen"}[onepass.get("tune", "lora")]
+    extra = [x for x, on in (("standardised", onepass.get("standardize")), ("last token", onepass.get("pooling") == "last"),
+                             (f"{onepass.get('epochs')} epochs at most", onepass.get("epochs"))) if on]
+    return f"{model}, {tune}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None) -> list[str]:
+    """What each way of reading the item text buys (cold validation and test) and costs (the method's
+    seconds, language-model passes): the one-pass simulator with frozen vectors, with a tuned MiniLM,
+    with SmolLM2 frozen or LoRA-tuned, beside the funnel's free cosine and LoRA judges."""
+    rows = [(doc, m, doc["methods"][m]) for doc in docs for m in TEXT_READERS if m in doc["methods"]]
+    if not any(m.startswith("onepass-") for _, m, _ in rows):
+        return []
+    lines = [] if dataset else ["", "## What reading the text with a language model buys", "",
+                                "The one-pass simulator with each text reader, beside the funnel's judges; the same "
+                                "items, users, objective and update. *seconds*: the method's stages on top of the "
+                                "backbone on 2 CPU cores (one seed). Written by `benchmarks/funnel.py`.", ""]
+    lines += [("| dataset " if dataset else "") + "| backbone | method | what reads the text | seeds | cold-val N@20 "
+              "| cold R@20 | cold N@20 | seconds | LM passes |",
+              ("|---" if dataset else "") + "|---|---|---|---|---|---|---|---|---|"]
+    for doc, method, e in rows:
+        several = len(e.get("seeds", [])) > 1
+        spread = lambda block, m: f" ± {block[m + '_std']:.4f}" if several and f"{m}_std" in block else ""  # noqa: E731
+        cold, val = e.get("cold", {}), _get(e, "val", "cold") or {}
+        lines.append(("| " + dataset + " " if dataset else "") +
+                     f"| {doc['backbone']} | `{method}` | {_reader(e)} | {len(e.get('seeds', [])) or 1} "
+                     f"| {_fmt(val.get('ndcg@20'))}{spread(val, 'ndcg@20')} "
+                     f"| {_fmt(cold.get('recall@20'))}{spread(cold, 'recall@20')} "
+                     f"| {_fmt(cold.get('ndcg@20'))}{spread(cold, 'ndcg@20')} | {e.get('seconds', '-')} "
+                     f"| {e.get('llm_calls', '-')} |")
+    return lines
 
 
 def across_datasets_table(docs: dict[str, list[dict[str, Any]]]) -> list[str]:
