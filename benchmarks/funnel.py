@@ -84,14 +84,16 @@ VARIANTS = {
     "coldllm-collab": (["--filter.towers=collab", "--refiner.judge=cosine"], {}),
     "coldllm-lm": (["--filter.towers=lm", "--refiner.judge=cosine"], {}),
     "coldllm-random": (["--filter.towers=random", "--refiner.judge=cosine"], {}),
-    "onepass": (["--filter.towers=onepass", "--refiner.judge=all"], {}),
+    # the frozen sentence vectors, whatever text reader the preset chose (MovieLens-1M's tunes MiniLM)
+    "onepass": (["--filter.towers=onepass", "--refiner.judge=all", "--filter.onepass={encoder: vectors}"], {}),
     "coldllm-retrain": (["--refiner.judge=all", "--update.mode=retrain"], {"filter": "coldllm", "simulate": "coldllm-no-refiner"}),
     "paper-filter": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=all"], {}),
     "paper-refiner": (["--filter.towers=file", f"--filter.file={PAPER_FILE}", "--refiner.judge=file"],
                       {"filter": "paper-filter"}),
     # MovieLens-1M: the one-pass simulator reading the title alone (how much the year and genres give);
     # the backbone is the same (it never reads the text)
-    "onepass-title": (["--filter.towers=onepass", "--refiner.judge=all", "--data.text_template='{movie_title}'"], {}),
+    "onepass-title": (["--filter.towers=onepass", "--refiner.judge=all", "--data.text_template='{movie_title}'",
+                      "--filter.onepass={encoder: vectors}"], {}),
     # the one-pass simulator with a text encoder that learns with its head (issue: does the language
     # model earn its place?), and its controls on the same items, users and objective
     "onepass-minilm-tuned": (["--filter.towers=onepass", "--refiner.judge=all",
