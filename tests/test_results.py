@@ -178,3 +178,19 @@ def test_a_win_needs_a_difference_beyond_the_larger_spread(tmp_path):
     line = lambda other, m: next(r for r in table if f"`{other}` | {m} |" in r)  # noqa: E731
     assert line("knn", "recall@20").endswith("| above |")  # .32 against .21, spreads .02 and .01
     assert line("clcrec", "recall@20").endswith("| level |")  # .32 against .31: within clcrec's spread
+
+
+def test_the_default_compares_rows_on_the_seeds_they_share(tmp_path):
+    from results import record_seed
+
+    path = tmp_path / "mf.json"
+    # onepass: three seeds, validation .30, .31, .20 (mean .27); cosine: seed 0 alone at .29. On the
+    # shared seed 0, onepass (.30) is better; a mean over three against one seed would pick cosine
+    for seed, val in enumerate([0.30, 0.31, 0.20]):
+        record_seed(path, dataset="toy", split="random", backbone="mf", method="onepass", seed=seed,
+                    metrics=metrics(0.5), config={}, extra={"val": metrics(val)}, commit="c")
+    record_seed(path, dataset="toy", split="random", backbone="mf", method="coldllm-cosine", seed=0,
+                metrics=metrics(0.5), config={}, extra={"val": metrics(0.29)}, commit="c")
+    default = json.loads(path.read_text())["default"]
+    assert default["method"] == "onepass" and "seeds [0]" in default["chosen_on"]
+    assert default["val"] == pytest.approx({"onepass": 0.30 / 2, "coldllm-cosine": 0.29 / 2})  # NDCG is x / 2
