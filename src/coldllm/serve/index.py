@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 SUBSETS = ("all", "cold", "warm")
 
@@ -33,6 +34,13 @@ class Snapshot:
     version: int
     item_ids: tuple[str, ...]  # item index -> raw id
     subsets: dict[str, Subset]
+
+
+def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``m`` of two per-user (items, scores) lists, scores descending (-1 items score -inf)."""
+    items, scores = np.concatenate([a[0], b[0]], 1), np.concatenate([a[1], b[1]], 1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :m]
+    return np.take_along_axis(items, order, 1), np.take_along_axis(scores, order, 1)
 
 
 def _subset(table: np.ndarray, rows: np.ndarray) -> Subset:
@@ -54,23 +62,27 @@ class RecommendationIndex:
         self.n_base = len(self._table)
         self.snapshot = self._build(0, tuple(item_ids))
         self.top_m = top_m
-        self.base_top = {name: self._rank_base(sub, top_m) for name, sub in self.snapshot.subsets.items()}
+        subsets = self.snapshot.subsets
+        # the whole catalogue's best m are among the cold items' best m and the warm items' best m:
+        # ranked from those two lists, not from every item again (the start's largest cost)
+        self.base_top = {name: self._rank_base(subsets[name], top_m) for name in ("cold", "warm")}
+        self.base_top["all"] = _merge(self.base_top["cold"], self.base_top["warm"], min(top_m, self.n_base))
 
-    def _rank_base(self, sub: Subset, m: int, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    def _rank_base(self, sub: Subset, m: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Each user's ``m`` best items of ``sub`` (item indices, -1 where fewer), scores descending."""
         m = min(m, len(sub.index))
         items = np.full((len(self.users), m), -1, np.int64)
         scores = np.full((len(self.users), m), -np.inf, np.float32)
+        if m == 0:
+            return items, scores
+        table = torch.from_numpy(sub.items)
         for start in range(0, len(self.users), block):
             users = np.arange(start, min(start + block, len(self.users)))
-            s = self.users[users] @ sub.items.T
+            s = torch.from_numpy(self.users[users]) @ table.T
             seen = self.seen[users].tocoo()
             pos = sub.position[seen.col]
-            s[seen.row[pos >= 0], pos[pos >= 0]] = -np.inf
-            top = np.argpartition(-s, m - 1, axis=1)[:, :m] if m < s.shape[1] else np.tile(np.arange(s.shape[1]), (len(users), 1))
-            top_s = np.take_along_axis(s, top, 1)
-            order = np.argsort(-top_s, axis=1, kind="stable")
-            top, top_s = np.take_along_axis(top, order, 1), np.take_along_axis(top_s, order, 1)
+            s[torch.as_tensor(seen.row[pos >= 0]), torch.as_tensor(pos[pos >= 0])] = -torch.inf
+            top_s, top = (t.numpy() for t in torch.topk(s, m, dim=1))  # sorted, best first
             items[users] = np.where(np.isfinite(top_s), sub.index[top], -1)
             scores[users] = top_s
         return items, scores
