@@ -235,7 +235,7 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
     defaults = [(d["backbone"], d["default"]) for d in docs if d.get("default")]
     if defaults:
         lines += ["", "The default configuration of each backbone (the project's own method with the best "
-                  "cold-validation NDCG@20, mean over its seeds; test figures never enter the choice): "
+                  "cold-validation NDCG@20, compared on the seeds every candidate shares; test figures never enter the choice): "
                   + "; ".join(f"{b}: `{d['method']}`" for b, d in defaults) + "."]
     if reference:
         lines += ["", f"Paper reference ({reference['source']}):", "", head + " |",
