@@ -115,7 +115,7 @@ VARIANTS = {
 }
 # the language-model judge is not in the default list: on 2 CPU cores its fine-tuning and the
 # 68k judged pairs take hours (run it with --variants coldllm where a GPU is available)
-# nor are the text-encoder one-pass variants (an hour or more each on 2 cores: run them by name)
+# nor are the text-encoder one-pass variants (SmolLM2 tuned: ~25 minutes per seed on 2 cores; run them by name)
 TEXT_ENCODER_VARIANTS = ("onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
                          "onepass-llm-last")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title", *TEXT_ENCODER_VARIANTS)]

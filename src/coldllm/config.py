@@ -270,7 +270,7 @@ class FilterConfig:
                        check=one_of("flat", "ivf", "hnsw"))
     text_model: str = _help("Language model of the language-model sub-tower: a causal LM whose mean-pooled states "
                             "are used (smollm2-135m, a local folder), or minilm (the packaged sentence encoder; "
-                            "minutes instead of an hour of encoding on 2 CPU cores).", "smollm2-135m", check=nonempty)
+                            "seconds instead of minutes of encoding on 2 CPU cores; results/speed/cpu.json, encode).", "smollm2-135m", check=nonempty)
     collab: dict = _help("ALDI student hyper-parameters (baselines.aldi.ALDIParams).", factory=dict,
                          params=_lazy("coldllm.baselines.aldi", "ALDIParams"))
     lm: dict = _help("Language-model tower hyper-parameters (funnel.filter.LMTowerParams).", factory=dict,
