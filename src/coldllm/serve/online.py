@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,18 +59,6 @@ class Added:
     stages: dict[str, float]  # seconds per stage (filter, judge, update, store)
 
 
-class Deferred:
-    """An encoder built on a thread: ``encode`` waits for it (and raises what building it raised)."""
-
-    def __init__(self, build):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coldllm-load")
-        self._future = self._pool.submit(build)
-        self._pool.shutdown(wait=False)
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self._future.result().encode(texts)
-
-
 class OnlineService:
     """Everything loaded once at start; ``add`` is serialised by the index's lock, reads are not."""
 
@@ -85,9 +72,9 @@ class OnlineService:
         self.name = self.run_dir.absolute().name
         self.data = data = run_data(self.run_dir, manifest, cfg)
         self.content = encode_texts(list(data.item_text), cfg.content)
-        # the sentence encoder takes seconds to import and load, and only a new item needs it: it loads
-        # on a thread while the service starts answering reads, and the first new item waits for it
-        self.encoder = Deferred(lambda: build_encoder(cfg.content))
+        # loaded here, not on a thread beside the start: transformers' loading patches torch for the
+        # whole process, so a model built on another thread meanwhile can come out on the meta device
+        self.encoder = build_encoder(cfg.content)
         self.lm_text = self.lm_encoder = None
         if (self.layout.text_encoder / TEXT_ENCODER_CONFIG).is_file():
             # the one-pass simulator learned its own text encoder: new texts go through it, as the run's did
@@ -96,7 +83,7 @@ class OnlineService:
             text_cfg = lm_text_config(cfg)
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
             same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)
-            self.lm_encoder = self.encoder if same else Deferred(lambda: build_encoder(text_cfg))
+            self.lm_encoder = self.encoder if same else build_encoder(text_cfg)
         servable = FILTERS.names("scores_new_items")
         if cfg.filter.towers not in servable:
             raise ConfigError(f"filter.towers={cfg.filter.towers}: the run read its candidates from a file, which has "
