@@ -59,6 +59,18 @@ class Added:
     stages: dict[str, float]  # seconds per stage (filter, judge, update, store)
 
 
+class LazyEncoder:
+    """An encoder built by its first ``encode`` (on the caller's thread)."""
+
+    def __init__(self, build):
+        self._build, self._encoder = build, None
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if self._encoder is None:
+            self._encoder = self._build()
+        return self._encoder.encode(texts)
+
+
 class OnlineService:
     """Everything loaded once at start; ``add`` is serialised by the index's lock, reads are not."""
 
@@ -72,9 +84,11 @@ class OnlineService:
         self.name = self.run_dir.absolute().name
         self.data = data = run_data(self.run_dir, manifest, cfg)
         self.content = encode_texts(list(data.item_text), cfg.content)
-        # loaded here, not on a thread beside the start: transformers' loading patches torch for the
-        # whole process, so a model built on another thread meanwhile can come out on the meta device
-        self.encoder = build_encoder(cfg.content)
+        # the sentence encoder takes seconds to import and load and only a new item needs it: the first
+        # new item loads it (under the write lock, so never beside another model's loading: that
+        # patches torch process-wide, and a model built on another thread meanwhile comes out on the
+        # meta device). Reads never wait for it.
+        self.encoder = LazyEncoder(lambda: build_encoder(cfg.content))
         self.lm_text = self.lm_encoder = None
         if (self.layout.text_encoder / TEXT_ENCODER_CONFIG).is_file():
             # the one-pass simulator learned its own text encoder: new texts go through it, as the run's did
@@ -83,7 +97,7 @@ class OnlineService:
             text_cfg = lm_text_config(cfg)
             self.lm_text = encode_texts(list(data.item_text), text_cfg)
             same = dataclasses.astuple(text_cfg) == dataclasses.astuple(cfg.content)
-            self.lm_encoder = self.encoder if same else build_encoder(text_cfg)
+            self.lm_encoder = self.encoder if same else LazyEncoder(lambda: build_encoder(text_cfg))
         servable = FILTERS.names("scores_new_items")
         if cfg.filter.towers not in servable:
             raise ConfigError(f"filter.towers={cfg.filter.towers}: the run read its candidates from a file, which has "
