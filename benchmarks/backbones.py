@@ -21,7 +21,7 @@ from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.pipeline import Run
-from results import record_method, record_seed
+from results import record_method, record_seed, results_dir
 from names import run_name
 from render import render
 
@@ -65,7 +65,7 @@ def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool 
     manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
     metrics = stages["evaluate_test"]["metrics"]
-    out = ROOT / "results" / cfg.data.name / f"{backbone}.json"
+    out = results_dir(cfg.data.name) / f"{backbone}.json"
     check = {}
     if reproduce:
         diff = compare_embeddings(cfg.run_dir / "backbone", ROOT / cfg.runs_dir / kept / "backbone")

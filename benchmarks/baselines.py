@@ -28,7 +28,7 @@ from coldllm.baselines.runner import fit_and_evaluate, make_context
 from coldllm.config import load_config, to_dict
 from coldllm.data import load_dataset
 from coldllm.pipeline import Run, content_vectors
-from results import record_method, record_seed
+from results import record_method, record_seed, results_dir
 from names import run_name
 from render import render
 from coldllm.utils import git_commit, now_iso, peak_memory_mb, resolve_device, setup_logging, write_json
@@ -89,7 +89,7 @@ def main() -> None:
     for backbone_name in args.backbones:
         # method -> configuration chosen on the first seed's validation (a row recorded before keeps its
         # choice, so seeds added later fit what the search chose, never search again on their own)
-        out = ROOT / "results" / dataset / f"{backbone_name}.json"
+        out = results_dir(dataset) / f"{backbone_name}.json"
         recorded = json.loads(out.read_text())["methods"] if out.exists() else {}
         chosen: dict[str, dict] = {m: recorded[m]["params_given"] for m in methods
                                    if "params_given" in recorded.get(m, {})}
@@ -115,7 +115,7 @@ def main() -> None:
                          "content_seconds": round(content_seconds, 1), "keeps_warm": best["keeps_warm"],
                          "source_hash": best["source_hash"], "paper_protocol": best["paper_protocol"],
                          "val": best["val"], "search": search, "params_given": best["params_given"]}
-                record = dict(path=ROOT / "results" / cfg.data.name / f"{backbone_name}.json", dataset=cfg.data.name,
+                record = dict(path=results_dir(cfg.data.name) / f"{backbone_name}.json", dataset=cfg.data.name,
                               split=cfg.data.split, backbone=backbone_name, method=method, metrics=best["test"],
                               config={**to_dict(cfg), "method_params": best["params"]}, commit=best["commit"],
                               extra=extra)

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from coldllm.data import load_dataset
 from coldllm.config import load_config
 from judge_stats import candidate_profile
-from results import PROFILE_TRAITS, write_results
+from results import PROFILE_TRAITS, results_dir, write_results
 from coldllm.utils import git_commit, now_iso
 from render import render
 
@@ -70,10 +70,10 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.preset)
     data = load_dataset(cfg.data)
-    out = ROOT / "results" / cfg.data.name / "candidate-profile.json"
+    out = results_dir(cfg.data.name) / "candidate-profile.json"
     doc = json.loads(out.read_text()) if out.exists() else {"rows": [], "correlations": {}}
     for backbone in args.backbones:
-        results = json.loads((ROOT / "results" / cfg.data.name / f"{backbone}.json").read_text())
+        results = json.loads((results_dir(cfg.data.name) / f"{backbone}.json").read_text())
         rows = profile_backbone(backbone, ROOT / cfg.runs_dir, data, results)
         doc["rows"] = [r for r in doc["rows"] if r["backbone"] != backbone] + rows
         doc["correlations"][backbone] = correlations(rows)

@@ -59,7 +59,7 @@ from coldllm.funnel.update_stage import content_prior, updated_embeddings
 from coldllm.funnel.update import prior_candidates
 from judge_stats import fit_combined_judge, judges_on_candidates, judges_on_held_out
 from coldllm.pipeline import Run, content_vectors
-from results import record_seed
+from results import record_seed, results_dir
 from coldllm.utils import git_commit
 from names import DEFAULT_SEED, run_name
 from render import render
@@ -234,7 +234,7 @@ def record_variant(scope: Scope, backbone: str, variant: str, extra: list[str],
     metrics = stages["evaluate_coldllm_test"]["metrics"]
     own = [s for s in METHOD_STAGES if "reused_from" not in stages[s]]
     record_seed(
-        ROOT / "results" / cfg.data.name / f"{backbone}.json", seed=cfg.seed, dataset=cfg.data.name, split=cfg.data.split,
+        results_dir(cfg.data.name) / f"{backbone}.json", seed=cfg.seed, dataset=cfg.data.name, split=cfg.data.split,
         backbone=backbone, method=variant, metrics=metrics, config=to_dict(cfg),
         extra={
             "seconds": round(sum(stages[s]["seconds"] for s in METHOD_STAGES), 1),

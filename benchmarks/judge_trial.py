@@ -33,7 +33,7 @@ from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.pipeline import Run, content_vectors
-from results import write_results
+from results import results_dir, write_results
 from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def main() -> None:
         "overrides": overrides, "refiner": dataclasses.asdict(cfg.refiner), "config": to_dict(cfg),
         "commit": git_commit(ROOT), "created": now_iso(),
     }
-    out = ROOT / "results" / cfg.data.name / "judge-trials.json"
+    out = results_dir(cfg.data.name) / "judge-trials.json"
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     doc["rows"] = [r for r in doc["rows"] if (r["backbone"], r["overrides"]) != (args.backbone, overrides)] + [row]
     write_results(out, doc)

@@ -27,8 +27,9 @@ from coldllm.content import encode_texts
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.layout import RunLayout
 from coldllm.serve.runs import read_manifest, run_config, run_data
-from coldllm.utils import git_commit, now_iso, write_json
+from coldllm.utils import git_commit, now_iso
 from names import run_name
+from results import results_dir, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_FREE = ("knn", "random")  # fitted again: nothing learned, nothing kept
@@ -91,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for dataset in args.datasets:
-        for path in sorted((ROOT / "results" / dataset).glob("*.json")):
+        for path in sorted(results_dir(dataset).glob("*.json")):
             doc = json.loads(path.read_text())
             if "methods" not in doc or "backbone" not in doc:
                 continue
@@ -101,7 +102,8 @@ def main() -> None:
                     print(f"{rows[-1]['folder']:55s} {rows[-1]['status']:32s} {rows[-1].get('max_abs_diff', '')}",
                           flush=True)
     stamp = {"commit": git_commit(ROOT), "created": now_iso(), "tolerance": TOLERANCE}
-    write_json(ROOT / "results" / "reproduce.json", {"rows": [{**r, **stamp} for r in rows]})
+    # each row with the commit and date of this check; the file stamped with them too (write_results)
+    write_results(ROOT / "results" / "reproduce.json", {"rows": [{**r, **stamp} for r in rows]})
     counts = {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
     print(counts)
 

@@ -11,6 +11,18 @@ import re
 from pathlib import Path
 from typing import Any
 
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+# A dataset's measurements are filed under a name of their own, never the raw data's folder name
+# (MovieLens-1M's files stay in the package or cache/raw/ml-1m): a folder named like the data reads
+# as a copy of it.
+FOLDERS = {"ml-1m": "movielens-1m"}
+
+
+def results_dir(dataset: str) -> Path:
+    """Where the measurements of ``dataset`` (its ``data.name``) are written and read."""
+    return RESULTS / FOLDERS.get(dataset, dataset)
+
 from coldllm.evaluate import SETTINGS
 from coldllm.utils import atomic_path, git_commit, now_iso, write_json
 

@@ -26,7 +26,7 @@ from coldllm.funnel.update_stage import chosen_prior, predicted_popularity, with
 from coldllm.funnel.update import FastParams, fit_cold_rows, item_depths
 from coldllm.pipeline import Run
 from coldllm.utils import git_commit, now_iso
-from results import write_results
+from results import results_dir, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def main() -> None:
     ranks = pd.read_parquet(run.layout.candidates, columns=["item", "user", "rank"])
     params = dataclasses.replace(FastParams.from_config(cfg.update, cfg.seed), eval_every=args.every,
                                  patience=10 ** 6, steps=args.steps)
-    out = ROOT / "results" / cfg.data.name / "update-curve.json"
+    out = results_dir(cfg.data.name) / "update-curve.json"
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     for mode in ("fixed", "popularity"):
         for depth in args.depths:

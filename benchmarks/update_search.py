@@ -33,7 +33,7 @@ from coldllm.funnel.inputs import prompt_template
 from coldllm.funnel.update_stage import content_prior
 from coldllm.funnel.update import FastParams, fit_cold_rows
 from coldllm.pipeline import Run, content_vectors
-from results import write_results
+from results import results_dir, write_results
 from coldllm.utils import git_commit, now_iso, setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def main() -> None:
     histories = user_histories(data.matrix("train"), prompt_template(cfg).max_history, cfg.seed)
     vectors = content_vectors(run)
     all_candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
-    out = ROOT / "results" / cfg.data.name / f"update-search-{args.backbone}.json"
+    out = results_dir(cfg.data.name) / f"update-search-{args.backbone}.json"
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     commit = git_commit(ROOT)
     prior_cache: dict[str, torch.Tensor] = {}
