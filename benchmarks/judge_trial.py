@@ -32,6 +32,7 @@ from coldllm.funnel.inputs import prompt_template
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
+from coldllm.llm.prompts import PromptEncoder
 from coldllm.pipeline import Run, content_vectors
 from results import results_dir, write_results
 from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging

@@ -143,7 +143,6 @@ class Run:
         if record.get("skipped"):
             return None
         for path in stage_artifacts(self.layout).get(stage, ()):
-            name = self.layout.rel(path)
             try:
                 if path.suffix == ".parquet":
                     import pyarrow.parquet as pq

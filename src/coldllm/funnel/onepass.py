@@ -82,7 +82,6 @@ class OnePass:
         """``text``: (n_items, d) frozen vectors of every item's text; or, with ``encoder``, the item
         ``texts`` read by it (trained with the head unless it is frozen). ``checkpoint``: where an
         end-to-end fit keeps its place after every epoch (resumed only under the same ``fingerprint``)."""
-        p = self.params
         self.encoder, self.checkpoint, self.fingerprint = encoder, checkpoint, fingerprint
         if encoder is not None:
             self._ids = encoder.tokenize(list(texts))

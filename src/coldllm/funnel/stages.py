@@ -23,7 +23,6 @@ from ..backbones import load_backbone
 from ..baselines.runner import make_context
 from ..run import Run, content_vectors
 from ..utils import atomic_path, resolve_device, write_json
-from . import llm_judge  # noqa: F401  (registers the language-model judge and its engines)
 from .filter import funnel_coverage
 from .filters import build_filter
 from .judges import build_judge

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError, ContentConfig, RunConfig, apply_values
+from ..config import ConfigError, RunConfig, apply_values
 from ..layout import RunLayout
 from ..data import ColdStartData, load_dataset
 from ..data.dataset import cache_key
