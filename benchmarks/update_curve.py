@@ -4,8 +4,10 @@ own prior and accepted pairs, at several candidate depths (fixed, or scaled by p
     python benchmarks/update_curve.py --preset configs/ml-1m.yaml --run bench-ml-1m-mf-coldllm-no-refiner \\
         --towers coupled --depths 20 50 100
 
-It reads test labels at every step, so it is never a way to choose anything: it shows whether what
-the update's early stop sees on validation holds on test. Rows go to
+``val`` is what the update selects on (``update.val_candidates``), ``val_every_cold`` validation
+ranked over every cold item, as the test is. It reads test labels at every step, so it is never a
+way to choose anything: it shows whether what the update's early stop sees on validation holds on
+test. Rows go to
 ``results/<dataset>/update-curve.json``, each with its config, commit and date.
 """
 
@@ -22,7 +24,7 @@ import pandas as pd
 from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, subset_scorer
-from coldllm.funnel.update_stage import chosen_prior, predicted_popularity, within_depth
+from coldllm.funnel.update_stage import chosen_prior, cold_validation, predicted_popularity, within_depth
 from coldllm.funnel.update import FastParams, fit_cold_rows, item_depths
 from coldllm.pipeline import Run
 from coldllm.utils import git_commit, now_iso
@@ -49,7 +51,8 @@ def main() -> None:
     def ndcg(items, split: str) -> float:
         return evaluators[split].evaluate(subset_scorer(user_emb, items, data.cold_items))["cold"]["ndcg@20"]
 
-    _, prior, _ = chosen_prior(run, user_emb, item_emb, lambda items: ndcg(items, "val"))
+    own = cold_validation(run, user_emb, "cpu")  # what the update selects on (update.val_candidates)
+    _, prior, _ = chosen_prior(run, user_emb, item_emb, lambda items: float(own(items).mean()))
     simulated = pd.read_parquet(run.layout.simulated)
     accepted = simulated[simulated["accepted"]]
     popular = predicted_popularity(run)
@@ -66,7 +69,8 @@ def main() -> None:
             curve = []
 
             def both(items):
-                curve.append({"val": ndcg(items, "val"), "test": ndcg(items, "test")})
+                curve.append({"val": float(own(items).mean()), "val_every_cold": ndcg(items, "val"),
+                              "test": ndcg(items, "test")})
                 return curve[-1]["val"]
 
             fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=both)

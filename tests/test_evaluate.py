@@ -105,3 +105,14 @@ def test_subset_scorer_gives_the_cold_setting_the_same_result():
     evaluator = Evaluator(data, "test", ks=[1, 2], settings=("cold",))
     full = evaluator.evaluate(embedding_scorer(user_emb, item_emb))
     assert evaluator.evaluate(subset_scorer(user_emb, item_emb, np.flatnonzero(data.is_cold))) == full
+
+
+def test_per_user_metrics_average_to_the_reported_ones(tiny_data):
+    torch.manual_seed(0)
+    scorer = embedding_scorer(torch.randn(tiny_data.n_users, 4), torch.randn(tiny_data.n_items, 4))
+    evaluator = Evaluator(tiny_data, "test", [5, 10], batch_size=3)
+    means, per_user = evaluator.evaluate(scorer), evaluator.per_user(scorer)
+    for setting, metrics in per_user.items():
+        assert len(metrics["ndcg@5"]) == means[setting]["users"]
+        for name, values in metrics.items():
+            assert values.mean() == pytest.approx(means[setting][name], abs=1e-12)

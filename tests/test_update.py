@@ -32,9 +32,21 @@ def run_cli(cfg, *overrides):
     return load_config(cfg, list(overrides))
 
 
-def val_score(run: Run, user_emb, item_emb, setting: str) -> float:
+def val_score(run: Run, user_emb, item_emb, setting: str, among: str = "split") -> float:
+    """The update's validation score, computed here: the fast update's cold setting ranks the
+    validation part's own cold items (``update.val_candidates: split``), a retraining every cold item."""
     evaluator = Evaluator(run.data, "val", run.cfg.eval.ks, settings=(setting,))
-    return evaluator.evaluate(embedding_scorer(user_emb, item_emb))[setting][run.cfg.eval.metric]
+    scorer = embedding_scorer(user_emb, item_emb)
+    if setting == "cold" and among == "split":
+        val_items = np.unique(run.data.matrix("cold_val").tocoo().col)
+        others = torch.ones(run.data.n_items, dtype=torch.bool)
+        others[val_items] = False
+
+        def scorer(users, full=scorer):
+            scores = full(users)
+            scores[:, others] = -torch.inf
+            return scores
+    return evaluator.evaluate(scorer)[setting][run.cfg.eval.metric]
 
 
 @pytest.mark.parametrize("backbone,init", [("mf", "backbone"), ("lightgcn", "backbone"), ("ngcf", "scratch")])
@@ -48,7 +60,7 @@ def test_retrain_evaluates_what_it_trained(tmp_path, backbone, init):
     record = run.manifest["stages"]["update"]
     assert record["history"][0]["epoch"] == 0  # the start is validated too
     user_emb, item_emb = updated_embeddings(run)
-    assert val_score(run, user_emb, item_emb, "cold") == pytest.approx(record["best_val"], abs=1e-6)
+    assert val_score(run, user_emb, item_emb, "cold", among="cold") == pytest.approx(record["best_val"], abs=1e-6)
     metrics = json.loads((run.dir / "metrics_coldllm_val.json").read_text())
     assert metrics["cold"][cfg.eval.metric] == pytest.approx(record["best_val"], abs=1e-6)
 
@@ -242,3 +254,52 @@ def test_popularity_depths_run_through_the_update(tmp_path):
     # the prediction is the content-KNN mean of warm training degrees, as the prior's rule
     degree = np.asarray(run.data.matrix("train").sum(0)).ravel()
     assert popular.min() >= degree[run.data.warm_items].min() and popular.max() <= degree.max()
+
+
+def test_a_gain_is_measured_in_standard_errors_of_the_paired_difference():
+    from coldllm.funnel.update_stage import paired_gain_z
+
+    # differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3)
+    assert paired_gain_z(np.array([1.0, 2.0, 3.0]), np.zeros(3)) == pytest.approx(2 * np.sqrt(3))
+    assert paired_gain_z(np.ones(4), np.ones(4)) == 0.0
+    assert paired_gain_z(np.full(3, 2.0), np.ones(3)) == np.inf
+
+
+def test_split_validation_cannot_gain_by_moving_test_items(tmp_path):
+    """Cold validation over the validation part's own items is blind to the test items' rows; over every
+    cold item, pushing the test items down raises it (the trap a choice on validation falls into)."""
+    from coldllm.funnel.update_stage import cold_validation
+
+    cfg = run_cli(write_project(tmp_path), "--stages=[prepare, train]", "--backbone.model=mf")
+    run = Run(cfg)
+    user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
+    test_items = np.unique(run.data.matrix("cold_test").tocoo().col)
+    sunk = item_emb.clone()
+    sunk[test_items] = -100 * user_emb.mean(0)  # every user scores them below any other item
+    split = cold_validation(run, user_emb, "cpu")
+    np.testing.assert_array_equal(split(sunk), split(item_emb))
+    run.cfg.update.val_candidates = "cold"
+    every = cold_validation(run, user_emb, "cpu")
+    assert every(sunk).mean() > every(item_emb).mean()
+    assert split(item_emb).mean() == pytest.approx(val_score(run, user_emb, item_emb, "cold"), abs=1e-9)
+
+
+@pytest.mark.parametrize("min_gain_se", [0.0, 1e9])
+def test_the_prior_is_kept_unless_the_update_beats_it_beyond_noise(tmp_path, min_gain_se):
+    cfg = run_cli(write_project(tmp_path), *FREE, "--backbone.model=mf", "--update.steps=30", "--update.eval_every=5",
+                  f"--update.min_gain_se={min_gain_se}", "--update.lr=0.05")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    searched = max(record["history"], key=lambda h: h["val"])
+    assert searched["step"] > 0, "this setting's update must find a better state on validation"
+    kept = updated_embeddings(run)
+    assert val_score(run, *kept, "cold") == pytest.approx(record["best_val"], abs=1e-6)
+    if min_gain_se == 0:
+        assert record["best_step"] == searched["step"] and record["best_val"] == searched["val"]
+        assert record["gain_z"] > 0
+    else:  # no gain is that large: the saved rows are the prior, and the record says what was searched
+        assert record["best_step"] == 0 and record["searched_step"] == searched["step"]
+        assert record["best_val"] == pytest.approx(record["history"][0]["val"], abs=1e-9)
+        user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
+        prior = content_prior(run, user_emb, item_emb)
+        torch.testing.assert_close(kept[1][run.data.cold_items], prior)

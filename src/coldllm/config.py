@@ -343,6 +343,15 @@ class UpdateConfig:
         check=one_of("fixed", "popularity"))
     select_on: str = _help("Validation setting that selects the update's state: cold | overall | warm.", "cold",
                            check=one_of("cold", "overall", "warm"))
+    val_candidates: str = _help(
+        "fast, select_on cold: the items cold validation ranks. split: only the validation part's own cold "
+        "items; cold: every cold item (the reported protocol). With cold, a state that lifts validation items "
+        "over test items scores higher on validation and lower on test, so the update's choices (prior, depth, "
+        "step) are made with split.", "split", check=one_of("split", "cold"))
+    min_gain_se: float = _help(
+        "fast: the update's chosen state replaces its prior only when its gain in validation score over the "
+        "prior's, paired per validation user, is above this many standard errors; otherwise the prior is kept "
+        "(0: any gain counts).", 2.0, check=at_least(0))
     eval_every: int = _help("Validate every N steps (fast) or epochs (retrain); the start is validated too.", 10,
                             check=at_least(1))
     patience: int = _help("Stop after N validations without a better score.", 5, check=at_least(1))

@@ -91,15 +91,13 @@ class Evaluator:
             self.settings[name] = _Setting(truth, users, candidates[name], exclude)
 
     @torch.no_grad()
-    def evaluate(self, scorer: Scorer, device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+    def per_user(self, scorer: Scorer, device: torch.device | str = "cpu") -> dict[str, dict[str, np.ndarray]]:
+        """Each setting's metrics per evaluated user (in ``users`` order): what a paired comparison
+        of two scorers on the same users needs."""
         results = {}
         for name, setting in self.settings.items():
-            if not len(setting.users):
-                results[name] = {m: float("nan") for k in self.ks for m in (f"recall@{k}", f"ndcg@{k}")}
-                results[name]["users"] = 0
-                continue
             blocked = torch.from_numpy(~setting.candidates).to(device)
-            sums: dict[str, float] = {}
+            parts: dict[str, list[np.ndarray]] = {f"{m}@{k}": [] for k in self.ks for m in ("recall", "ndcg")}
             for start in range(0, len(setting.users), self.batch_size):
                 users = setting.users[start : start + self.batch_size]
                 scores = scorer(torch.from_numpy(users).to(device)).float()
@@ -110,9 +108,16 @@ class Evaluator:
                 truth = torch.from_numpy(held_out.toarray() > 0).to(device)
                 n_true = torch.from_numpy(np.diff(held_out.indptr)).to(device)
                 for metric, values in ranking_metrics(scores, truth, self.ks, n_true).items():
-                    sums[metric] = sums.get(metric, 0.0) + float(values.sum())
-            n = len(setting.users)
-            results[name] = {metric: total / n for metric, total in sums.items()}
+                    parts[metric].append(values.double().cpu().numpy())
+            results[name] = {m: np.concatenate(v) if v else np.zeros(0) for m, v in parts.items()}
+        return results
+
+    def evaluate(self, scorer: Scorer, device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+        """Each setting's metrics averaged over its users (NaN for a setting without users)."""
+        results = {}
+        for name, metrics in self.per_user(scorer, device).items():
+            n = len(self.settings[name].users)
+            results[name] = {m: float(v.sum()) / n if n else float("nan") for m, v in metrics.items()}
             results[name]["users"] = n
         return results
 

@@ -123,6 +123,7 @@ class FastParams:
 @dataclass
 class FastResult:
     item_emb: torch.Tensor
+    start: torch.Tensor | None = None  # the table at step 0: the prior in the cold rows
     best_step: int = 0
     best_score: float = float("nan")
     history: list[dict] = field(default_factory=list)
@@ -165,6 +166,7 @@ def fit_cold_rows(user_emb: torch.Tensor, item_emb: torch.Tensor, prior: torch.T
         return out
 
     result = FastResult(item_emb=table())
+    result.start = result.item_emb
     # no score is below the prior's (step 0), whatever the metric: it is always a candidate
     stopper = EarlyStopping(params.patience, best_score=-float("inf"))
     if validate is not None:

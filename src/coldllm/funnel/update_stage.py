@@ -69,6 +69,38 @@ def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
     return best, candidates[best], scores
 
 
+def cold_validation(run: Run, user_emb: torch.Tensor, device) -> Callable[[torch.Tensor], np.ndarray]:
+    """``items -> per-user validation metric`` (``eval.metric``, setting ``update.select_on``) of a
+    table of item rows scored against the backbone's users.
+
+    With ``select_on: cold`` the ranking holds ``update.val_candidates``: the validation part's own
+    cold items (``split``) or every cold item. Only with ``split`` is the score blind to where test
+    items rank, which a choice made on validation must be: with every cold item a state that lowers
+    test items lifts validation.
+    """
+    cfg, data = run.cfg, run.data
+    setting, metric = cfg.update.select_on, cfg.eval.metric
+    validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(setting,))
+    among = (np.unique(data.matrix("cold_val").indices) if cfg.update.val_candidates == "split"
+             else data.cold_items)
+
+    def per_user(items: torch.Tensor) -> np.ndarray:
+        scorer = (subset_scorer(user_emb, items, among) if setting == "cold" else embedding_scorer(user_emb, items))
+        return validator.per_user(scorer, device)[setting][metric]
+
+    return per_user
+
+
+def paired_gain_z(after: np.ndarray, before: np.ndarray) -> float:
+    """The mean per-user gain of ``after`` over ``before`` in standard errors of that mean (0 when
+    nothing differs; +inf when every user gains the same positive amount)."""
+    diff = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    if len(diff) < 2 or not diff.any():
+        return 0.0
+    se = diff.std(ddof=1) / np.sqrt(len(diff))
+    return float(diff.mean() / se) if se > 0 else float(np.sign(diff.mean()) * np.inf)
+
+
 def within_depth(pairs: pd.DataFrame, ranks: pd.DataFrame, depth: int | pd.Series) -> pd.DataFrame:
     """The ``pairs`` among each item's top-``depth`` candidates of the filter (``ranks``: its
     candidates' item, user and rank); ``depth`` one number, or one per item (a Series indexed by item)."""
@@ -105,13 +137,10 @@ def update_stage(run: Run) -> dict[str, Any]:
         accepted = simulated[simulated["accepted"]]
         device = resolve_device(cfg.backbone.device)
         user_emb, item_emb = load_backbone(run.layout.backbone, data).to(device).embeddings()
-        validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(cfg.update.select_on,))
-        metric, setting = cfg.eval.metric, cfg.update.select_on
+        per_user = cold_validation(run, user_emb, device)
 
         def validate(items: torch.Tensor) -> float:
-            scorer = (subset_scorer(user_emb, items, data.cold_items) if setting == "cold"
-                      else embedding_scorer(user_emb, items))
-            return validator.evaluate(scorer, device)[setting][metric]
+            return float(per_user(items).mean())
 
         name, prior, prior_scores = chosen_prior(run, user_emb, item_emb,
                                                  validate if cfg.update.mode == "fast" else None)
@@ -151,8 +180,13 @@ def update_stage(run: Run) -> dict[str, Any]:
                 result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=validate)
                 searched.append((depth, len(pairs), result))
             depth, used, result = max(searched, key=lambda s: s[2].best_score)  # the first of equals: the shallowest
+            gain_z = paired_gain_z(per_user(result.item_emb), per_user(searched[0][2].start))
+            if result.best_step and gain_z <= cfg.update.min_gain_se:  # a gain within validation's noise
+                rec.update(searched_step=result.best_step, searched_val=result.best_score)
+                result = dataclasses.replace(result, item_emb=result.start, best_step=0,
+                                             best_score=validate(result.start))
             user_out, item_out = user_emb, result.item_emb
-            rec.update(best_step=result.best_step, best_val=result.best_score, history=result.history)
+            rec.update(best_step=result.best_step, best_val=result.best_score, gain_z=gain_z, history=result.history)
             if depths:
                 rec.update(k=depth, used_pairs=used,
                            k_search=[{"k": d, "pairs": n, "best_val": r.best_score, "best_step": r.best_step}
