@@ -10,7 +10,7 @@ import coldllm.funnel  # noqa: F401  (registers the implementations)
 from coldllm.components import ENGINES, FILTERS, FUNNEL_ORDER, JUDGES, funnel_inputs
 from coldllm.config import ConfigError, RunConfig, load_config, to_dict
 from coldllm.pipeline import STAGES, Run
-from coldllm.run import stage_inputs
+from coldllm.run import stage_inputs, with_defaults
 from test_cli import write_project
 
 
@@ -69,7 +69,7 @@ def test_a_changed_field_makes_exactly_the_stages_that_read_it_stale(towers, jud
     config["filter"].update(towers=towers, collab_source=collab)
     config["refiner"]["judge"] = judge
     after_filter = {"filter", "finetune", "simulate", "update", "evaluate_coldllm"}
-    for key in FILTERS[towers].reads(config):
+    for key in (k for k in FILTERS[towers].reads(config) if not k.startswith("-")):
         assert stale_after(config, key) == after_filter, key
     for key in JUDGES[judge].reads(config):
         tuned = {"finetune"} if JUDGES[judge].has("finetunes") else set()
@@ -84,6 +84,21 @@ def test_a_changed_field_makes_exactly_the_stages_that_read_it_stale(towers, jud
             key = f"{section}.{field}"
             if key not in read and field != "device":
                 assert stale_after(config, key) == set(), key
+
+
+def test_the_one_pass_text_settings_are_inputs_only_when_it_reads_text():
+    config = with_defaults(to_dict(RunConfig()))
+    config["filter"]["towers"] = "onepass"
+    text_model = {**config["filter"]["onepass"], "text_model": "minilm", "tune": "full"}
+    assert stage_inputs(with_field(config, "filter.onepass", text_model), "filter") == stage_inputs(config, "filter")
+    config["filter"]["onepass"]["encoder"] = "text"
+    text_model["encoder"] = "text"
+    assert stage_inputs(with_field(config, "filter.onepass", text_model), "filter") != stage_inputs(config, "filter")
+    # what every setting reads is compared with its defaults filled in: a key a run left out means its default
+    recorded = to_dict(RunConfig())
+    recorded["filter"].update(towers="onepass", onepass={"epochs": 20})
+    assert stage_inputs(with_defaults(recorded), "filter") == stage_inputs(with_defaults(
+        {**recorded, "filter": {**recorded["filter"], "onepass": {}}}), "filter")
 
 
 def test_the_knn_filter_reads_the_priors_neighbourhood_and_the_aldi_filter_does_not():
@@ -146,3 +161,15 @@ def test_each_stage_reads_only_what_its_components_declare(tmp_path, tiny_llm_di
     # the recording sees what the code reads: the content-KNN sub-tower reads the prior's k
     assert ("update.prior_k" in seen_by["filter"]) == (collab == "knn" and towers == "coupled")
     assert {"filter.k", "refiner.judge"} <= seen_by["filter"] | seen_by["simulate"]
+
+
+def test_a_run_recorded_before_a_setting_that_changed_behaviour_is_stale():
+    """update.val_candidates and update.min_gain_se came with defaults that change what the update
+    makes: an update recorded without them ran under the old behaviour and must be redone."""
+    recorded = to_dict(RunConfig())
+    for key in ("val_candidates", "min_gain_se"):
+        del recorded["update"][key]
+    current = with_defaults(to_dict(RunConfig()))
+    assert stage_inputs(with_defaults(recorded), "update") != stage_inputs(current, "update")
+    assert stage_inputs(with_defaults(recorded), "filter") == stage_inputs(current, "filter")
+    assert with_defaults(recorded)["update"]["val_candidates"] == "cold"

@@ -116,7 +116,8 @@ def test_the_report_shows_the_prior_the_update_chose(tmp_path):
     result = CliRunner().invoke(app, [
         "run", "-c", cfg, "--stages=[prepare, train, filter, simulate, update]", "--filter.text_model=minilm",
         "--filter.towers=onepass", "--filter.onepass={epochs: 2, hidden: 16}", "--refiner.judge=all",
-        "--filter.k=5", "--update.steps=20", "--update.prior=best"])
+        "--filter.k=5", "--update.steps=20", "--update.prior=best",
+        "--update.val_candidates=cold"])  # the report ranks every cold item, as the protocol does
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "runs" / "tiny"
     chosen = json.loads((run_dir / "manifest.json").read_text())["stages"]["update"]["prior"]

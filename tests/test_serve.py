@@ -54,8 +54,10 @@ def finished_run(tmp: Path, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
+    # a run whose update takes steps (any gain counts), so a new item's row moves as the run's did
     return finished_run(tmp_path_factory.mktemp("serve"), "--filter.collab={epochs: 2, hidden: 16}",
-                        "--filter.lm={epochs: 2, hidden: 16, out_dim: 8}", "--refiner.judge=cosine")
+                        "--filter.lm={epochs: 2, hidden: 16, out_dim: 8}", "--refiner.judge=cosine",
+                        "--update.min_gain_se=0")
 
 
 def fresh(run_dir: Path) -> Path:
@@ -94,6 +96,24 @@ def test_added_item_is_recommended_to_its_simulated_users(client, service):
     info = client.get("/items/n1").json()
     assert info["source"] == "online" and info["fields"] == {"venue": "KDD"}
     assert info["simulated_users"] == body["simulated_users"]
+
+
+def test_a_run_that_kept_its_prior_gives_new_items_their_prior(tmp_path):
+    run_dir = finished_run(tmp_path, "--filter.towers=collab", "--filter.collab_source=knn", "--refiner.judge=all",
+                           "--update.min_gain_se=1e9")
+    assert json.loads((run_dir / "manifest.json").read_text())["stages"]["update"]["best_step"] == 0
+    service = OnlineService(run_dir)
+    try:
+        before = torch.as_tensor(service.index.item_rows().copy())
+        text = "protein folding paper 1234"
+        service.add([NewItem(id="n3", text=text)])
+        warm = service.data.warm_items
+        pool = torch.cat([torch.as_tensor(service.content[warm]), torch.as_tensor(service.encoder.encode([text]))])
+        prior = knn_prior(pool, before[warm], torch.arange(len(warm)), torch.tensor([len(warm)]),
+                          service.cfg.update.prior_k)[0]
+        torch.testing.assert_close(torch.as_tensor(service.index.item_rows()[-1]), prior)
+    finally:
+        service.close()
 
 
 def test_update_moves_only_the_new_row_from_its_prior_towards_accepted_users(service):

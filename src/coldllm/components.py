@@ -102,8 +102,20 @@ FILTERS.declare("collab", "the collaborative sub-tower alone (an ablation)",
                 lambda c: (*_collab_reads(c), *_SEARCH_READS), ("scores_new_items",))
 FILTERS.declare("lm", "the language-model sub-tower alone (an ablation)", (*_LM_READS, *_SEARCH_READS),
                 ("scores_new_items",))
+# the one-pass simulator's text-encoder settings, read only with filter.onepass.encoder=text: a preset
+# that sets them must not make a frozen-vectors run stale
+_ONEPASS_TEXT = ("text_model", "tune", "pooling", "lora_r", "lora_targets", "text_lr", "batch_items", "max_length",
+                 "standardize")
+
+
+def _onepass_reads(config: dict[str, Any]) -> tuple[str, ...]:
+    text = (_section(config, "filter.onepass") or {}).get("encoder") == "text"
+    unread = () if text else tuple(f"-filter.onepass.{k}" for k in _ONEPASS_TEXT)
+    return ("filter.onepass", "filter.text_model", "filter.index", *unread)
+
+
 FILTERS.declare("onepass", "the one-pass simulator: the item's text read once, a head scores every user",
-                ("filter.onepass", "filter.text_model", "filter.index"), ("scores_new_items",))
+                _onepass_reads, ("scores_new_items",))
 FILTERS.declare("random", "K random users per item (an ablation)", (), ("scores_new_items",))
 FILTERS.declare("file", "candidates read from filter.file (e.g. the paper's released ones)", ("filter.file",))
 

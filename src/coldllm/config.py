@@ -7,6 +7,7 @@ hyper-parameter silently falling back to its default is the classic way to publi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import os
@@ -724,3 +725,21 @@ CROSS_CHECKS: tuple[Callable[[RunConfig], "str | None"], ...] = (
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def default_tree(cfg: Any = None) -> dict[str, Any]:
+    """Every setting's default as a nested mapping, the hyper-parameter mappings (a field with a
+    ``params`` dataclass, e.g. ``filter.onepass``) included with their dataclass's defaults: what a
+    mapping that leaves a key out means."""
+    cfg = RunConfig() if cfg is None else cfg
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        params = f.metadata.get("params")
+        if dataclasses.is_dataclass(value):
+            out[f.name] = default_tree(value)
+        elif params is not None and isinstance(params(), type) and dataclasses.is_dataclass(params()):
+            out[f.name] = dataclasses.asdict(params()())
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out

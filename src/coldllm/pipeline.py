@@ -128,7 +128,7 @@ def reuse_stage(run: Run, stage: str, source: str) -> dict[str, Any]:
     if record.get("status") != "done":
         raise ConfigError(f"reuse.{stage}: run {source!r} has no finished {stage!r} stage")
     # settings added since that run was made count at their defaults, as for staleness
-    theirs, ours = stage_inputs(with_defaults(manifest["config"]), stage), stage_inputs(to_dict(run.cfg), stage)
+    theirs, ours = (stage_inputs(with_defaults(c), stage) for c in (manifest["config"], to_dict(run.cfg)))
     differs = sorted(k for k in ours if ours[k] != theirs.get(k))
     if stage == "train" and differs:
         raise ConfigError(f"reuse.train: run {source!r} trained its backbone under other {differs} settings")

@@ -9,6 +9,7 @@ cycle.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .components import FUNNEL_ORDER, funnel_inputs
-from .config import RunConfig, to_dict
+from .config import RunConfig, default_tree, to_dict
 from .content import encode_texts
 from .data import ColdStartData, load_dataset
 from .layout import RunLayout, stage_artifacts
@@ -50,8 +51,8 @@ STAGE_IGNORES = {"train": ("data.text_fields", "data.text_template"),
 NOT_INPUTS = {"*": ("device",), "backbone": ("epochs", "patience")}
 
 def stage_inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The config sections (or single ``section.key`` fields) ``stage`` depends on (the longest
-    matching stage name wins)."""
+    """The config sections (or single ``section.key`` fields, less any ``-section.key.field`` its
+    component declares unread) ``stage`` depends on (the longest matching stage name wins)."""
     key = max((k for k in (*STAGE_INPUTS, *FUNNEL_ORDER) if stage.startswith(k)), key=len, default=None)
     if key in FUNNEL_ORDER:
         try:
@@ -60,11 +61,14 @@ def stage_inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
             return {"unknown component": str(err)}
     else:
         keys = STAGE_INPUTS[key] if key else tuple(config)
+    # "-section.key.field": a field of a mapping the component does not read under this config
+    excluded = {name[1:] for name in keys if name.startswith("-")}
+    keys = [name for name in keys if not name.startswith("-")]
     out = {}
     for name in keys:
         section, _, field = name.partition(".")
         out[name] = (config.get(section) or {}).get(field) if field else config.get(name)
-    ignored = STAGE_IGNORES.get(key, ())
+    ignored = (*STAGE_IGNORES.get(key, ()), *excluded)
     for section, value in out.items():
         if isinstance(value, dict):
             skip = NOT_INPUTS["*"] + NOT_INPUTS.get(section, ())
@@ -72,17 +76,29 @@ def stage_inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return out
 
 
+# Settings added with a default that changed what a stage makes, and the value that stands for the
+# behaviour before them: a stage recorded without the setting ran under that value, so it is stale
+# under the new default.
+ADDED_WITH_NEW_BEHAVIOUR = {("update", "val_candidates"): "cold", ("update", "min_gain_se"): 0.0}
+
+
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded config completed with the defaults of settings added since it was written.
 
-    A new setting whose default keeps the old behaviour must not make finished stages stale.
+    A new setting whose default keeps the old behaviour must not make finished stages stale; one
+    whose default changed it (``ADDED_WITH_NEW_BEHAVIOUR``) is filled with its old behaviour's value.
     """
+    config = copy.deepcopy(config)
+    for (section, key), before in ADDED_WITH_NEW_BEHAVIOUR.items():
+        if isinstance(config.get(section), dict) and key not in config[section]:
+            config[section][key] = before
+
     def fill(default: Any, recorded: Any) -> Any:
         if isinstance(default, dict) and isinstance(recorded, dict):
             return {**default, **{k: fill(default.get(k), v) for k, v in recorded.items()}} if default else recorded
         return recorded
 
-    return fill(to_dict(RunConfig()), config)
+    return fill(default_tree(), config)
 
 
 class Run:
@@ -99,7 +115,7 @@ class Run:
         stages = {}
         # A stage made under other settings than it depends on is stale: forget it, redo it.
         for stage, record in old.get("stages", {}).items():
-            if stage_inputs(with_defaults(old.get("config", {})), stage) == stage_inputs(config, stage):
+            if stage_inputs(with_defaults(old.get("config", {})), stage) == stage_inputs(with_defaults(config), stage):
                 stages[stage] = record
             else:
                 log.warning("%s: settings of stage %r changed since it ran; it will be redone", self.dir, stage)
