@@ -173,3 +173,21 @@ def test_a_run_recorded_before_a_setting_that_changed_behaviour_is_stale():
     assert stage_inputs(with_defaults(recorded), "update") != stage_inputs(current, "update")
     assert stage_inputs(with_defaults(recorded), "filter") == stage_inputs(current, "filter")
     assert with_defaults(recorded)["update"]["val_candidates"] == "cold"
+
+
+def test_every_declared_name_has_its_implementation_and_no_other():
+    from coldllm import components
+    from coldllm.backbones import BACKBONES
+    from coldllm.baselines import METHODS
+    from coldllm.content import ENCODERS
+    from coldllm.data.readers import READERS
+    from coldllm.hparams import METHOD_PARAMS
+    from coldllm.pipeline import STAGE_FOLDERS, all_stages
+
+    for declared, implemented in ((components.DATA_FORMATS, READERS), (components.BACKBONE_MODELS, BACKBONES),
+                                  (components.CONTENT_ENCODERS, ENCODERS), (components.BASELINE_METHODS, METHODS),
+                                  (components.RUN_STAGES, all_stages())):
+        assert sorted(declared.names()) == sorted(implemented), declared.key
+    assert sorted(components.REUSABLE_STAGES) == sorted(STAGE_FOLDERS)
+    # each method is built from the hyper-parameters its setting is checked against
+    assert {name: cls.Params for name, cls in METHODS.items()} == METHOD_PARAMS

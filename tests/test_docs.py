@@ -78,7 +78,7 @@ def test_configuration_reference_is_current():
     gen = _gen_reference()
     page = gen.config_reference()
     assert "| `refiner.lora.r` | int | `8` | >= 1 | LoRA rank. |" in page
-    assert "| `backbone.model` | str | `lightgcn` | one of: lightgcn, mf, ngcf |" in page
+    assert "| `backbone.model` | str | `lightgcn` | one of: mf, lightgcn, ngcf |" in page
     assert (DOCS / "reference" / "configuration.md").read_text() == page, \
         "docs/reference/configuration.md is out of date: run python docs/gen_reference.py"
 

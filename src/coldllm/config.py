@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import os
 import re
 import string
@@ -21,7 +20,9 @@ from typing import Any, Callable
 
 import yaml
 
-from .components import ENGINES, FILTERS, JUDGES, Registry
+from .components import (BACKBONE_MODELS, BASELINE_METHODS, CONTENT_ENCODERS, DATA_FORMATS, ENGINES, FILTERS, JUDGES,
+                         REUSABLE_STAGES, RUN_STAGES, Registry)
+from .hparams import METHOD_PARAMS, ALDIParams, LMTowerParams, LoraParams, OnePassParams, PromptTemplate
 
 
 class ConfigError(ValueError):
@@ -71,12 +72,9 @@ def between(low: float, high: float, low_open: bool = False, high_open: bool = F
     return check
 
 
-def registry(module: str, name: str) -> Callable[[], list[str]]:
-    """The names of a registry defined elsewhere (backbones, methods, stages), read when checked.
-
-    Read lazily: those modules import this one, and a name registered later is allowed at once.
-    """
-    return lambda: sorted(getattr(importlib.import_module(module), name))
+def _choices(registry: Registry) -> str:
+    """A registry's names and what each is, for a field's help (the reference page shows it)."""
+    return " | ".join(f"{d.name} ({d.help})" for d in registry)
 
 
 def one_of(*choices: Any) -> Check:
@@ -121,9 +119,9 @@ DEVICE = matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:N")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING,
-          check: Check | tuple[Check, ...] = (), params: Callable[[], Any] | None = None):
+          check: Check | tuple[Check, ...] = (), params: "type | dict[str, type] | None" = None):
     """A field with its help text, its checks and, for a mapping of hyper-parameters, the dataclass
-    (``params``, resolved lazily) whose fields the mapping may set."""
+    (``params``; a dict of them, one per name) whose fields the mapping may set."""
     metadata = {"help": text, "checks": check if isinstance(check, tuple) else (check,), "params": params}
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata=metadata)
@@ -153,8 +151,7 @@ def _warm_shares(v: list[float]) -> str | None:
 @dataclass
 class DataConfig:
     name: str = _help("Dataset name; names the cache folder.", "citeulike", check=nonempty)
-    format: str = _help("Reader: citeulike | csv | parquet | recbole.", "citeulike",
-                        check=one_of(registry("coldllm.data.readers", "READERS")))
+    format: str = _help(f"Reader: {_choices(DATA_FORMATS)}.", "citeulike", check=one_of(*DATA_FORMATS.names()))
     path: str = _help(
         "Directory of the raw files. ${VAR:-default} is expanded from the environment. Written in a preset, a "
         "relative path is relative to the preset's folder; from the environment or the command line, to the "
@@ -195,7 +192,7 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    model: str = _help("mf | lightgcn | ngcf.", "lightgcn", check=one_of(registry("coldllm.backbones", "BACKBONES")))
+    model: str = _help(f"{_choices(BACKBONE_MODELS)}.", "lightgcn", check=one_of(*BACKBONE_MODELS.names()))
     dim: int = _help("Embedding size.", 64, check=at_least(1))
     layers: int = _help("Propagation layers (graph models).", 3, check=at_least(0))
     lr: float = _help("Adam learning rate.", 1e-3, check=above(0))
@@ -218,8 +215,7 @@ class BackboneConfig:
 
 @dataclass
 class ContentConfig:
-    encoder: str = _help("minilm (sentence encoder) | llm (mean-pooled causal-LM states).", "minilm",
-                         check=one_of(registry("coldllm.content", "ENCODERS")))
+    encoder: str = _help(f"{_choices(CONTENT_ENCODERS)}.", "minilm", check=one_of(*CONTENT_ENCODERS.names()))
     model: str = _help("'' = the packaged default; else a local model folder (or smollm2-135m).", "")
     batch_size: int = _help("Texts per forward pass.", 64, check=at_least(1))
     max_length: int = _help("Tokens kept per text (longer texts are truncated).", 128, check=at_least(1))
@@ -227,31 +223,16 @@ class ContentConfig:
     device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
 
 
-def _method_params() -> dict[str, type]:
-    from .baselines import METHODS
-
-    return {name: cls.Params for name, cls in METHODS.items()}
-
-
 @dataclass
 class BaselineConfig:
     methods: list[str] = _help(
         "Cold-start methods to fit and evaluate.",
         factory=lambda: ["random", "knn", "deepmusic", "dropoutnet", "metaemb", "mtpr", "clcrec", "gar", "aldi"],
-        check=each(one_of(registry("coldllm.baselines", "METHODS"))),
+        check=each(one_of(*BASELINE_METHODS.names())),
     )
     params: dict = _help("Per-method hyper-parameters: {method: {key: value}}.", factory=dict,
-                         params=_method_params)
+                         params=METHOD_PARAMS)
     device: str = _help("auto | cpu | cuda | cuda:N | mps.", "auto", check=DEVICE)
-
-
-def _choices(registry: Registry) -> str:
-    """A registry's names and what each is, for a field's help (the reference page shows it)."""
-    return " | ".join(f"{d.name} ({d.help})" for d in registry)
-
-
-def _lazy(module: str, name: str) -> Callable[[], type]:
-    return lambda: getattr(importlib.import_module(module), name)
 
 
 @dataclass
@@ -273,11 +254,11 @@ class FilterConfig:
                             "are used (smollm2-135m, a local folder), or minilm (the packaged sentence encoder; "
                             "seconds instead of minutes of encoding on 2 CPU cores; results/speed/cpu.json, encode).", "smollm2-135m", check=nonempty)
     collab: dict = _help("ALDI student hyper-parameters (baselines.aldi.ALDIParams).", factory=dict,
-                         params=_lazy("coldllm.baselines.aldi", "ALDIParams"))
+                         params=ALDIParams)
     lm: dict = _help("Language-model tower hyper-parameters (funnel.filter.LMTowerParams).", factory=dict,
-                     params=_lazy("coldllm.funnel.filter", "LMTowerParams"))
+                     params=LMTowerParams)
     onepass: dict = _help("One-pass simulator hyper-parameters (funnel.onepass.OnePassParams).", factory=dict,
-                          params=_lazy("coldllm.funnel.onepass", "OnePassParams"))
+                          params=OnePassParams)
 
 
 @dataclass
@@ -292,7 +273,7 @@ class RefinerConfig:
                        "folder.", "smollm2-135m",
                        check=nonempty)
     template: dict = _help("Prompt template fields (llm.prompts.PromptTemplate), per domain.", factory=dict,
-                           params=_lazy("coldllm.llm.prompts", "PromptTemplate"))
+                           params=PromptTemplate)
     train_users: int = _help("Users giving fine-tuning examples: pairs_per_user positives + as many negatives each.",
                              600, check=at_least(1))
     pairs_per_user: int = _help("Positive/negative pairs per fine-tuning user, all on the user's one history: the "
@@ -302,7 +283,7 @@ class RefinerConfig:
     hard_negatives: float = _help("Share of fine-tuning negatives taken from the filter's top-K.", 0.5,
                                   check=between(0, 1))
     lora: dict = _help("LoRA hyper-parameters (llm.lora.LoraParams).", factory=dict,
-                       params=_lazy("coldllm.llm.lora", "LoraParams"))
+                       params=LoraParams)
     gradient_checkpointing: bool = _help(
         "Fine-tuning recomputes each layer's activations in the backward pass instead of keeping them: "
         "far less memory for long packed rows, about a third more time, the same adapter.", False)
@@ -390,12 +371,12 @@ class RunConfig:
         "Stages `coldllm run` executes, in order (prepare, train, evaluate_test, content, baselines, "
         "filter, finetune, simulate, update).",
         factory=lambda: ["prepare", "train", "evaluate_test", "content", "baselines"],
-        check=each(one_of(lambda: sorted(importlib.import_module("coldllm.pipeline").all_stages()))),
+        check=each(one_of(*RUN_STAGES.names())),
     )
     reuse: dict = _help(
         "Stages taken from another finished run instead of recomputed: {stage: run name}, e.g. "
         "{train: my-backbone-run}. Only train, filter, finetune and simulate can be reused.",
-        factory=dict, check=each(one_of(registry("coldllm.pipeline", "STAGE_FOLDERS"))),
+        factory=dict, check=each(one_of(*REUSABLE_STAGES)),
     )
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -632,8 +613,7 @@ def checks_of(f: dataclasses.Field) -> tuple[Check, ...]:
 
 def params_of(f: dataclasses.Field) -> "type | dict[str, type] | None":
     """The dataclass whose fields a mapping setting may set (a dict of them: one per method), or None."""
-    target = f.metadata.get("params")
-    return target() if target is not None else None
+    return f.metadata.get("params")
 
 
 def _check_fields(obj: Any, prefix: str) -> None:
@@ -736,11 +716,11 @@ def default_tree(cfg: Any = None) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        params = f.metadata.get("params")
+        params = params_of(f)
         if dataclasses.is_dataclass(value):
             out[f.name] = default_tree(value)
-        elif params is not None and isinstance(params(), type) and dataclasses.is_dataclass(params()):
-            out[f.name] = dataclasses.asdict(params()())
+        elif isinstance(params, type):
+            out[f.name] = dataclasses.asdict(params())
         else:
             out[f.name] = copy.deepcopy(value)
     return out

@@ -19,7 +19,6 @@ At inference warm items keep the teacher's scores; cold items are scored by the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -27,17 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
+from ..hparams import ALDIParams
 from ..layers import mlp
-from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
-
-
-@dataclass
-class ALDIParams(TrainParams):
-    alpha: float = field(default=0.9, metadata={"help": "Ranking-distillation weight."})
-    beta: float = field(default=0.05, metadata={"help": "Identification-distillation weight."})
-    gamma: float = field(default=0.1, metadata={"help": "Rating-distillation weight."})
-    freq_weight: bool = field(default=True, metadata={"help": "Weight distillation by item frequency."})
-    max_weight: float = field(default=4.0, metadata={"help": "M of the frequency weight tanh(M f / mean f)."})
+from .base import ColdStartMethod, FitContext, fit_with_early_stopping, register
 
 
 def frequency_weights(train, max_weight: float) -> np.ndarray:

@@ -10,7 +10,6 @@ config; an unknown key is an error naming it, as everywhere else.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from ..config import ConfigError, apply_values
 from ..data import BPRSampler, ColdStartData
 from ..early_stopping import EarlyStopping
 from ..evaluate import Evaluator, Scorer
+from ..hparams import TrainParams
 from ..utils import registrar
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,6 @@ class FitContext:
     @property
     def cold(self) -> torch.Tensor:
         return torch.from_numpy(self.data.cold_items).to(self.device)
-
-
-@dataclass
-class TrainParams:
-    """Hyper-parameters every trained method has."""
-
-    lr: float = dataclasses.field(default=1e-3, metadata={"help": "Adam learning rate."})
-    reg: float = dataclasses.field(default=1e-4, metadata={"help": "L2 weight on the trained parameters."})
-    batch_size: int = dataclasses.field(default=1024, metadata={"help": "Triples per step."})
-    epochs: int = dataclasses.field(default=30, metadata={"help": "Maximum epochs."})
-    # the cold-validation curve of a title-content student wobbles by a few 1e-3 from epoch to
-    # epoch; with three epochs of patience a slowly rising run (lower learning rates) stops on a dip
-    patience: int = dataclasses.field(default=5, metadata={"help": "Epochs without a better cold-val score."})
-    hidden: int = dataclasses.field(default=200, metadata={"help": "Width of the hidden layers."})
 
 
 class ColdStartMethod:

@@ -19,23 +19,15 @@ their trained ID embeddings and users theirs: warm scores change, so ``keeps_war
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
+from ..hparams import CLCRecParams
 from ..layers import mlp
-from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
-
-
-@dataclass
-class CLCRecParams(TrainParams):
-    tau: float = field(default=0.2, metadata={"help": "Temperature of both contrastive losses."})
-    lam: float = field(default=0.5, metadata={"help": "Weight of the user-item loss; 1 - lam on item-content."})
-    replace: float = field(default=0.5, metadata={"help": "Share of item ID embeddings replaced by content."})
-    n_neg: int = field(default=128, metadata={"help": "Sampled warm negatives per positive."})
+from .base import ColdStartMethod, FitContext, fit_with_early_stopping, register
 
 
 def info_nce(anchor: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, tau: float) -> torch.Tensor:

@@ -8,17 +8,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from ..hparams import RandomParams, KNNParams
 from .base import EmbeddingMethod, FitContext, register
-
-
-@dataclass
-class RandomParams:
-    seed: int = field(default=0, metadata={"help": "Seed of the random embeddings."})
 
 
 @register("random")
@@ -30,15 +25,6 @@ class RandomEmbeddings(EmbeddingMethod):
         gen = torch.Generator().manual_seed(self.params.seed + ctx.seed)
         noise = torch.randn(len(ctx.cold), warm.shape[1], generator=gen).to(warm.device)
         return warm.mean(0) + noise * warm.std(0)
-
-
-@dataclass
-class KNNParams:
-    k: int = field(default=20, metadata={"help": "Warm neighbours per cold item."})
-    temperature: float = field(
-        default=0.0, metadata={"help": "0: plain mean; > 0: softmax(cosine / temperature) weights."}
-    )
-    batch: int = field(default=1024, metadata={"help": "Cold items per similarity block."})
 
 
 @register("knn")

@@ -14,22 +14,15 @@ preprocessing: a zeroed row then reads as "an average item" rather than an extre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
+from ..hparams import DropoutNetParams
 from ..layers import mlp
-from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
-
-
-@dataclass
-class DropoutNetParams(TrainParams):
-    dropout: float = field(default=0.5, metadata={"help": "Chance of zeroing an item's preference input."})
-    layers: int = field(default=2, metadata={"help": "Hidden Linear+BatchNorm+tanh layers per tower."})
-    out_dim: int = field(default=0, metadata={"help": "Tower output width; 0: the backbone's dimension."})
+from .base import ColdStartMethod, FitContext, fit_with_early_stopping, register
 
 
 def standardise(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

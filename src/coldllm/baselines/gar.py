@@ -25,24 +25,15 @@ generated) and users through the user tower, so warm scores change too: ``keeps_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
+from ..hparams import GARParams
 from ..layers import mlp
-from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
-
-
-@dataclass
-class GARParams(TrainParams):
-    alpha: float = field(default=0.1, metadata={"help": "Weight of the generator's L1 pull to the real item."})
-    beta: float = field(default=0.9, metadata={"help": "Share of the sampled negative (vs generated) in the recommender."})
-    dropout: float = field(default=0.5, metadata={"help": "Dropout in the recommender's towers."})
-    gen_dropout: float = field(default=0.1, metadata={"help": "Dropout in the generator."})
-    reg: float = field(default=1e-3, metadata={"help": "Weight decay of both players."})
+from .base import ColdStartMethod, FitContext, fit_with_early_stopping, register
 
 
 def recommender_loss(s_real: torch.Tensor, s_neg: torch.Tensor, s_fake: torch.Tensor, beta: float) -> torch.Tensor:

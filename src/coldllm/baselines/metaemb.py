@@ -16,21 +16,13 @@ keep their backbone embeddings; cold items get the generator's output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from ..hparams import MetaEmbParams
 from ..layers import mlp
-from .base import EmbeddingMethod, FitContext, TrainParams, fit_with_early_stopping, register
-
-
-@dataclass
-class MetaEmbParams(TrainParams):
-    a_weight: float = field(default=0.5, metadata={"help": "alpha: weight of cold loss a; b gets 1 - alpha."})
-    inner_lr: float = field(default=0.1, metadata={"help": "Step size of the simulated warm-up update."})
-    init_scale: float = field(default=0.1, metadata={"help": "Factor on the generator's initial weights."})
-    layers: int = field(default=0, metadata={"help": "Hidden tanh layers of width `hidden` (0: linear)."})
+from .base import EmbeddingMethod, FitContext, fit_with_early_stopping, register
 
 
 def bpr_rows(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

@@ -15,20 +15,14 @@ representation, cold items with the counterfactual one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..evaluate import Scorer
-from .base import ColdStartMethod, FitContext, TrainParams, fit_with_early_stopping, register
-
-
-@dataclass
-class MTPRParams(TrainParams):
-    hidden: int = field(default=200, metadata={"help": "Width of the content part W c of an item."})
-    init_std: float = field(default=0.01, metadata={"help": "Std of the users' initial content-part noise."})
+from ..hparams import MTPRParams
+from .base import ColdStartMethod, FitContext, fit_with_early_stopping, register
 
 
 @register("mtpr")

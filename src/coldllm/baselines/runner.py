@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import build_method
 from ..backbones import Backbone
 from ..data import ColdStartData
 from ..evaluate import Evaluator
 from ..utils import peak_memory_mb
-from . import build_method
 from .base import ColdStartMethod, FitContext
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ConfigError, ContentConfig
+from ..llm.models import DEFAULT_LLM
 from ..utils import resolve_device
 from .cache import VectorCache, text_hash
-from ..llm.models import DEFAULT_LLM
 from .encoders import Encoder, LLMEncoder, SentenceEncoder
 
 log = logging.getLogger(__name__)

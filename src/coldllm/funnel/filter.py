@@ -16,7 +16,7 @@ coupled score is the sum of both towers' scores. FAISS returns the top-K users o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..baselines.aldi import ALDI
-from ..baselines.base import FitContext, TrainParams, fit_with_early_stopping
+from ..baselines.base import FitContext, fit_with_early_stopping
 from ..evaluate import Scorer
+from ..hparams import LMTowerParams
 from ..layers import mlp
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,6 @@ class KNNTower:
 
     def item_vectors(self, ctx: FitContext, item_ids: torch.Tensor) -> torch.Tensor:
         return self._vectors(item_ids)
-
-
-@dataclass
-class LMTowerParams(TrainParams):
-    out_dim: int = field(default=64, metadata={"help": "Output width of each MLP."})
-    hidden: int = field(default=256, metadata={"help": "Hidden width of each MLP."})
-    epochs: int = field(default=20, metadata={"help": "Maximum epochs."})
 
 
 def history_means(train: sp.csr_matrix, item_vectors: np.ndarray) -> np.ndarray:
@@ -101,8 +95,6 @@ class LanguageTower:
 
     def scorer(self) -> Scorer:
         return lambda users: self.user_out[users] @ self.item_out.T
-
-
 
 
 @dataclass

@@ -30,9 +30,9 @@ from ..run import Run
 from ..utils import atomic_path
 from .filter import KNNTower, LanguageTower, LMTowerParams, coupled_embeddings, random_users, read_candidates, \
     top_users
+from .inputs import llm_text_vectors, params
 from .onepass import OnePass, OnePassParams
 from .text_encoder import TextEncoder, TextEncoderSpec
-from .inputs import llm_text_vectors, params
 from .towers import FilterTowers, load_towers, save_towers
 from .update import to_backbone
 

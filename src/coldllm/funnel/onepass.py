@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,46 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..baselines.base import FitContext, TrainParams, fit_with_early_stopping
+from ..baselines.base import FitContext, fit_with_early_stopping
 from ..checkpoint import load_optimizer, optimizer_tensors, save_tensors
 from ..early_stopping import EarlyStopping
 from ..evaluate import Scorer
+from ..hparams import OnePassParams
 from ..layers import mlp
 from ..utils import read_safetensors, read_safetensors_metadata
 from .filter import CoupledEmbeddings
 from .text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OnePassParams(TrainParams):
-    hidden: int = field(default=256, metadata={"help": "Hidden width of the text MLP."})
-    align: float = field(default=1.0, metadata={"help": "Weight of the alignment loss (mapped text to the "
-                                                        "item's behaviour embedding)."})
-    epochs: int = field(default=20, metadata={"help": "Maximum epochs."})
-    encoder: str = field(default="vectors", metadata={
-        "help": "vectors: the frozen text vectors of filter.text_model (only the MLP and head learn) | text: the "
-                "item text through a language model (text_model) that is tuned with the head (tune)."})
-    text_model: str = field(default="", metadata={
-        "help": "encoder=text: a causal LM (smollm2-135m, a local folder) or minilm; '' is filter.text_model."})
-    tune: str = field(default="lora", metadata={
-        "help": "encoder=text: lora (adapters on the LM learn) | frozen (the LM's pooled states, fixed) | full "
-                "(every weight learns: for the small MiniLM)."})
-    pooling: str = field(default="mean", metadata={"help": "encoder=text: mean of the last hidden states, or "
-                                                            "last (the last token's state)."})
-    lora_r: int = field(default=8, metadata={"help": "encoder=text, tune=lora: adapter rank."})
-    lora_targets: list[str] = field(default_factory=list, metadata={
-        "help": "encoder=text, tune=lora: the layers that get adapters ([]: the attention's query and value "
-                "projections; add embed_tokens to let the model learn what words it never saw mean)."})
-    text_lr: float = field(default=1e-4, metadata={"help": "encoder=text: learning rate of the text encoder."})
-    batch_items: int = field(default=32, metadata={"help": "encoder=text: items per step (each with all its "
-                                                           "training users as targets)."})
-    max_length: int = field(default=64, metadata={"help": "encoder=text: tokens kept of an item's text."})
-    standardize: bool = field(default=False, metadata={
-        "help": "encoder=text: centre and scale the pooled states per dimension by the catalogue's statistics "
-                "(taken before training, saved with the encoder): a causal LM's states share a few huge "
-                "dimensions, so without it unrelated titles sit at cosine ~.95."})
 
 
 class OnePass:

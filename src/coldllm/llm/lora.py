@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +25,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_optimizer, optimizer_tensors, save_tensors
+from ..hparams import LoraParams
 from ..utils import atomic_path, read_safetensors, read_safetensors_metadata
 from .judge import answer_states, autocast, packed_rows
 
 log = logging.getLogger(__name__)
 # How often a fine-tuning saves where it is (seconds). When it saves never changes what it learns.
 CHECKPOINT_SECONDS = 120.0
-
-
-@dataclass
-class LoraParams:
-    r: int = field(default=8, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (alpha / r)."})
-    dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      metadata={"help": "Linear layers that get adapters."})
-    lr: float = field(default=5e-4, metadata={"help": "AdamW learning rate."})
-    epochs: int = field(default=1, metadata={"help": "Passes over the fine-tuning set."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per step."})
-    seed: int = field(default=0, metadata={"help": "Seed of the adapter init and the batch order."})
 
 
 def add_lora(model, params: LoraParams):

@@ -15,38 +15,8 @@ prompt is kept within the model's context by dropping the oldest history titles.
 from __future__ import annotations
 
 import unicodedata
-from dataclasses import dataclass, field
 
-
-@dataclass
-class PromptTemplate:
-    instruction: str = field(
-        default="You are a recommender system for scientific papers. From the papers a user has saved, "
-        "judge whether the user will also save the candidate paper. Answer Yes or No.",
-        metadata={"help": "First line of every prompt (it carries the question, so it is in the prefix)."},
-    )
-    history_header: str = field(default="Papers the user saved:", metadata={"help": "Heads the history."})
-    history_item: str = field(default="- {title}", metadata={"help": "One history line; {title} is filled."})
-    candidate_lead: str = field(
-        default="",
-        metadata={"help": "Ends the prefix and leads into every candidate (e.g. 'Candidate paper: '): paid once "
-                          "per user, where the same words in `candidate` are paid once per pair."},
-    )
-    candidate: str = field(default="Candidate paper: {title}", metadata={"help": "The candidate line."})
-    question: str = field(
-        default="Answer:",
-        metadata={"help": "Ends the prompt on its own line; the next token is the answer. Paid per pair: '' ends "
-                          "the prompt at the candidate, the question being the instruction's."},
-    )
-    yes: str = field(default=" Yes", metadata={"help": "Answer text for a positive (with its leading space)."})
-    no: str = field(default=" No", metadata={"help": "Answer text for a negative."})
-    max_history: int = field(default=20, metadata={"help": "History titles shown (N)."})
-    history: str = field(default="sample", metadata={
-        "help": "Which N of the user's training items the prompt shows: sample (a seeded sample, one prefix per "
-                "user, shared by all its candidates) | similar (the N closest in content to the candidate, the "
-                "paper's construction: one prefix per pair, so judging costs more)."})
-    max_title_chars: int = field(default=400, metadata={"help": "Characters kept before tokenising (huge texts)."})
-    max_title_tokens: int = field(default=48, metadata={"help": "Tokens kept of each title in a prompt."})
+from ..hparams import PromptTemplate
 
 
 def clean_text(text: str, limit: int) -> str:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ..data import ColdStartData
-from ..funnel.refiner import auc
 from ..funnel.judges import is_real
+from ..funnel.refiner import auc
 
 
 def funnel_steps(data: ColdStartData, simulated: pd.DataFrame, part: str = "cold_test") -> list[dict[str, Any]]:

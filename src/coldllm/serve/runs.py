@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, RunConfig, apply_values
-from ..layout import RunLayout
 from ..data import ColdStartData, load_dataset
 from ..data.dataset import cache_key
+from ..layout import RunLayout
 
 # what the service reads from the run; each is checked at start so a half-finished run is named
 NEEDED = {"update": lambda layout: layout.embeddings, "simulate": lambda layout: layout.simulated,
