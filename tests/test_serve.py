@@ -456,14 +456,14 @@ def test_a_new_item_starts_where_the_runs_update_started_its_cold_items(tmp_path
     service = OnlineService(run)
     try:
         record = json.loads((run / "manifest.json").read_text())["stages"]["update"]
-        assert service.prior_name == record["prior"] and service.depth == record["k"]
+        assert service.update.prior == record["prior"] and service.update.depth == record["k"]
         user_emb, item_emb = load_backbone(run / "backbone", service.data).embeddings()
         cold = service.data.cold_items
         expected = prior_candidates(content_prior(Run(service.cfg), user_emb, item_emb),
                                     load_file(str(RunLayout(run).filter_prior))["cold"])
         table = torch.from_numpy(service.index.item_rows())
         for name in expected:  # every candidate the run could choose, computed as the service computes it
-            service.prior_name = name
+            service.update.prior = name
             got = service._prior(service.content[cold], service.lm_text[cold], table)
             torch.testing.assert_close(got, expected[name].float(), rtol=1e-4, atol=1e-5)
         (added,) = service.add([NewItem(id="n1", text="graph networks paper 999")])

@@ -303,3 +303,26 @@ def test_the_prior_is_kept_unless_the_update_beats_it_beyond_noise(tmp_path, min
         user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
         prior = content_prior(run, user_emb, item_emb)
         torch.testing.assert_close(kept[1][run.data.cold_items], prior)
+
+
+def test_the_saved_choices_remake_the_runs_cold_rows(tmp_path):
+    """update/update.json holds what the stage chose (prior, depth, steps); applied to the run's own
+    cold items it gives the rows the stage saved, which is what the service does for a new item."""
+    from coldllm.funnel.fitted_update import FittedUpdate
+    from coldllm.funnel.update_stage import within_depth
+
+    cfg = run_cli(write_project(tmp_path), *FREE, "--backbone.model=mf", "--update.steps=30", "--update.eval_every=5",
+                  "--update.min_gain_se=0", "--update.k_grid=[4, 8]", "--update.lr=0.05")
+    run = Run(cfg)
+    record = run.manifest["stages"]["update"]
+    fitted = FittedUpdate.load(run.layout.update_choices)
+    assert fitted.params.steps == record["best_step"] > 0 and fitted.depth == record["k"] and fitted.prior == "knn"
+    user_emb, item_emb = load_backbone(run.dir / "backbone", run.data).embeddings()
+    simulated = pd.read_parquet(run.dir / "simulate" / "simulated.parquet")
+    ranks = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
+    pairs = within_depth(simulated[simulated["accepted"]], ranks, fitted.depth)
+    rows = fitted.apply(user_emb, item_emb, content_prior(run, user_emb, item_emb), run.data.cold_items, pairs)
+    torch.testing.assert_close(rows, updated_embeddings(run)[1][run.data.cold_items])
+    (run.layout.update_choices).write_text("{not json")
+    with pytest.raises(Exception, match=r"update\.json: damaged update choices"):
+        FittedUpdate.load(run.layout.update_choices)

@@ -131,6 +131,11 @@ class RunLayout:
         return self.update / "embeddings.safetensors"
 
     @property
+    def update_choices(self) -> Path:
+        """What the update chose on validation (prior, depth, steps), for the items that come later."""
+        return self.update / "update.json"
+
+    @property
     def report(self) -> Path:
         """``coldllm report``'s folder (unless it is told another)."""
         return self.root / "report"
@@ -152,5 +157,5 @@ def stage_artifacts(layout: RunLayout) -> dict[str, tuple[Path, ...]]:
         "filter": (layout.candidates, layout.warm_candidates, layout.filter_report),
         "finetune": (layout.refiner_report, layout.threshold, layout.adapter / "adapter_config.json"),
         "simulate": (layout.simulated, layout.simulate_report),
-        "update": (layout.embeddings,),
+        "update": (layout.embeddings, layout.update_choices),
     }

@@ -23,6 +23,7 @@ from ..config import ConfigError
 from ..evaluate import Evaluator, embedding_scorer, subset_scorer
 from ..run import Run, content_vectors
 from ..utils import atomic_path, resolve_device, write_json
+from .fitted_update import FittedUpdate
 from .update import (FastParams, augmented_train, fit_cold_rows, item_depths, knn_prior, prior_candidates)
 
 
@@ -163,6 +164,9 @@ def update_stage(run: Run) -> dict[str, Any]:
             user_out, item_out = load_embeddings(folder)
             rec.update(best_epoch=result.best_epoch, best_val=result.best_score, train_pairs=int(train.nnz),
                        history=result.history)
+            # a retraining has no steps to repeat for a later item: it gets the fast update's budget
+            fitted = FittedUpdate(prior=name, prior_k=cfg.update.prior_k, cap=cfg.filter.k,
+                                  params=FastParams.from_config(cfg.update, cfg.seed))
         else:  # only the cold items' rows move; the backbone's users and warm items stay as trained
             params = FastParams.from_config(cfg.update, cfg.seed)
             depths = sorted(set(cfg.update.k_grid))
@@ -187,10 +191,14 @@ def update_stage(run: Run) -> dict[str, Any]:
                                              best_score=validate(result.start))
             user_out, item_out = user_emb, result.item_emb
             rec.update(best_step=result.best_step, best_val=result.best_score, gain_z=gain_z, history=result.history)
+            fitted = FittedUpdate(prior=name, prior_k=cfg.update.prior_k, depth=depth, cap=cfg.filter.k,
+                                  popularity_mean=rec.get("predicted_popularity_mean") if depth else None,
+                                  params=dataclasses.replace(params, steps=result.best_step))
             if depths:
                 rec.update(k=depth, used_pairs=used,
                            k_search=[{"k": d, "pairs": n, "best_val": r.best_score, "best_step": r.best_step}
                                      for d, n, r in searched])
+        fitted.save(run.layout.update_choices)
         with atomic_path(run.layout.embeddings) as tmp:
             save_file({"user": user_out.float().cpu().contiguous(), "item": item_out.float().cpu().contiguous()},
                       str(tmp), metadata={"fingerprint": fingerprint})

@@ -262,7 +262,7 @@ def create_app(run_dir: Path | str, service: OnlineService | None = None, keys: 
         return {"status": "ok", "run": service.name, "users": service.data.n_users,
                 "items": len(snap.item_ids), "online_items": len(service.online),
                 "judge": service.cfg.refiner.judge, "backbone": service.cfg.backbone.model,
-                "filter_k": service.cfg.filter.k, "update_steps": service.params.steps,
+                "filter_k": service.cfg.filter.k, "update_steps": service.update.params.steps,
                 "startup_seconds": round(service.startup_seconds, 2)}
 
     @app.post("/items", status_code=201, response_model=ItemOut, dependencies=writer)

@@ -27,13 +27,12 @@ from ..components import FILTERS
 from ..funnel.filters import Filter
 from ..funnel.inputs import lm_text_config
 from ..funnel.judges import load_online_judge
-from ..funnel.update import FastParams, fit_cold_rows, item_depths, knn_prior, prior_candidates
+from ..funnel.fitted_update import FittedUpdate
 from ..layout import RunLayout
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
 from .index import RecommendationIndex
-from .runs import (check_finished, read_artifact_parquet, read_manifest, run_config, run_data,
-                   update_steps)
+from .runs import check_finished, read_artifact_parquet, read_manifest, run_config, run_data
 from .store import ItemStore, StoredItem
 
 log = logging.getLogger(__name__)
@@ -103,12 +102,9 @@ class OnlineService:
                               f"none for a new item; serve a run whose filter scores users ({', '.join(servable)})")
         # the filter the run fitted and evaluated, loaded as its stage saved it (never fitted again)
         self.towers = Filter.load(self.layout, self.content[data.warm_items], cfg.filter.index)
-        # what the run's update chose on validation: where new rows start, and how deep the candidates go
-        update = manifest["stages"]["update"]
-        self.prior_name, self.depth = update.get("prior", "knn"), update.get("k") or cfg.filter.k
-        # depth: popularity: a new item's depth scales with its predicted popularity over the run's mean
-        self.popularity_mean = update.get("predicted_popularity_mean") if update.get("k") else None
-        if self.popularity_mean:  # the warm items' training degrees, whose content-KNN mean predicts it
+        # what the run's update chose on validation (prior, depth, steps), applied to every new item
+        self.update = FittedUpdate.load(self.layout.update_choices)
+        if self.update.popularity_mean:  # the warm items' training degrees, whose content-KNN mean predicts it
             self.warm_degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel()[data.warm_items],
                                                dtype=torch.float32)[:, None]
         self.judge = load_online_judge(cfg, self.layout, data, self.content)
@@ -121,8 +117,6 @@ class OnlineService:
         self.user_emb, base_items = tensors["user"].float(), tensors["item"].float()
         self.warm = torch.as_tensor(data.warm_items)
         self.warm_content = torch.as_tensor(self.content[data.warm_items], dtype=torch.float32)
-        self.params = dataclasses.replace(FastParams.from_config(cfg.update, cfg.seed),
-                                          steps=update_steps(manifest, cfg.update.steps), eval_every=10 ** 9)
         self.user_pos = {str(u): i for i, u in enumerate(data.user_ids)}
         self.item_pos = {str(i): n for n, i in enumerate(data.item_ids)}
         self.index = RecommendationIndex(self.user_emb.numpy(), base_items.numpy(), [str(i) for i in data.item_ids],
@@ -201,7 +195,7 @@ class OnlineService:
             content if self.lm_encoder is self.encoder else self.lm_encoder.encode(texts))
         first = self.index.n_items
         seeds = [self.cfg.seed + first + n for n in range(len(items))]  # the random filter's draws
-        candidates = self.towers.top_users(self.towers.item_vectors(content, lm_text), self.depth_cap, seeds)
+        candidates = self.towers.top_users(self.towers.item_vectors(content, lm_text), self.update.candidates_needed, seeds)
         candidates = [(users[:d], scores[:d]) for (users, scores), d in zip(candidates, self.depths(content))]
         t1 = clock()
         verdicts = [self.judge.verdicts(users, text, vec) for (users, _), text, vec in zip(candidates, texts, content)]
@@ -219,20 +213,12 @@ class OnlineService:
                                         created=now, seconds=round(t3 - t0, 4)), stages))
         return out
 
-    @property
-    def depth_cap(self) -> int:
-        return self.cfg.filter.k if self.popularity_mean else self.depth
-
     def depths(self, content: np.ndarray) -> np.ndarray:
         """How many top candidates each new item keeps: the depth the run's update chose, scaled per
         item by its predicted popularity when the run's depths were (``update.depth: popularity``)."""
-        if not self.popularity_mean:
-            return np.full(len(content), self.depth)
-        n = len(self.warm)
-        pool = torch.cat([self.warm_content, torch.as_tensor(content, dtype=torch.float32)])
-        predicted = knn_prior(pool, self.warm_degree, torch.arange(n), torch.arange(n, n + len(content)),
-                              self.cfg.update.prior_k).squeeze(1).numpy()
-        return item_depths(predicted, self.depth, self.cfg.filter.k, mean=self.popularity_mean)
+        predicted = (self.update.neighbours_mean(self.warm_content, self.warm_degree, content).squeeze(1).numpy()
+                     if self.update.popularity_mean else None)
+        return self.update.depths(predicted, len(content))
 
     def _update(self, content: np.ndarray, lm_text: np.ndarray | None, candidates, verdicts, first: int) -> np.ndarray:
         """New rows for the items, from their prior and their accepted users."""
@@ -248,22 +234,14 @@ class OnlineService:
             "p_yes": np.concatenate([p[accepted] for p, accepted in verdicts] + [np.zeros(0, np.float32)]),
         })
         # the new rows join the table at their prior; only they move, everything else is frozen
-        result = fit_cold_rows(self.user_emb, torch.cat([table, prior]), prior, ids, pairs, self.params)
-        return result.item_emb[first:first + n].numpy()
+        return self.update.apply(self.user_emb, torch.cat([table, prior]), prior, ids, pairs).numpy()
 
     def _prior(self, content: np.ndarray, lm_text: np.ndarray | None, table: torch.Tensor) -> torch.Tensor:
         """The items' prior in the served space, the one the run's update chose for its cold items
         (content-KNN, the filter's own mapping, or their blend), computed the same way."""
-        if self.cfg.update.prior == "none":
-            return table.new_zeros((len(content), table.shape[1]))
-        # the warm items' content first, the new items' after: knn_prior reads rows by position
-        n = len(self.warm)
-        pool = torch.cat([self.warm_content, torch.as_tensor(content, dtype=torch.float32)])
-        knn = knn_prior(pool, table[self.warm], torch.arange(n), torch.arange(n, n + len(content)),
-                        self.cfg.update.prior_k)
-        if self.prior_name == "knn":
-            return knn
-        return prior_candidates(knn, self.towers.backbone_rows(content, lm_text))[self.prior_name]
+        knn = self.update.neighbours_mean(self.warm_content, table[self.warm], content)
+        mapped = self.towers.backbone_rows(content, lm_text) if self.update.prior not in ("knn", "none") else None
+        return self.update.prior_rows(knn, mapped)
 
     def _publish(self, items: list[StoredItem]) -> None:
         self.index.add([i.id for i in items], np.stack([i.embedding for i in items]))

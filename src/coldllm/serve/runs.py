@@ -120,17 +120,6 @@ def check_finished(run_dir: Path, manifest: dict[str, Any]) -> None:
                               "run `coldllm run` with the filter, simulate and update stages first")
 
 
-def update_steps(manifest: dict[str, Any], default: int) -> int:
-    """How many steps the online update takes: the step the run's own update validated best.
-
-    A new item has no held-out interactions to stop on, so the count validated on the run's cold
-    items stands in for it; a run whose update has no such record (the retraining mode) uses the
-    configured budget.
-    """
-    best = manifest.get("stages", {}).get("update", {}).get("best_step")
-    return int(best) if best is not None else int(default)
-
-
 def read_artifact_parquet(path: Path, columns: list[str] | None = None):
     """A Parquet file a stage wrote; a truncated or corrupt one is a one-line error naming it."""
     import pandas as pd
