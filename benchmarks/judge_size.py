@@ -62,11 +62,12 @@ def plot(rows: list[dict], path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     params = [r["parameters"] / 1e6 for r in rows]
-    for ax, key, free, label in ((axes[0], "auc", "auc_cosine", "AUC of P(Yes)"),
-                                 (axes[1], "accepted_precision", "cosine_precision_at_same_rate",
-                                  "precision of accepted pairs")):
+    for ax, key, free, label, free_label in (
+            (axes[0], "auc", "auc_cosine", "AUC of P(Yes)", "cosine judge, same pairs"),
+            (axes[1], "accepted_precision", "cosine_precision_at_same_rate", "precision of accepted pairs",
+             "cosine judge at the LoRA judge's acceptance rate")):
         ax.plot(params, [r[key] for r in rows], "o-", label="LoRA judge")
-        ax.plot(params, [r[free] for r in rows], "s--", color="grey", label="cosine judge, same pairs")
+        ax.plot(params, [r[free] for r in rows], "s--", color="grey", label=free_label)
         for x, r in zip(params, rows):
             ax.annotate(r["model"], (x, r[key]), textcoords="offset points", xytext=(4, 6), fontsize=8)
         if key == "auc":
