@@ -32,13 +32,14 @@ import torch
 from coldllm.config import load_config, to_dict
 from coldllm.funnel.refiner import auc, simulate, user_histories
 from coldllm.funnel.inputs import prompt_template
+from coldllm.funnel.judges import cosine_judge, is_real
 from coldllm.llm.judge import Judge
 from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder
 from coldllm.pipeline import Run, content_vectors
 from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging
-from judge_stats import cosine_judge, is_real
+
 from names import run_name
 from results import results_dir, write_results
 

@@ -46,6 +46,11 @@ class Registry:
         fn = reads if callable(reads) else (lambda config, fixed=tuple(reads): fixed)
         self._declared[name] = Declared(name, help, fn, frozenset(flags))
 
+    def declare_each(self, *choices: tuple[str, str]) -> None:
+        """``declare`` for each ``(name, help)`` of components that read no config field."""
+        for name, help in choices:
+            self.declare(name, help)
+
     def implement(self, name: str) -> Callable[[type], type]:
         """Class decorator: the implementation of the declared component ``name``."""
         def register(cls: type) -> type:
@@ -136,42 +141,44 @@ JUDGES.declare("oracle", "a diagnostic that reads held-out labels (never a metho
 # -- engines (refiner.engine): where the LoRA judge's simulation runs; never an input (the same
 # verdicts whichever runs them, and shards written by one resume under another) ------------------
 ENGINES = Registry("refiner.engine")
-ENGINES.declare("local", "this process, shard by shard")
-ENGINES.declare("ray", "Ray Data actors, each with its own copy of the model")
-ENGINES.declare("vllm", "vLLM (a GPU) with the adapter applied per request")
+ENGINES.declare_each(
+    ("local", "this process, shard by shard"),
+    ("ray", "Ray Data actors, each with its own copy of the model"),
+    ("vllm", "vLLM (a GPU) with the adapter applied per request"))
 
 # -- the other named choices of the settings: declared here (the settings check names against these),
 # implemented where the work is (a test holds each module's table to its declaration) ----------------
 DATA_FORMATS = Registry("data.format")
-DATA_FORMATS.declare("citeulike", "the CiteULike files: users.dat-style lists, item texts and a published split")
-DATA_FORMATS.declare("csv", "an interactions table and an items table as CSV")
-DATA_FORMATS.declare("parquet", "the same tables as Parquet")
-DATA_FORMATS.declare("recbole", "RecBole atomic files (.inter, .item)")
+DATA_FORMATS.declare_each(
+    ("citeulike", "the CiteULike files: users.dat-style lists, item texts and a published split"),
+    ("csv", "an interactions table and an items table as CSV"),
+    ("parquet", "the same tables as Parquet"),
+    ("recbole", "RecBole atomic files (.inter, .item)"))
 
 BACKBONE_MODELS = Registry("backbone.model")
-BACKBONE_MODELS.declare("mf", "matrix factorisation")
-BACKBONE_MODELS.declare("lightgcn", "LightGCN: embeddings propagated over the interaction graph, layers averaged")
-BACKBONE_MODELS.declare("ngcf", "NGCF: propagation with feature transforms and nonlinearities")
+BACKBONE_MODELS.declare_each(
+    ("mf", "matrix factorisation"),
+    ("lightgcn", "LightGCN: embeddings propagated over the interaction graph, layers averaged"),
+    ("ngcf", "NGCF: propagation with feature transforms and nonlinearities"))
 
 CONTENT_ENCODERS = Registry("content.encoder")
-CONTENT_ENCODERS.declare("minilm", "the packaged sentence encoder")
-CONTENT_ENCODERS.declare("llm", "mean-pooled last states of a causal language model")
+CONTENT_ENCODERS.declare_each(
+    ("minilm", "the packaged sentence encoder"),
+    ("llm", "mean-pooled last states of a causal language model"))
 
 BASELINE_METHODS = Registry("baseline.methods")
-for _name, _help in (("random", "random embeddings (a floor)"), ("knn", "content-KNN: the mean of the most "
-                     "text-similar warm items"), ("deepmusic", "DeepMusic"), ("dropoutnet", "DropoutNet"),
-                     ("metaemb", "MetaEmb"), ("mtpr", "MTPR"), ("clcrec", "CLCRec"), ("gar", "GAR"),
-                     ("aldi", "ALDI")):
-    BASELINE_METHODS.declare(_name, _help)
+BASELINE_METHODS.declare_each(
+    ("random", "random embeddings (a floor)"), ("knn", "content-KNN: the mean of the most text-similar warm items"),
+    ("deepmusic", "DeepMusic"), ("dropoutnet", "DropoutNet"), ("metaemb", "MetaEmb"), ("mtpr", "MTPR"),
+    ("clcrec", "CLCRec"), ("gar", "GAR"), ("aldi", "ALDI"))
 
 RUN_STAGES = Registry("run.stages")
-for _name, _help in (("prepare", "read and split the data"), ("train", "train the backbone"),
-                     ("evaluate_test", "the backbone on test"), ("content", "encode every item's text"),
-                     ("baselines", "fit and evaluate the content-mapping baselines"),
-                     ("filter", "each cold item's candidate users"), ("finetune", "tune the language-model judge"),
-                     ("simulate", "judge the candidates"), ("update", "cold rows from the accepted pairs"),
-                     ("evaluate_coldllm_val", "the updated model on validation")):
-    RUN_STAGES.declare(_name, _help)
+RUN_STAGES.declare_each(
+    ("prepare", "read and split the data"), ("train", "train the backbone"), ("evaluate_test", "the backbone on test"),
+    ("content", "encode every item's text"), ("baselines", "fit and evaluate the content-mapping baselines"),
+    ("filter", "each cold item's candidate users"), ("finetune", "tune the language-model judge"),
+    ("simulate", "judge the candidates"), ("update", "cold rows from the accepted pairs"),
+    ("evaluate_coldllm_val", "the updated model on validation"))
 # the stages whose folder another run can take (``run.reuse``)
 REUSABLE_STAGES = ("train", "filter", "finetune", "simulate")
 

@@ -368,8 +368,7 @@ class RunConfig:
     runs_dir: str = _help("Parent folder of runs.", "runs", check=nonempty)
     seed: int = _help("Seed of model initialisation and sampling.", 2023, check=at_least(0))
     stages: list[str] = _help(
-        "Stages `coldllm run` executes, in order (prepare, train, evaluate_test, content, baselines, "
-        "filter, finetune, simulate, update).",
+        f"Stages `coldllm run` executes, in order: {_choices(RUN_STAGES)}.",
         factory=lambda: ["prepare", "train", "evaluate_test", "content", "baselines"],
         check=each(one_of(*RUN_STAGES.names())),
     )
@@ -662,7 +661,7 @@ def _candidate_file(cfg: RunConfig) -> str | None:
 
 def _template_placeholders(cfg: RunConfig) -> str | None:
     """A prompt that would fail to format at the first judged pair, hours into a run, fails here."""
-    from .llm.prompts import PromptTemplate, prefix_text, suffix_text
+    from .llm.prompts import prefix_text, suffix_text  # deferred: the llm package loads torch and transformers
 
     template = PromptTemplate()
     apply_values(template, cfg.refiner.template, prefix="refiner.template.")

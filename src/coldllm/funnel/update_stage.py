@@ -184,15 +184,16 @@ def update_stage(run: Run) -> dict[str, Any]:
                 result = fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=validate)
                 searched.append((depth, len(pairs), result))
             depth, used, result = max(searched, key=lambda s: s[2].best_score)  # the first of equals: the shallowest
-            gain_z = paired_gain_z(per_user(result.item_emb), per_user(searched[0][2].start))
+            at_prior = per_user(result.start)  # every depth starts at the same prior
+            gain_z = paired_gain_z(per_user(result.item_emb), at_prior)
             if result.best_step and gain_z <= cfg.update.min_gain_se:  # a gain within validation's noise
                 rec.update(searched_step=result.best_step, searched_val=result.best_score)
                 result = dataclasses.replace(result, item_emb=result.start, best_step=0,
-                                             best_score=validate(result.start))
+                                             best_score=float(at_prior.mean()))
             user_out, item_out = user_emb, result.item_emb
             rec.update(best_step=result.best_step, best_val=result.best_score, gain_z=gain_z, history=result.history)
             fitted = FittedUpdate(prior=name, prior_k=cfg.update.prior_k, depth=depth, cap=cfg.filter.k,
-                                  popularity_mean=rec.get("predicted_popularity_mean") if depth else None,
+                                  popularity_mean=float(popular.mean()) if popular is not None else None,
                                   params=dataclasses.replace(params, steps=result.best_step))
             if depths:
                 rec.update(k=depth, used_pairs=used,
