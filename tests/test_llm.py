@@ -283,3 +283,15 @@ def test_gradient_checkpointing_trains_the_same_adapter():
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
     for name in w_a:
         np.testing.assert_allclose(w_b[name].numpy(), w_a[name].numpy(), atol=1e-6)
+
+
+def test_invisible_characters_leave_a_title_as_the_service_stores_it():
+    """The prompt removes what a reader cannot see (as the service's normal form does) instead of
+    turning it into spaces: a zero-width character between every letter leaves the plain title."""
+    from coldllm.llm.prompts import clean_text
+    from coldllm.normalize import strip_invisible
+
+    hostile = "\u200b".join("The Matrix (1999)") + "\u202e"
+    assert clean_text(hostile, 400) == "The Matrix (1999)" == strip_invisible(hostile)
+    assert clean_text("a\x00b\nc", 400) == "a b c"  # controls and line breaks are spaces
+    assert clean_text("x" * 50, 10) == "x" * 9 + "…"

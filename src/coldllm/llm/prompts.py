@@ -14,17 +14,17 @@ prompt is kept within the model's context by dropping the oldest history titles.
 """
 from __future__ import annotations
 
-import unicodedata
-
 from ..hparams import PromptTemplate
+from ..normalize import strip_invisible
 
 
 def clean_text(text: str, limit: int) -> str:
-    """One line of printable text: control and format characters (bidi overrides, zero-width
-    joiners), private-use and unassigned code points become spaces; at most ``limit`` characters."""
-    text = unicodedata.normalize("NFKC", str(text)[: 4 * limit])
-    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
-    text = " ".join(text.split())
+    """One line of printable text, at most ``limit`` characters: the service's normal form
+    (``normalize.strip_invisible``). Invisible characters are removed, not turned into spaces: a
+    zero-width character between every letter would otherwise become a space between every
+    letter, a text the judge reads differently (on MovieLens-1M it raised the judge's P(Yes) for
+    random users from .39 to .49, ``results/movielens-1m/injection.json``)."""
+    text = strip_invisible(str(text)[: 4 * limit])
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
