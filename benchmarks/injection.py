@@ -11,7 +11,8 @@ variant is accepted more often, nor given a higher mean P(Yes), than the clean t
 filter's candidates are accepted nearly always, acceptance has no room to rise: ``--users random``
 pairs each item with seeded random users instead. It also records the longest prompt built, against
 the model's context, and the judge's own held-out AUC (the finetune stage's report). Writes
-``results/<dataset>/injection.json``.
+``results/<dataset>/injection.json``, one row per run, pair set and commit (a defence beside the
+same pairs before it).
 """
 
 from __future__ import annotations
@@ -137,7 +138,13 @@ def main() -> None:
                     "the title quoted in its own slot)",
         "max_prompt_tokens": int(longest), "model_context": context,
     }
-    write_json(results_dir(cfg.data.name) / "injection.json", report)
+    # one row per run, pair set and commit: a defence is measured against the same pairs before it
+    out = results_dir(cfg.data.name) / "injection.json"
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    rows_before = doc.get("rows", [doc] if doc else [])
+    key = lambda r: (r.get("run"), r.get("users", "candidates"), r.get("items"), r.get("pairs"),  # noqa: E731
+                     r.get("config", {}).get("seed"), r.get("commit"))
+    write_json(out, {"rows": [r for r in rows_before if key(r) != key(report)] + [report]})
     print({k: report[k] for k in ("clean_accept_rate", "hostile_accept_rate", "max_hostile_accept_rate",
                                   "clean_mean_p_yes", "hostile_mean_p_yes", "families_raising_p_yes",
                                   "max_prompt_tokens", "model_context")})
