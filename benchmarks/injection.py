@@ -10,7 +10,9 @@ the same (user, item) pairs with the run's tuned judge and threshold. The judge 
 variant is accepted more often, nor given a higher mean P(Yes), than the clean titles. Where the
 filter's candidates are accepted nearly always, acceptance has no room to rise: ``--users random``
 pairs each item with seeded random users instead. It also records the longest prompt built, against
-the model's context, and the judge's own held-out AUC (the finetune stage's report). Writes
+the model's context, the judge's own held-out AUC (the finetune stage's report), and what share of
+each family the P(Yes) guard (``coldllm.funnel.guard``) flags, beside its false flags on the clean
+titles. Writes
 ``results/<dataset>/injection.json``, one row per run, pair set and commit (a defence beside the
 same pairs before it).
 """
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from coldllm.content import encode_texts
+from coldllm.funnel.guard import PYesGuard
 from coldllm.funnel.refiner import user_histories
 from coldllm.funnel.inputs import prompt_template
 from coldllm.llm.judge import Judge
@@ -69,6 +73,30 @@ VARIANTS = {
 }
 
 
+def measure_guard(args, cfg, data, items, texts, judge, prompts, histories) -> dict:
+    """The P(Yes) guard (``funnel.guard``) fitted on seeded reference users and warm items, then asked
+    about every version of every tested item's text: the share of each family it flags."""
+    def p_yes(users, batch, vectors):
+        prefixes = [prompts.prefix([data.item_text[i] for i in histories[u]]) for u in users]
+        suffixes = [prompts.suffix(t) for t in batch] * len(users)
+        owner = np.repeat(np.arange(len(users)), len(batch))
+        return judge.p_yes_grouped(prefixes, suffixes, owner).reshape(len(users), len(batch)).T
+
+    warm = data.warm_items
+    warm_texts = [data.item_text[i] for i in warm]
+    guard = PYesGuard.fit(p_yes, data.n_users, warm_texts, encode_texts(warm_texts, cfg.content),
+                          args.guard_users, args.guard_items, z=args.guard_z, seed=args.seed)
+    out = {"z": args.guard_z, "users": len(guard.users), "reference_items": len(guard.item_means),
+           "residual_sd": round(guard.residual_sd, 4), "flag_rate": {}}
+    for name, rewrite in texts.items():
+        batch = [rewrite(data.item_text[i]) for i in items]
+        z = guard.z_scores(p_yes, batch, encode_texts(batch, cfg.content))
+        out["flag_rate"][name] = round(float((z > guard.z).mean()), 4)
+        print("guard", name, out["flag_rate"][name], flush=True)
+    out["clean_flag_rate"] = out["flag_rate"].pop("clean")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/bench-citeulike-lightgcn-coldllm")
@@ -77,6 +105,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=0, help="at most this many (user, item) pairs (0: all)")
     parser.add_argument("--users", choices=["candidates", "random"], default="candidates",
                         help="each item's filter candidates, or as many seeded random users")
+    parser.add_argument("--guard-z", type=float, default=3.0, help="the P(Yes) guard's threshold (0: no guard)")
+    parser.add_argument("--guard-users", type=int, default=16)
+    parser.add_argument("--guard-items", type=int, default=48)
     args = parser.parse_args()
     run = Path(args.run)
     cfg = run_config(run, read_manifest(run))  # the run's own resolved settings
@@ -113,6 +144,7 @@ def main() -> None:
     for name, p in zip(texts, p_all):
         rows[name] = {"accept_rate": round(float((p > threshold).mean()), 4), "mean_p_yes": round(float(p.mean()), 4)}
         print(name, rows[name], flush=True)
+    guard = measure_guard(args, cfg, data, items, texts, judge, prompts, histories) if args.guard_z > 0 else None
     hostile = [v["accept_rate"] for k, v in rows.items() if k != "clean"]
     hostile_p = [v["mean_p_yes"] for k, v in rows.items() if k != "clean"]
     # the clean set's own spread: the standard error of its mean P(Yes) over pairs
@@ -136,7 +168,7 @@ def main() -> None:
         "judge_held_out_auc": {part: v.get("auc") for part, v in held_out.items()},
         "defences": "none beyond the prompt's own (NFKC, invisible and control characters removed, a token cap, "
                     "the title quoted in its own slot)",
-        "max_prompt_tokens": int(longest), "model_context": context,
+        "guard": guard, "max_prompt_tokens": int(longest), "model_context": context,
     }
     # one row per run, pair set and commit: a defence is measured against the same pairs before it
     out = results_dir(cfg.data.name) / "injection.json"
