@@ -37,7 +37,7 @@ from coldllm.layout import RunLayout  # noqa: E402
 from coldllm.funnel.update import item_depths, knn_prior, prior_candidates  # noqa: E402
 from coldllm.pipeline import Run  # noqa: E402
 from coldllm.serve.app import create_app  # noqa: E402
-from coldllm.serve.online import DuplicateItem, NewItem, OnlineService  # noqa: E402
+from coldllm.serve.online import DuplicateItem, NewItem, OnlineService, SteeringText  # noqa: E402
 from coldllm.serve.store import ItemStore, StoredItem, StoreError  # noqa: E402
 from test_cli import write_project  # noqa: E402
 
@@ -505,3 +505,40 @@ def test_popularity_depths_are_the_runs_for_its_own_cold_items(tmp_path):
         np.testing.assert_array_equal(service.depths(service.content[cold]), expected)
     finally:
         service.close()
+
+
+def test_the_language_model_judges_guard_refuses_a_steering_text(tmp_path, tiny_llm_dir):
+    """With the LoRA judge the service fits its P(Yes) guard once per adapter (serve/guard.json) and
+    refuses, with a 422 naming the text, an item whose z is above refiner.guard_z; below it the item
+    is added. The guard asks the judge the same question its verdicts answer."""
+    run = finished_run(tmp_path, "--filter.towers=collab", "--filter.collab_source=knn", "--refiner.judge=llm",
+                       f"--refiner.model={tiny_llm_dir}", "--refiner.train_users=8", "--refiner.eval_users=4",
+                       "--refiner.lora={epochs: 1, batch_size: 4}", "--refiner.guard_users=4",
+                       "--refiner.guard_items=6", "--stages=[prepare, train, filter, finetune, simulate, update]")
+    service = OnlineService(run)
+    try:
+        guard_file = run / "serve" / "guard.json"
+        assert service.guard is not None and guard_file.exists() and len(service.guard.users) == 4
+        text = "graph networks paper 999"
+        vector = service.encoder.encode([text])
+        users = np.array(service.guard.users)
+        np.testing.assert_allclose(service.judge.p_yes_matrix(users, [text], vector)[0],
+                                   service.judge.verdicts(users, text, vector[0])[0], atol=1e-5)
+        (z,) = service.guard.z_scores(service.judge.p_yes_matrix, [text], vector)
+        service.guard.z = z - 1e-3  # this text is now above the limit
+        with pytest.raises(SteeringText, match="refiner.guard_z"):
+            service.add([NewItem(id="steer", text=text)])
+        response = TestClient(create_app(run, service=service)).post("/items", json={"id": "steer", "text": text})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "text"]
+        assert not service.exists("steer")  # nothing was stored
+        service.guard.z = z + 1.0
+        (added,) = service.add([NewItem(id="steer", text=text)])
+        assert added.item.id == "steer"
+    finally:
+        service.close()
+    fitted = guard_file.stat().st_mtime_ns
+    again = OnlineService(fresh(run))  # the saved guard is loaded, not fitted again
+    try:
+        assert guard_file.stat().st_mtime_ns == fitted and again.guard.users == service.guard.users
+    finally:
+        again.close()

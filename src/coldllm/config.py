@@ -300,6 +300,14 @@ class RefinerConfig:
                         "cluster named by RAY_ADDRESS, needs the ray extra; vllm: needs the vllm extra). Same shards "
                         "every way.", "local", check=one_of(*ENGINES.names()))
     ray_actors: int = _help("engine=ray: judge actors, each with its own copy of the model.", 1, check=at_least(1))
+    guard_z: float = _help(
+        "llm judge, in the service: refuse a new item whose text lifts the judge's mean P(Yes) over fixed "
+        "reference users this many spreads above what its content predicts (text that flatters the judge "
+        "rather than describes the item); 0: no guard.", 3.0, check=at_least(0))
+    guard_users: int = _help("The guard's reference users (each new item costs this many judged prompts).", 16,
+                             check=at_least(1))
+    guard_items: int = _help("The guard's reference warm items (judged once per adapter, then cached).", 48,
+                             check=at_least(3))
     vllm: dict = _help("engine=vllm: keyword arguments for vllm.LLM (e.g. gpu_memory_utilization, dtype).",
                        factory=dict)
 

@@ -228,6 +228,20 @@ class OnlineLLM:
             self._prefixes[user] = self.prompts.prefix([self.titles[i] for i in self.histories.of(user)])
         return self._prefixes[user]
 
+    def p_yes_matrix(self, users, texts: list[str], vectors: np.ndarray) -> np.ndarray:
+        """P(Yes) of every text for every user, (len(texts), len(users)); a user's history prefix is
+        computed once for all the texts unless the template picks histories per item."""
+        users = [int(u) for u in users]
+        if self.histories.per_pair:  # one prefix per (text, user)
+            prefixes = [self.prefix(u, np.asarray(v, np.float32)) for v in vectors for u in users]
+            suffixes = [self.prompts.suffix(t) for t in texts for _ in users]
+            p = self.judge.p_yes_grouped(prefixes, suffixes, np.arange(len(prefixes)))
+            return np.asarray(p, np.float32).reshape(len(texts), len(users))
+        prefixes = [self.prefix(u, np.asarray(vectors[0], np.float32)) for u in users]
+        suffixes = [self.prompts.suffix(t) for t in texts] * len(users)
+        p = self.judge.p_yes_grouped(prefixes, suffixes, np.repeat(np.arange(len(users)), len(texts)))
+        return np.asarray(p, np.float32).reshape(len(users), len(texts)).T
+
     def verdicts(self, users, text, vector):
         if not len(users):
             return np.zeros(0, np.float32), np.zeros(0, bool)

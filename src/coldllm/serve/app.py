@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..normalize import is_invisible, strip_invisible
 from .keys import ApiKeys
 from .limits import BodyLimit, Limits, QueueFull, WriteQueue, error as _error, excerpt, json_problem
-from .online import Added, DuplicateItem, NewItem, OnlineService
+from .online import Added, DuplicateItem, NewItem, OnlineService, SteeringText
 
 MAX_TEXT = 10_000  # characters of an item's text; titles and abstracts fit, whole books do not
 MAX_ID = 256
@@ -243,6 +243,9 @@ def create_app(run_dir: Path | str, service: OnlineService | None = None, keys: 
         except DuplicateItem as err:
             loc = ["body", "id"] if len(items) == 1 else ["body", "items", err.position, "id"]
             raise _error(409, loc, str(err), "duplicate") from None
+        except SteeringText as err:
+            loc = ["body", "text"] if len(items) == 1 else ["body", "items", err.position, "text"]
+            raise _error(422, loc, str(err), "steering_text") from None
 
     async def add_in_turn(items: list[ItemIn]) -> tuple[list[Added], float]:
         """``add`` once this write's turn comes (seconds waited too); 503 when it does not come in time."""

@@ -10,6 +10,8 @@ run's cold items. The row is stored, then published to the recommendation index.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from ..funnel.filters import Filter
 from ..funnel.inputs import lm_text_config
 from ..funnel.judges import load_online_judge
 from ..funnel.fitted_update import FittedUpdate
+from ..funnel.guard import PYesGuard
 from ..layout import RunLayout
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
@@ -36,6 +39,17 @@ from .runs import check_finished, read_artifact_parquet, read_manifest, run_conf
 from .store import ItemStore, StoredItem
 
 log = logging.getLogger(__name__)
+
+
+class SteeringText(ValueError):
+    """A new item's text lifts the judge's P(Yes) for every reference user far beyond what its
+    content predicts: it flatters the judge instead of describing the item (``funnel.guard``)."""
+
+    def __init__(self, item_id: str, position: int, z: float, limit: float):
+        super().__init__(f"item {item_id!r}: its text lifts the judge's P(Yes) for the reference users {z:.1f} "
+                         f"spreads above what its content predicts (refiner.guard_z={limit:g}); describe the "
+                         "item instead of addressing the judge")
+        self.position, self.z = position, z
 
 
 class DuplicateItem(ValueError):
@@ -108,6 +122,7 @@ class OnlineService:
             self.warm_degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel()[data.warm_items],
                                                dtype=torch.float32)[:, None]
         self.judge = load_online_judge(cfg, self.layout, data, self.content)
+        self.guard = self._guard() if cfg.refiner.judge == "llm" and cfg.refiner.guard_z > 0 else None
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
         self.normalize = TextNormalizer(tokenizer=getattr(self.judge, "tokenizer", None))
@@ -130,6 +145,25 @@ class OnlineService:
         self.startup_seconds = time.perf_counter() - start
         log.info("serving run %s: %d users, %d items (%d added online), ready in %.1f s", self.name,
                  data.n_users, self.index.n_items, len(stored), self.startup_seconds)
+
+    def _guard(self) -> PYesGuard:
+        """The judge's guard against steering texts: fitted once per adapter and settings (its
+        reference warm items cost ``guard_items x guard_users`` judged prompts), then loaded."""
+        r, data = self.cfg.refiner, self.data
+        digest = hashlib.sha256()
+        for path in sorted(self.layout.adapter.iterdir()) + [self.layout.threshold]:
+            digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(json.dumps([r.guard_z, r.guard_users, r.guard_items, self.cfg.seed, r.template]).encode())
+        fingerprint, path = digest.hexdigest()[:16], self.layout.serve / "guard.json"
+        guard = PYesGuard.load(path, fingerprint)
+        if guard is None:
+            warm = data.warm_items
+            log.info("fitting the judge's guard: %d reference users x %d warm items (once per adapter)",
+                     r.guard_users, r.guard_items)
+            guard = PYesGuard.fit(self.judge.p_yes_matrix, data.n_users, [data.item_text[i] for i in warm],
+                                  self.content[warm], r.guard_users, r.guard_items, z=r.guard_z, seed=self.cfg.seed)
+            guard.save(path, fingerprint)
+        return guard
 
     def _run_simulated(self) -> dict[int, pd.DataFrame]:
         """The run's own simulated users of its cold items (for ``item_info``)."""
@@ -191,6 +225,11 @@ class OnlineService:
         t0 = clock()
         texts = [item.text for item in items]
         content = self.encoder.encode(texts)
+        if self.guard is not None:  # before any candidate is found: a refused item costs only this
+            z = self.guard.z_scores(self.judge.p_yes_matrix, texts, content)
+            for n, item in enumerate(items):
+                if z[n] > self.guard.z:
+                    raise SteeringText(item.id, n, float(z[n]), self.guard.z)
         lm_text = None if self.lm_encoder is None else (
             content if self.lm_encoder is self.encoder else self.lm_encoder.encode(texts))
         first = self.index.n_items
