@@ -330,3 +330,14 @@ def test_a_similar_history_simulation_gives_each_pair_the_prefix_of_its_own_hist
     assert seen == [expected]  # one call, one prefix per pair, in the order of the verdicts
     alone = [real([p], [judge.prompts.suffix(titles[i])], np.array([0]))[0] for p, i in zip(expected, out["item"])]
     np.testing.assert_allclose(out["p_yes"], alone, atol=1e-5)
+
+
+def test_flattery_rewrites_a_seeded_share_whatever_the_text():
+    from coldllm.funnel.refiner import flattered
+
+    texts = [f"title {i}" for i in range(400)]
+    assert flattered(texts, 0.0, seed=1) == texts
+    assert all(new != old and old in new for new, old in zip(flattered(texts, 1.0, seed=1), texts))
+    some = flattered(texts, 0.3, seed=1)
+    assert some == flattered(texts, 0.3, seed=1)  # seeded
+    assert 0.2 < np.mean([a != b for a, b in zip(some, texts)]) < 0.4

@@ -128,7 +128,7 @@ FILTERS.declare("file", "candidates read from filter.file (e.g. the paper's rele
 JUDGES = Registry("refiner.judge")
 # what the LoRA judge's fine-tuning reads; its verdicts depend on all of it through the adapter
 _TUNE_READS = ("refiner.model", "refiner.template", "refiner.train_users", "refiner.pairs_per_user",
-               "refiner.eval_users", "refiner.hard_negatives", "refiner.lora", "refiner.threshold")
+               "refiner.eval_users", "refiner.hard_negatives", "refiner.lora", "refiner.threshold", "refiner.augment")
 JUDGES.declare("llm", "the LoRA-tuned language model: P(Yes) for each (user history, item) prompt", _TUNE_READS,
                ("finetunes", "servable"))
 JUDGES.declare("cosine", "free: the item text's cosine to the mean text of the user's history; each item keeps "

@@ -300,6 +300,10 @@ class RefinerConfig:
                         "cluster named by RAY_ADDRESS, needs the ray extra; vllm: needs the vllm extra). Same shards "
                         "every way.", "local", check=one_of(*ENGINES.names()))
     ray_actors: int = _help("engine=ray: judge actors, each with its own copy of the model.", 1, check=at_least(1))
+    augment: float = _help(
+        "llm judge: share of fine-tuning examples whose candidate text is rewritten to flatter the judge (praise, "
+        "a repeated title, an instruction to answer Yes), positives and negatives alike, so such text carries "
+        "no label signal.", 0.0, check=between(0, 1))
     guard_z: float = _help(
         "llm judge, in the service: refuse a new item whose text lifts the judge's mean P(Yes) over fixed "
         "reference users this many spreads above what its content predicts (text that flatters the judge "

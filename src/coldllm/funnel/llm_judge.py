@@ -32,8 +32,8 @@ from ..utils import atomic_path, peak_memory_mb, resolve_device, write_json
 from .inputs import params, prompt_histories, prompt_template
 from .judges import JudgeComponent
 from .ray_judge import simulate_on_ray
-from .refiner import Histories, best_threshold, example_parts, finetune_examples, judge_report, judge_sets, simulate, \
-    with_random_negatives
+from .refiner import Histories, best_threshold, example_parts, finetune_examples, flattered, judge_report, judge_sets, \
+    simulate, with_random_negatives
 from .vllm_judge import VLLMJudge
 
 
@@ -147,7 +147,11 @@ class LLMJudge(JudgeComponent):
             held_out[name]["p_before"] = p_yes
         lora = params(LoraParams, cfg.refiner.lora, "refiner.lora")
         peft_model = add_lora(model, lora)
-        _, history = train_lora(peft_model, *example_parts(prompts, examples, titles), examples["label"].to_numpy(),
+        prefixes, suffixes, owner = example_parts(prompts, examples, titles)
+        if cfg.refiner.augment:  # flattering text on positives and negatives alike: no label signal in it
+            texts = flattered([titles[i] for i in examples["item"]], cfg.refiner.augment, cfg.seed)
+            suffixes = [prompts.suffix(t) for t in texts]
+        _, history = train_lora(peft_model, prefixes, suffixes, owner, examples["label"].to_numpy(),
                                 prompts.yes_id, prompts.no_id, lora,
                                 out_dir=run.layout.adapter, checkpoint=run.layout.refiner_checkpoint,
                                 base=cfg.refiner.model, gradient_checkpointing=cfg.refiner.gradient_checkpointing)
