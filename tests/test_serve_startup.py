@@ -116,6 +116,9 @@ DAMAGE = [
      "filter/towers.safetensors", "truncated or corrupt safetensors"),
     ("towers-missing", lambda run: (run / "filter" / "towers.safetensors").unlink(),
      "filter/towers.safetensors", "file not found; the filter stage saves its towers there"),
+    # what the update chose, applied to every new item: damaged, it is named, never guessed
+    ("update-choices-garbage", lambda run: (run / "update" / "update.json").write_text("{not json"),
+     "update/update.json", "damaged update choices"),
 ]
 
 
