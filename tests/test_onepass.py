@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from coldllm.cli import app
 from coldllm.funnel.filter import top_users
-from coldllm.funnel.onepass import OnePass, OnePassParams
+from coldllm.funnel.onepass import ItemTargets, OnePass, OnePassParams
 from coldllm.funnel.text_encoder import TextEncoder, TextEncoderSpec
 from test_baselines import ctx  # noqa: F401  (the fixture: tiny communities, an MF backbone, topical text)
 from test_cli import write_project
@@ -36,14 +36,36 @@ def test_head_starts_as_the_backbone_users(ctx):  # noqa: F811
     torch.testing.assert_close(sim.head.weight.detach(), ctx.user_emb, atol=1e-6, rtol=0)
 
 
-def test_simulated_users_share_the_items_community(ctx):  # noqa: F811
+@pytest.mark.parametrize("batching", ["pairs", "items"])
+def test_simulated_users_share_the_items_community(ctx, batching):  # noqa: F811
     """Items and users come in two communities that the text reveals: the users simulated for a cold
     item must be of its community, far above the half a text-blind pick would get."""
-    sim = OnePass(OnePassParams(epochs=12, batch_size=128, hidden=32)).fit(ctx, ctx.content.cpu().numpy())
+    params = OnePassParams(epochs=12, batch_size=128, hidden=32, batching=batching, batch_items=8, lr=3e-3)
+    sim = OnePass(params).fit(ctx, ctx.content.cpu().numpy())
     top = top_users(sim.embeddings(ctx.cold), 5)
     user_group = np.array([int(u[1:]) % 2 for u in ctx.data.user_ids])
     item_group = np.array([int(i[1:]) % 2 for i in ctx.data.item_ids])
     assert (user_group[top["user"]] == item_group[top["item"]]).mean() > 0.85
+
+
+def test_an_item_batch_gives_the_loss_of_its_pairs(ctx):  # noqa: F811
+    """Scoring an item once against every user, its training users the targets, is the pair loss
+    (mean cross-entropy and alignment over the same pairs), not an approximation of it."""
+    sim = OnePass(OnePassParams(epochs=1, hidden=16, align=0.7, reg=0.0))
+    sim._build(ctx, ctx.content.cpu().numpy())
+    targets = ItemTargets(ctx)
+    items = torch.as_tensor(targets.items[[0, 3, 5]])
+    z = sim.net(sim._text[items])
+    batched = sim._item_loss(z, items, targets, ctx)
+    train = ctx.data.matrix("train").tocsc()
+    pairs = [(int(i), int(u)) for i in items for u in train.indices[train.indptr[i]:train.indptr[i + 1]]]
+    pos = torch.tensor([i for i, _ in pairs])
+    users = torch.tensor([u for _, u in pairs])
+    zp = sim.net(sim._text[pos])
+    by_pair = (torch.nn.functional.cross_entropy(sim.head(zp), users)
+               + 0.7 * (zp - ctx.item_emb[pos]).pow(2).sum(1).mean())
+    assert len(pairs) == targets.pairs(items) > 3
+    torch.testing.assert_close(batched, by_pair, rtol=1e-5, atol=1e-6)
 
 
 def test_onepass_runs_through_the_funnel_stages(tmp_path, tiny_llm_dir):

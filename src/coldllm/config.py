@@ -599,6 +599,7 @@ PARAM_CHECKS: dict[str, tuple[Check, ...]] = {
     "hidden": (at_least(1),), "out_dim": (at_least(0),), "layers": (at_least(0),), "r": (at_least(1),),
     "k": (at_least(1),), "n_neg": (at_least(1),), "seed": (at_least(0),), "align": (at_least(0),),
     "max_history": (at_least(0),), "history": (one_of("sample", "similar"),), "max_title_chars": (at_least(2),), "max_title_tokens": (at_least(1),),
+    "batching": (one_of("pairs", "items"),), "batch_items": (at_least(1),),
 }
 
 

@@ -114,8 +114,12 @@ class OnePassParams(TrainParams):
         "help": "encoder=text, tune=lora: the layers that get adapters ([]: the attention's query and value "
                 "projections; add embed_tokens to let the model learn what words it never saw mean)."})
     text_lr: float = field(default=1e-4, metadata={"help": "encoder=text: learning rate of the text encoder."})
-    batch_items: int = field(default=32, metadata={"help": "encoder=text: items per step (each with all its "
-                                                           "training users as targets)."})
+    batch_items: int = field(default=32, metadata={"help": "encoder=text, or batching=items: items per step (each "
+                                                           "with all its training users as targets)."})
+    batching: str = field(default="pairs", metadata={
+        "help": "encoder=vectors: pairs (batch_size (item, user) pairs per step; an item with many users is scored "
+                "once per pair) | items (batch_items warm items per step, each scored once against every user with "
+                "all its training users as targets: the same loss as the text path, ~10x fewer logits per epoch)."})
     max_length: int = field(default=64, metadata={"help": "encoder=text: tokens kept of an item's text."})
     standardize: bool = field(default=False, metadata={
         "help": "encoder=text: centre and scale the pooled states per dimension by the catalogue's statistics "

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -117,8 +118,11 @@ def fit_with_early_stopping(
     step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     params: TrainParams,
     optimize: bool = True,
+    batches: Callable[[np.random.Generator], Iterable[tuple[torch.Tensor, ...]]] | None = None,
 ) -> None:
     """Epochs of BPR triples over warm training pairs; ``step(users, pos, neg)`` returns the loss.
+    ``batches(rng)``, when given, makes an epoch's batches instead (each passed to ``step`` as its
+    arguments), shuffled by a generator seeded once from ``ctx.seed``.
 
     After each epoch the method is validated on the cold validation set; the best state of
     ``modules`` is restored at the end (early stopping with ``params.patience``). With
@@ -126,15 +130,18 @@ def fit_with_early_stopping(
     as adversarial ones) and returns a detached loss, only recorded.
     """
     torch.manual_seed(ctx.seed)
-    sampler = BPRSampler(ctx.data.matrix("train"), candidates=ctx.data.warm_items, seed=ctx.seed)
+    if batches is None:
+        sampler = BPRSampler(ctx.data.matrix("train"), candidates=ctx.data.warm_items, seed=ctx.seed)
+        batches = lambda _: ([torch.from_numpy(a).to(ctx.device) for a in b]  # noqa: E731
+                             for b in sampler.epoch(params.batch_size))
+    rng = np.random.default_rng(ctx.seed)
     opt = torch.optim.Adam(modules.parameters(), lr=params.lr) if optimize else None
     stopper = EarlyStopping(params.patience)
     bar = tqdm(range(params.epochs), desc=f"fit {method.name}", unit="epoch")
     for epoch in bar:
         start, total, n = time.perf_counter(), 0.0, 0
         modules.train()
-        for users, pos, neg in sampler.epoch(params.batch_size):
-            batch = [torch.from_numpy(a).to(ctx.device) for a in (users, pos, neg)]
+        for batch in batches(rng):
             loss = step(*batch)
             if opt is not None:
                 opt.zero_grad(set_to_none=True)

@@ -78,6 +78,12 @@ class OnePass:
         p = self.params
         item_text, behaviour = self._text, ctx.item_emb
         modules = nn.ModuleDict({"net": self.net, "head": self.head})
+        if p.batching == "items":
+            targets = ItemTargets(ctx)
+            step = lambda items: self._item_loss(self.net(item_text[items]), items, targets, ctx)  # noqa: E731
+            fit_with_early_stopping(self, ctx, modules, step, p,
+                                    batches=lambda rng: targets.batches(rng.permutation(targets.items), p.batch_items))
+            return self
 
         def step(users, pos, neg):  # negatives unused: the softmax runs over every user
             z = self.net(item_text[pos])
@@ -89,16 +95,25 @@ class OnePass:
         fit_with_early_stopping(self, ctx, modules, step, p)
         return self
 
+    def _item_loss(self, z: torch.Tensor, items: torch.Tensor, targets: "ItemTargets", ctx: FitContext) -> torch.Tensor:
+        """The pair loss summed over each item's training users, from one row of logits per item: the
+        cross-entropy of every (item, user) pair, the item's alignment weighted by its pair count,
+        both averaged over the batch's pairs (what a batch of those pairs would give)."""
+        logp = F.log_softmax(self.head(z), dim=1)
+        rows, users, counts = targets.of(items)
+        ce = -logp[rows, users].sum()
+        align = (counts * (z - ctx.item_emb[items]).pow(2).sum(1)).sum()
+        decay = sum(w.pow(2).sum() for w in self.net.parameters())
+        return (ce + self.params.align * align) / counts.sum() + self.params.reg * decay / len(items)
+
     def _fit_text(self, ctx: FitContext) -> "OnePass":
         """End to end: batches of warm items (length-sorted, visited in random order), each item's
         text encoded, mapped and scored against every user, its training users the targets; the
         same loss per (item, user) pair as the vector path, and the same early stop on cold
         validation after each epoch."""
         p, encoder = self.params, self.encoder
-        train = ctx.data.matrix("train").tocsc()
-        warm = np.array([i for i in ctx.data.warm_items if train.indptr[i + 1] > train.indptr[i]])
-        users_of = {int(i): torch.as_tensor(train.indices[train.indptr[i]:train.indptr[i + 1]], device=ctx.device)
-                    for i in warm}
+        targets = ItemTargets(ctx)
+        warm = targets.items
         order = warm[np.argsort([len(self._ids[i]) for i in warm], kind="stable")]
         batches = [order[s:s + p.batch_items] for s in range(0, len(order), p.batch_items)]
         opt = torch.optim.Adam([{"params": [*self.net.parameters(), *self.head.parameters()], "lr": p.lr},
@@ -119,17 +134,13 @@ class OnePass:
             for b in rng.permutation(len(batches)):
                 items = batches[b]
                 z = self.net(F.normalize(encoder([self._ids[i] for i in items]), dim=1))
-                logp = F.log_softmax(self.head(z), dim=1)
-                counts = torch.tensor([len(users_of[int(i)]) for i in items], device=ctx.device, dtype=z.dtype)
-                rows = torch.repeat_interleave(torch.arange(len(items), device=ctx.device), counts.long())
-                ce = -logp[rows, torch.cat([users_of[int(i)] for i in items])].sum()
-                align = (counts * (z - ctx.item_emb[torch.as_tensor(items, device=ctx.device)]).pow(2).sum(1)).sum()
-                decay = sum(w.pow(2).sum() for w in self.net.parameters())
-                loss = (ce + p.align * align) / counts.sum() + p.reg * decay / len(items)
+                items = torch.as_tensor(items, device=ctx.device)
+                loss = self._item_loss(z, items, targets, ctx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total, pairs = total + loss.item() * float(counts.sum()), pairs + int(counts.sum())
+                n = targets.pairs(items)
+                total, pairs = total + loss.item() * n, pairs + n
             encoder.eval()
             with torch.no_grad():
                 self._text = F.normalize(encoder.encode_ids(self._ids), dim=1)
@@ -208,3 +219,31 @@ class OnePass:
         items = torch.cat([items, torch.ones(len(items), 1, device=items.device)], 1)
         to_np = lambda t: np.ascontiguousarray(t.float().cpu().numpy())  # noqa: E731
         return CoupledEmbeddings(users=to_np(users), cold_items=to_np(items), cold_ids=item_ids.cpu().numpy())
+
+
+class ItemTargets:
+    """Each warm item's training users, for losses that score an item once against every user."""
+
+    def __init__(self, ctx: FitContext):
+        train = ctx.data.matrix("train").tocsc()
+        self.device = ctx.device
+        self.items = np.array([i for i in ctx.data.warm_items if train.indptr[i + 1] > train.indptr[i]], dtype=np.int64)
+        self._indptr = torch.as_tensor(train.indptr, dtype=torch.long)
+        self._users = torch.as_tensor(train.indices, dtype=torch.long)
+
+    def batches(self, order: np.ndarray, size: int):
+        for s in range(0, len(order), size):
+            yield (torch.as_tensor(order[s:s + size], device=self.device),)
+
+    def pairs(self, items: torch.Tensor) -> int:
+        items = items.cpu()
+        return int((self._indptr[items + 1] - self._indptr[items]).sum())
+
+    def of(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row in the batch, user) of every training pair of ``items``, and each item's pair count."""
+        cpu = items.cpu()
+        starts, counts = self._indptr[cpu], self._indptr[cpu + 1] - self._indptr[cpu]
+        rows = torch.repeat_interleave(torch.arange(len(cpu)), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        users = self._users[torch.repeat_interleave(starts, counts) + offsets]
+        return rows.to(self.device), users.to(self.device), counts.to(self.device, torch.float32)
