@@ -22,18 +22,12 @@ from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, embedding_scorer
 from coldllm.pipeline import Run
 from results import record_method, record_seed, results_dir
-from names import run_name
+from names import preset_for, run_name
 from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
 # --reproduce: the largest difference in any representation that still counts as the same backbone
 REPRODUCE_TOLERANCE = 1e-5
-
-
-def preset_for(backbone: str, default: Path) -> Path:
-    """configs/citeulike-<backbone>.yaml when it exists (per-backbone tuning), else the default."""
-    specific = default.with_name(f"{default.stem}-{backbone}.yaml")
-    return specific if specific.exists() else default
 
 
 def compare_embeddings(a: Path, b: Path) -> float:

@@ -29,7 +29,7 @@ from coldllm.config import load_config, to_dict
 from coldllm.data import load_dataset
 from coldllm.pipeline import Run, content_vectors
 from results import record_method, record_seed, results_dir
-from names import run_name
+from names import preset_for, run_name
 from render import render
 from coldllm.utils import git_commit, now_iso, peak_memory_mb, resolve_device, setup_logging, write_json
 
@@ -95,7 +95,7 @@ def main() -> None:
                                    if "params_given" in recorded.get(m, {})}
         for seed in args.seeds or [None]:
             name = run_name(dataset, backbone_name) if seed is None else run_name(dataset, backbone_name, seed)
-            cfg = load_config(args.preset, [f"--name={name}", f"--backbone.model={backbone_name}",
+            cfg = load_config(preset_for(backbone_name, args.preset), [f"--name={name}", f"--backbone.model={backbone_name}",
                                             *([f"--seed={seed}"] if seed is not None else [])])
             run = Run(cfg)
             if not run.done("train"):

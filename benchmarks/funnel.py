@@ -61,7 +61,7 @@ from judge_stats import fit_combined_judge, judges_on_candidates, judges_on_held
 from coldllm.pipeline import Run, content_vectors
 from results import record_seed, results_dir
 from coldllm.utils import git_commit
-from names import DEFAULT_SEED, run_name
+from names import DEFAULT_SEED, preset_for, run_name
 from render import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,7 +276,7 @@ def main() -> None:
     dataset = load_config(args.preset, []).data.name
     for backbone in args.backbones:
         for seed in args.seeds:
-            scope = Scope(args.preset, dataset, seed)
+            scope = Scope(preset_for(backbone, args.preset), dataset, seed)
             # the method's filter is what most variants reuse: make it even when the method itself (its
             # language-model judge) is not among the variants run
             if "coldllm" not in args.variants and any("coldllm" in VARIANTS[v][1].values() for v in args.variants):

@@ -40,7 +40,7 @@ from coldllm.llm.prompts import PromptEncoder
 from coldllm.pipeline import Run, content_vectors
 from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging
 
-from names import run_name
+from names import preset_for, run_name
 from results import results_dir, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,10 +65,10 @@ def main() -> None:
                      "--refiner.judge=llm", "--filter.towers=coupled", "--stages=[prepare, train, filter, finetune]",
                      f"--reuse={{train: {base}, filter: {base}-coldllm}}", *overrides]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "--config", str(args.preset), *run_overrides],
+    subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset_for(args.backbone, args.preset)), *run_overrides],
                    check=True, cwd=ROOT)
     tune_seconds = time.perf_counter() - start
-    cfg = load_config(args.preset, run_overrides)
+    cfg = load_config(preset_for(args.backbone, args.preset), run_overrides)
     run = Run(cfg)
     data = run.data
     truth = data.parts["cold_val"]

@@ -3,6 +3,8 @@ the funnel's variants beside it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from coldllm.config import RunConfig
 
 DEFAULT_SEED = RunConfig().seed  # its runs keep the names they had before seeds were varied
@@ -13,3 +15,10 @@ def run_name(dataset: str, backbone: str, seed: int = DEFAULT_SEED) -> str:
     return base if seed == DEFAULT_SEED else f"{base}-s{seed}"
 
 
+
+
+def preset_for(backbone: str, default: Path) -> Path:
+    """``<preset>-<backbone>.yaml`` beside the preset when it exists (that backbone's own settings), else
+    the preset: every benchmark of a backbone reads the same file, so its variants reuse its trained run."""
+    specific = default.with_name(f"{default.stem}-{backbone}.yaml")
+    return specific if specific.exists() else default

@@ -33,6 +33,7 @@ from coldllm.funnel.inputs import prompt_template
 from coldllm.funnel.update_stage import content_prior
 from coldllm.funnel.update import FastParams, fit_cold_rows
 from coldllm.pipeline import Run, content_vectors
+from names import preset_for
 from results import results_dir, write_results
 from coldllm.utils import git_commit, now_iso, setup_logging
 
@@ -71,9 +72,9 @@ def main() -> None:
     overrides = [f"--name={name}", f"--backbone.model={args.backbone}", f"--filter.k={args.k_max}",
                  "--stages=[prepare, train, filter]", f"--reuse={{train: {base}}}", "--filter.towers=coupled",
                  *args.overrides, *unknown]
-    subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "--config", str(args.preset), *overrides],
+    subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "--config", str(preset_for(args.backbone, args.preset)), *overrides],
                    check=True, cwd=ROOT)
-    cfg = load_config(args.preset, overrides)
+    cfg = load_config(preset_for(args.backbone, args.preset), overrides)
     run, data = Run(cfg), Run(cfg).data
     user_emb, item_emb = load_backbone(run.dir / "backbone", data).embeddings()
     validator = Evaluator(data, "val", [20], settings=("cold",))

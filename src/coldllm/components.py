@@ -116,8 +116,11 @@ _ONEPASS_TEXT = ("text_model", "tune", "pooling", "lora_r", "lora_targets", "tex
 def _onepass_reads(config: dict[str, Any]) -> tuple[str, ...]:
     onepass = _section(config, "filter.onepass") or {}
     text = onepass.get("encoder") == "text"
-    unread = () if text else tuple(f"-filter.onepass.{k}" for k in _ONEPASS_TEXT
-                                   if not (k == "batch_items" and onepass.get("batching") == "items"))
+    if text:  # the text path always batches by items
+        unread = ("-filter.onepass.batching",)
+    else:
+        unread = tuple(f"-filter.onepass.{k}" for k in _ONEPASS_TEXT
+                       if not (k == "batch_items" and onepass.get("batching") == "items"))
     return ("filter.onepass", "filter.text_model", "filter.index", *unread)
 
 
