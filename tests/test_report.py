@@ -111,6 +111,19 @@ def test_the_closing_words_say_which_row_is_the_method_and_how_far_it_moved():
     assert "left cold Recall@20 where its prior put it" in kept
 
 
+def test_the_closing_time_line_counts_the_stages_that_worked_here():
+    from coldllm.report.funnel import stage_line, stage_table
+
+    manifest = {"stages": {
+        "prepare": {"status": "done", "seconds": 0.1, "peak_memory_mb": 300},
+        "train": {"status": "done", "seconds": 50.0, "peak_memory_mb": 900, "reused_from": "bench-mf"},
+        "finetune": {"status": "done", "seconds": 0.0, "peak_memory_mb": 900, "skipped": "no judge"},
+        "update": {"status": "done", "seconds": 30.4, "peak_memory_mb": 1000}}}
+    assert stage_line(stage_table(manifest)) == ("time: prepare 0.1 s, train 50.0 s (reused), update 30.4 s; "
+                                                 "30 s in all, peak 1000 MB")
+    assert stage_line([]) == ""
+
+
 def test_the_report_shows_the_prior_the_update_chose(tmp_path):
     cfg = str(write_project(tmp_path))
     result = CliRunner().invoke(app, [

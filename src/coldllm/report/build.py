@@ -14,7 +14,7 @@ from ..evaluate import SETTINGS
 from ..layout import RunLayout
 from ..utils import atomic_path, git_commit, now_iso, resolve_device, write_json
 from .curves import HEADLINE_K, KS, at_k, metric_curves
-from .funnel import funnel_steps, judge_scores, stage_table
+from .funnel import funnel_steps, judge_scores, stage_line, stage_table
 from .markdown import console_table, render
 from .runs import FinishedRun, methods, open_run
 
@@ -65,7 +65,8 @@ def build_report(run_dir: Path, out: Path | None = None, split: str = "test", de
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(render(ctx))
     labels = {m: e["label"] for m, e in curves["methods"].items()}
-    ctx["table"] = console_table(ctx["at_k"], labels, HEADLINE_K) + "\n" + what_moved(ctx["at_k"], HEADLINE_K)
+    ctx["table"] = "\n".join([console_table(ctx["at_k"], labels, HEADLINE_K), what_moved(ctx["at_k"], HEADLINE_K),
+                              stage_line(ctx["stages"])])
     ctx["out"] = out
     return ctx
 

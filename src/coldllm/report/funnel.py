@@ -47,6 +47,17 @@ def judge_scores(data: ColdStartData, simulated: pd.DataFrame) -> dict[str, Any]
             "accept_rate": float(simulated["accepted"].mean()) if len(simulated) else 0.0}
 
 
+def stage_line(rows: list[dict[str, Any]]) -> str:
+    """The run's time in one line: each stage that did work, its seconds, the total and the peak memory."""
+    worked = [r for r in rows if r["seconds"] is not None and not r["skipped"] and r["status"] == "done"]
+    if not worked:
+        return ""
+    parts = ", ".join(f"{r['stage']} {r['seconds']:.1f} s" + (" (reused)" if r["reused_from"] else "") for r in worked)
+    total = sum(r["seconds"] for r in worked if not r["reused_from"])
+    peak = max((r["peak_memory_mb"] or 0) for r in worked)
+    return f"time: {parts}; {total:.0f} s in all, peak {peak:.0f} MB"
+
+
 def stage_table(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Per stage of the manifest: status, seconds, peak memory and where a reused stage came from."""
     rows = []
