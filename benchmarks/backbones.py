@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from coldllm.layout import RunLayout
 from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, embedding_scorer
@@ -56,7 +57,7 @@ def run_backbone(backbone: str, preset: Path, extra: list[str], reproduce: bool 
     subprocess.run(cmd, check=True, cwd=ROOT)
     cfg = load_config(preset, overrides)
     run = Run(cfg)
-    manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(cfg.run_dir).manifest.read_text())
     stages = manifest["stages"]
     metrics = stages["evaluate_test"]["metrics"]
     out = results_dir(cfg.data.name) / f"{backbone}.json"

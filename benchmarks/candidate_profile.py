@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from coldllm.layout import RunLayout
 from coldllm.data import load_dataset
 from coldllm.config import load_config
 from judge_stats import candidate_profile
@@ -43,11 +44,11 @@ def profile_backbone(backbone: str, runs_dir: Path, data, results: dict) -> list
     for variant in VARIANTS:
         folder = runs_dir / f"bench-citeulike-{backbone}-{variant}"
         row_result = results["methods"].get(variant)
-        if row_result is None or not (folder / "simulate" / "simulated.parquet").exists():
+        if row_result is None or not RunLayout(folder).simulated.exists():
             print(f"{backbone} {variant}: no finished run or no result row, skipped", flush=True)
             continue
-        simulated = pd.read_parquet(folder / "simulate" / "simulated.parquet", columns=["user", "item", "accepted"])
-        manifest = json.loads((folder / "manifest.json").read_text())
+        simulated = pd.read_parquet(RunLayout(folder).simulated, columns=["user", "item", "accepted"])
+        manifest = json.loads(RunLayout(folder).manifest.read_text())
         rows.append({
             "backbone": backbone, "variant": variant,
             **candidate_profile(simulated[simulated["accepted"]], truth, degree),

@@ -58,6 +58,7 @@ from coldllm.funnel.inputs import prompt_template
 from coldllm.funnel.update_stage import content_prior, updated_embeddings
 from coldllm.funnel.update import prior_candidates
 from judge_stats import fit_combined_judge, judges_on_candidates, judges_on_held_out
+from coldllm.layout import RunLayout
 from coldllm.pipeline import Run, content_vectors
 from results import record_seed, results_dir
 from coldllm.utils import git_commit
@@ -166,7 +167,7 @@ def ran_here(scope: Scope, backbone: str, variant: str, stage: str, extra: list[
     """Whether the variant's ``stage`` already ran at the current commit: a redo interrupted part-way
     then resumes with the variants it has not reached, instead of starting over."""
     cfg = load_config(scope.preset, overrides_for(scope, backbone, variant, FUNNEL, extra, borrow))
-    manifest = ROOT / cfg.runs_dir / cfg.name / "manifest.json"  # the runs go from ROOT
+    manifest = RunLayout(ROOT / cfg.runs_dir / cfg.name).manifest  # the runs go from ROOT
     if not manifest.exists():
         return False
     record = json.loads(manifest.read_text())["stages"].get(stage, {})
@@ -176,22 +177,22 @@ def ran_here(scope: Scope, backbone: str, variant: str, stage: str, extra: list[
 def funnel_statistics(run: Run) -> dict:
     """Filter, refiner and judge figures of a finished variant (validation and test cold items)."""
     folder, data = run.dir, run.data
-    stats: dict = {"filter": json.loads((folder / "filter" / "report.json").read_text()),
-                   "simulate": json.loads((folder / "simulate" / "report.json").read_text())}
-    refiner_report = folder / "refiner" / "report.json"
+    stats: dict = {"filter": json.loads(RunLayout(folder).filter_report.read_text()),
+                   "simulate": json.loads(RunLayout(folder).simulate_report.read_text())}
+    refiner_report = RunLayout(folder).refiner_report
     vectors = content_vectors(run)
     combined = None
     if run.cfg.refiner.judge == "llm" and refiner_report.exists():
         report = json.loads(refiner_report.read_text())
         stats["refiner"] = {k: report[k] for k in ("train_examples", "eval_examples", "before", "after", "threshold")}
-        held_out = {name: pd.read_parquet(folder / "refiner" / f"held_out_{name}.parquet") for name in ("random", "hard")}
+        held_out = {name: pd.read_parquet(RunLayout(folder).held_out(name)) for name in ("random", "hard")}
         stats["held_out_judges"] = {name: judges_on_held_out(frame, vectors) for name, frame in held_out.items()}
         # P(Yes) and the cosine together, fitted on held-out warm pairs only
         combined = fit_combined_judge(pd.concat(held_out.values(), ignore_index=True), vectors)
     # the judge's P(Yes) (the cosine for the cosine judge) beside the free judges, on the pairs it judged
     histories = user_histories(data.matrix("train"), prompt_template(run.cfg).max_history, run.cfg.seed)
-    simulated = pd.read_parquet(folder / "simulate" / "simulated.parquet")
-    candidates = pd.read_parquet(folder / "filter" / "candidates.parquet")
+    simulated = pd.read_parquet(RunLayout(folder).simulated)
+    candidates = pd.read_parquet(RunLayout(folder).candidates)
     stats["candidate_judges"] = {
         split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors, combined)
         for split in ("val", "test")

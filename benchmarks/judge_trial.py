@@ -74,12 +74,12 @@ def main() -> None:
     truth = data.parts["cold_val"]
     rng = np.random.default_rng(cfg.seed)
     items = np.sort(rng.choice(np.unique(truth[:, 1]), min(args.items, len(np.unique(truth[:, 1]))), replace=False))
-    candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
+    candidates = pd.read_parquet(run.layout.candidates)
     candidates = candidates[candidates["item"].isin(items)]
     device = resolve_device(cfg.refiner.device)
     model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
     parameters = sum(p.numel() for p in model.parameters())  # before the adapter joins them
-    model = load_adapter(model, run.dir / "refiner" / "adapter")
+    model = load_adapter(model, run.layout.adapter)
     prompts = PromptEncoder(tokenizer, prompt_template(run.cfg))
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def main() -> None:
     labels = is_real(pairs, truth)
     cosine = cosine_judge(pairs["user"].to_numpy(), pairs["item"].to_numpy(), histories, content_vectors(run))
     accept = float(pairs["accepted"].mean())
-    refiner = json.loads((run.dir / "refiner" / "report.json").read_text())
+    refiner = json.loads(run.layout.refiner_report.read_text())
     row = {
         "backbone": args.backbone, "items": len(items), "pairs": len(pairs), "real": int(labels.sum()),
         "auc": {"llm": auc(labels, pairs["p_yes"].to_numpy()), "filter_score": auc(labels, pairs["score"].to_numpy()),

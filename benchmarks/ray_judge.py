@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from coldllm.layout import RunLayout
 from coldllm.config import load_config
 from coldllm.data import load_dataset
 from coldllm.funnel.ray_judge import actor_resources, ray_session, simulate_on_ray
@@ -62,7 +63,7 @@ def main() -> None:
     data = load_dataset(cfg.data)
     template = PromptTemplate()
     histories = user_histories(data.matrix("train"), template.max_history, cfg.seed)
-    pairs = sample(pd.read_parquet(Path(args.candidates_from) / "filter" / "candidates.parquet"), args.users, cfg.seed)
+    pairs = sample(pd.read_parquet(RunLayout(Path(args.candidates_from)).candidates), args.users, cfg.seed)
     report = {"commit": git_commit(ROOT), "date": now_iso(), "machine": machine(), "versions": package_versions(),
               "config": vars(args), "pairs": len(pairs), "users": int(pairs["user"].nunique())}
     model_dir = resolve_llm(args.model, cfg.content.cache_dir)

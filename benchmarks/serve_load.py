@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="Default: results/serve.json (serve_writers.json with --writers).")
     args = parser.parse_args()
     run = Path(args.run)
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(run).manifest.read_text())
     port = free_port()
     log = ROOT / "logs" / "serve_load_server.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from coldllm.layout import RunLayout
 from coldllm.config import load_config
 from coldllm.data import load_dataset
 from coldllm.funnel.refiner import user_histories
@@ -139,7 +140,7 @@ def judge_section(args, data, cfg, device, limits) -> dict:
     model, tokenizer = load_llm(args.model, cfg.content.cache_dir, device)
     prompts = PromptEncoder(tokenizer, PromptTemplate())
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
-    path = Path(args.candidates_from) / "filter" / "candidates.parquet" if args.candidates_from else None
+    path = RunLayout(Path(args.candidates_from)).candidates if args.candidates_from else None
     candidates = pd.read_parquet(path) if path and path.exists() else None
     prefixes, suffixes, owner = judge_jobs(data, prompts, histories, candidates, args.users, cfg.seed)
     whole = [prefixes[o] + s for o, s in zip(owner, suffixes)]
@@ -361,7 +362,7 @@ def paper_setting_section(args, data, cfg, device, limits) -> dict:
         raise SystemExit(f"paper_setting prices measured sections; run --sections {' '.join(missing)} first")
     judge, lora, pipeline = report["judge"], report["lora"], report["pipeline"]
     run = ROOT / args.candidates_from
-    funnel = json.loads((run / "manifest.json").read_text())["stages"]
+    funnel = json.loads(RunLayout(run).manifest.read_text())["stages"]
     pairs = int(funnel["simulate"]["pairs"])
     examples = 2 * cfg.refiner.train_users  # a positive and a negative per fine-tuning user
     stages = {
@@ -379,7 +380,7 @@ def paper_setting_section(args, data, cfg, device, limits) -> dict:
             "seconds": round(sum(stages.values()), 1), "stage_seconds_at_matmul_limit": at_limit,
             "seconds_at_matmul_limit": round(sum(at_limit.values()), 1),
             "sources": {"train, update": f"pipeline ({pipeline['commit'][:10]})",
-                        "filter, pairs": str(run.relative_to(ROOT) / "manifest.json"),
+                        "filter, pairs": str(RunLayout(run).manifest.relative_to(ROOT)),
                         "finetune": f"lora ({lora['commit'][:10]})", "simulate": f"judge ({judge['commit'][:10]})"}}
 
 
@@ -410,7 +411,7 @@ def run_end_to_end(config: Path) -> dict:
     subprocess.run([sys.executable, "-m", "coldllm.cli", "run", "-c", str(config), f"--runs_dir={runs}",
                     f"--name={name}"], check=True, cwd=ROOT)
     seconds = time.perf_counter() - start
-    manifest = json.loads((runs / name / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(runs / name).manifest.read_text())
     stages = {stage: round(rec["seconds"], 1) for stage, rec in manifest["stages"].items() if "seconds" in rec}
     run_cfg = manifest["config"]
     return {"citeulike_seconds": round(seconds, 1), "stage_seconds": stages,

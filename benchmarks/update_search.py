@@ -80,7 +80,7 @@ def main() -> None:
     validator = Evaluator(data, "val", [20], settings=("cold",))
     histories = user_histories(data.matrix("train"), prompt_template(cfg).max_history, cfg.seed)
     vectors = content_vectors(run)
-    all_candidates = pd.read_parquet(run.dir / "filter" / "candidates.parquet")
+    all_candidates = pd.read_parquet(run.layout.candidates)
     out = results_dir(cfg.data.name) / f"update-search-{args.backbone}.json"
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     commit = git_commit(ROOT)

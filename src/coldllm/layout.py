@@ -48,6 +48,10 @@ class RunLayout:
     def baselines(self) -> Path:
         return self.root / "baselines"
 
+    def baseline(self, method: str) -> Path:
+        """One baseline's figures and settings, as the baselines stage measured it."""
+        return self.baselines / f"{method}.json"
+
     # -- filter --------------------------------------------------------------------------------------
     @property
     def filter(self) -> Path:
@@ -93,6 +97,15 @@ class RunLayout:
     @property
     def adapter(self) -> Path:
         return self.refiner / "adapter"
+
+    @property
+    def adapter_config(self) -> Path:
+        """PEFT's description of the adapter, beside its weights: present once an adapter is saved whole."""
+        return self.adapter / "adapter_config.json"
+
+    def held_out(self, part: str) -> Path:
+        """The tuned judge's P(Yes) on a held-out part (random or hard negatives), with the labels."""
+        return self.refiner / f"held_out_{part}.parquet"
 
     @property
     def refiner_checkpoint(self) -> Path:
@@ -149,13 +162,18 @@ class RunLayout:
     def store(self) -> Path:
         return self.serve / "items.sqlite"
 
+    @property
+    def guard(self) -> Path:
+        """The service's steering guard, fitted once per adapter."""
+        return self.serve / "guard.json"
+
 
 def stage_artifacts(layout: RunLayout) -> dict[str, tuple[Path, ...]]:
     """What each stage leaves behind; a finished stage whose artifact is missing or unreadable is redone."""
     return {
         "train": (layout.backbone_meta, layout.backbone_best),
         "filter": (layout.candidates, layout.warm_candidates, layout.filter_report),
-        "finetune": (layout.refiner_report, layout.threshold, layout.adapter / "adapter_config.json"),
+        "finetune": (layout.refiner_report, layout.threshold, layout.adapter_config),
         "simulate": (layout.simulated, layout.simulate_report),
         "update": (layout.embeddings, layout.update_choices),
     }

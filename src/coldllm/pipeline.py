@@ -83,7 +83,7 @@ def baselines(run: Run, methods: list[str] | None = None) -> dict[str, dict[str,
         device = resolve_device(run.cfg.baselines.device)
         ctx = None
         for name in methods or run.cfg.baselines.methods:
-            path = folder / f"{name}.json"
+            path = run.layout.baseline(name)
             if path.exists():
                 reports[name] = json.loads(path.read_text())
                 continue

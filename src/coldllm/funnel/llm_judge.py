@@ -159,7 +159,7 @@ class LLMJudge(JudgeComponent):
         judge = Judge(peft_model.merge_and_unload(), prompts, cfg.refiner.batch_size)
         for name, p_yes in judge_sets(judge, held_out, titles).items():
             held_out[name]["p_after"] = p_yes
-            with atomic_path(run.layout.refiner / f"held_out_{name}.parquet") as tmp:
+            with atomic_path(run.layout.held_out(name)) as tmp:
                 held_out[name].to_parquet(tmp)
         report["before"] = {k: judge_report(ex["label"].to_numpy(), ex["p_before"].to_numpy()) for k, ex in held_out.items()}
         report["after"] = {k: judge_report(ex["label"].to_numpy(), ex["p_after"].to_numpy()) for k, ex in held_out.items()}
@@ -212,7 +212,7 @@ class OnlineLLM:
     candidates: each user's history prefix tokenised once, on first use."""
 
     def __init__(self, cfg: RunConfig, layout: RunLayout, histories: Histories, titles: np.ndarray):
-        if not (layout.adapter / "adapter_config.json").exists() or not layout.threshold.exists():
+        if not layout.adapter_config.exists() or not layout.threshold.exists():
             raise ConfigError(f"{layout.root}: refiner.judge=llm but the finetune stage left no adapter in "
                               f"{layout.adapter}")
         model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, resolve_device(cfg.refiner.device))

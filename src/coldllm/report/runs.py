@@ -113,14 +113,14 @@ def _prior(run: FinishedRun, item_emb: torch.Tensor) -> torch.Tensor:
 
 def _controls(run: FinishedRun, user_emb: torch.Tensor, item_emb: torch.Tensor, device) -> list[Method]:
     """The training-free baselines the run measured (a ``baselines/<name>.json`` of each)."""
-    names = [n for n in TRAINING_FREE if (run.layout.baselines / f"{n}.json").exists()]
+    names = [n for n in TRAINING_FREE if run.layout.baseline(n).exists()]
     if not names:
         return []
     ctx = FitContext(data=run.data, content=torch.as_tensor(_content(run), dtype=torch.float32).to(device),
                      user_emb=user_emb, item_emb=item_emb, device=torch.device(device), seed=run.cfg.seed)
     out = []
     for name in names:
-        saved = json.loads((run.layout.baselines / f"{name}.json").read_text())
+        saved = json.loads(run.layout.baseline(name).read_text())
         method = build_method(name, saved.get("params") or run.cfg.baselines.params.get(name))
         method.fit(ctx)
         out.append(Method(name, {"random": "random control", "knn": "content-KNN control"}[name],

@@ -154,7 +154,7 @@ class OnlineService:
         for path in sorted(self.layout.adapter.iterdir()) + [self.layout.threshold]:
             digest.update(path.read_bytes() if path.is_file() else b"")
         digest.update(json.dumps([r.guard_z, r.guard_users, r.guard_items, self.cfg.seed, r.template]).encode())
-        fingerprint, path = digest.hexdigest()[:16], self.layout.serve / "guard.json"
+        fingerprint, path = digest.hexdigest()[:16], self.layout.guard
         guard = PYesGuard.load(path, fingerprint)
         if guard is None:
             warm = data.warm_items
