@@ -101,6 +101,19 @@ def test_the_one_pass_text_settings_are_inputs_only_when_it_reads_text():
         {**recorded, "filter": {**recorded["filter"], "onepass": {}}}), "filter")
 
 
+def test_the_batch_of_items_is_an_input_only_where_items_are_batched():
+    config = with_defaults(to_dict(RunConfig()))
+    config["filter"]["towers"] = "onepass"
+    onepass = config["filter"]["onepass"]
+    inputs = lambda **change: stage_inputs(with_field(config, "filter.onepass", {**onepass, **change}), "filter")  # noqa: E731
+    assert inputs(batch_items=7) == inputs()  # vectors batched by pairs: the item batch is never read
+    assert inputs(batching="items", batch_items=7) != inputs(batching="items")
+    assert inputs(batching="items") != inputs()
+    # the text path always batches by items: its batch counts, the vector path's batching does not
+    assert inputs(encoder="text", batching="items") == inputs(encoder="text")
+    assert inputs(encoder="text", batch_items=7) != inputs(encoder="text")
+
+
 def test_the_knn_filter_reads_the_priors_neighbourhood_and_the_aldi_filter_does_not():
     config = to_dict(RunConfig())
     assert "filter" not in stale_after(config, "update.prior_k")  # aldi: the prior's k is the update's alone
