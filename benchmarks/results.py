@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ def results_dir(dataset: str) -> Path:
     """Where the measurements of ``dataset`` (its ``data.name``) are written and read."""
     return RESULTS / FOLDERS.get(dataset, dataset)
 
+from coldllm.config import BackboneConfig
 from coldllm.evaluate import SETTINGS
 from coldllm.utils import atomic_path, git_commit, now_iso, write_json
 
@@ -139,13 +141,32 @@ def _seed_vals(entry: dict[str, Any], setting: str, metric: str) -> dict[int, fl
     return {s: v for s, v in vals.items() if v is not None}
 
 
+def backbone_settings(entry: dict[str, Any]) -> dict[str, Any]:
+    """The backbone settings a row was measured on, every field filled with its default (a row recorded
+    before a field existed ran with the default), without where it ran."""
+    given = (entry.get("config") or {}).get("backbone") or {}
+    settings = {**asdict(BackboneConfig()), **given}
+    settings.pop("device", None)
+    return settings
+
+
+def on_files_backbone(doc: dict[str, Any], method: str) -> bool:
+    """Whether ``method``'s row was measured on the backbone of the file's ``backbone`` row: rows on
+    another backbone setting (kept from before the preset changed) compare nothing with it."""
+    reference = doc.get("methods", {}).get("backbone")
+    if reference is None or "config" not in reference:
+        return True
+    return backbone_settings(doc["methods"][method]) == backbone_settings(reference)
+
+
 def choose_default(doc: dict[str, Any]) -> dict[str, Any] | None:
     """The project's own method with the best cold-validation NDCG@20: the configuration a user gets
     by default. Compared on the seeds every candidate has (the mean over three seeds against one
     seed's figure would favour whichever row has fewer seeds, by its noise alone); each row's own
-    mean where they share none. Test figures never enter the choice."""
+    mean where they share none; only rows on the file's backbone. Test figures never enter the choice."""
     setting, metric = DEFAULT_METRIC
-    vals = {m: _seed_vals(doc["methods"][m], setting, metric) for m in OWN_METHODS if m in doc.get("methods", {})}
+    vals = {m: _seed_vals(doc["methods"][m], setting, metric) for m in OWN_METHODS
+            if m in doc.get("methods", {}) and on_files_backbone(doc, m)}
     vals = {m: v for m, v in vals.items() if v}
     if not vals:
         return None
@@ -229,7 +250,8 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
         "measuring process's peak resident memory when the row was written. A figure with ± is the mean over the "
         "row's seeds (the model seeds; the split stays fixed) and their standard deviation; a difference smaller "
         "than the larger spread is not a finding; such a row's reference-protocol figure, seconds and peak MB are "
-        "its newest seed's.",
+        "its newest seed's. *(earlier backbone)*: a row measured on other backbone settings than the backbone "
+        "row's (kept from before the preset changed; compare it with nothing else in the table).",
         "",
         head + " | cold R@20, reference protocol | paper cold R@20 | seconds | peak MB | commit |",
         "|" + "---|" * (2 + 2 * len(SETTINGS) + 5),
@@ -240,14 +262,16 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
             cells = [_fmt_spread(entry.get(s, {}), m) for s in SETTINGS for m in HEADLINE]
             paper = ref["methods"].get(method, {}).get("cold", {}).get("recall@20") \
                 if doc["backbone"] == ref.get("backbone") else None
-            lines.append(f"| {doc['backbone']} | {method} | " + " | ".join(cells) +
+            label = method if on_files_backbone(doc, method) else f"{method} (earlier backbone)"
+            lines.append(f"| {doc['backbone']} | {label} | " + " | ".join(cells) +
                          f" | {_fmt(_get(entry, 'paper_protocol', 'cold', 'recall@20'))} | {_fmt(paper)}"
                          f" | {entry.get('seconds', 0):.0f} | {entry.get('peak_memory_mb', 0):.0f}"
                          f" | `{entry.get('commit', '?')[:10]}` |")
     defaults = [(d["backbone"], d["default"]) for d in docs if d.get("default")]
     if defaults:
         lines += ["", "The default configuration of each backbone (the project's own method with the best "
-                  "cold-validation NDCG@20, compared on the seeds every candidate shares; test figures never enter the choice): "
+                  "cold-validation NDCG@20, compared on the seeds every candidate shares, among the rows on the "
+                  "backbone row's settings; test figures never enter the choice): "
                   + "; ".join(f"{b}: `{d['method']}`" for b, d in defaults) + "."]
     if reference:
         lines += ["", f"Paper reference ({reference['source']}):", "", head + " |",
@@ -420,14 +444,14 @@ def headline_table(docs: list[dict[str, Any]]) -> list[str]:
              "| commit |", "|---|---|---|---|---|---|---|---|"]
     for doc in docs:
         methods = doc["methods"]
-        mappings = [m for m in MAPPINGS if m in methods]
+        mappings = [m for m in MAPPINGS if m in methods and on_files_backbone(doc, m)]
         for key, label in HEADLINE_ROWS.items():
             name = max(mappings, key=lambda m: methods[m]["cold"]["recall@20"], default=None) \
                 if key == "best-mapping" else key
             if name not in methods:
                 continue
             e = methods[name]
-            shown = f"{label}: `{name}`"
+            shown = f"{label}: `{name}`" + ("" if on_files_backbone(doc, name) else " (earlier backbone)")
             lines.append(f"| {doc['backbone']} | {shown} | {_fmt(_get(e, 'cold', 'recall@20'))} "
                          f"| {_fmt(_get(e, 'cold', 'ndcg@20'))} | {_fmt(_get(e, 'warm', 'recall@20'))} "
                          f"| {_fmt(_get(e, 'paper_protocol', 'cold', 'recall@20'))} | {e.get('llm_calls', '-')} "
@@ -511,10 +535,12 @@ def across_datasets_table(docs: dict[str, list[dict[str, Any]]]) -> list[str]:
         for _, doc in columns:
             methods = doc["methods"]
             if key == "best-mapping":
-                mappings = [m for m in MAPPINGS if _get(methods.get(m, {}), "val", "cold", "ndcg@20") is not None]
+                mappings = [m for m in MAPPINGS if _get(methods.get(m, {}), "val", "cold", "ndcg@20") is not None
+                            and on_files_backbone(doc, m)]
                 name = max(mappings, key=lambda m: methods[m]["val"]["cold"]["ndcg@20"], default=None)
             elif key == "strongest-mapping":
-                name = max((m for m in MAPPINGS if m in methods), key=lambda m: methods[m]["cold"]["recall@20"],
+                name = max((m for m in MAPPINGS if m in methods and on_files_backbone(doc, m)),
+                           key=lambda m: methods[m]["cold"]["recall@20"],
                            default=None)
             elif key == "default":
                 name = (doc.get("default") or {}).get("method")
@@ -555,7 +581,8 @@ def comparison_table(docs: list[dict[str, Any]]) -> list[str]:
     lines = []
     for doc in docs:
         methods, default = doc["methods"], (doc.get("default") or {}).get("method")
-        mappings = [m for m in MAPPINGS if _get(methods.get(m, {}), "val", "cold", "ndcg@20") is not None]
+        mappings = [m for m in MAPPINGS if _get(methods.get(m, {}), "val", "cold", "ndcg@20") is not None
+                    and on_files_backbone(doc, m)]
         best = max(mappings, key=lambda m: methods[m]["val"]["cold"]["ndcg@20"], default=None)
         # the hardest bar too: the mapping strongest on test (a comparison, never a choice)
         strongest = max(mappings, key=lambda m: methods[m]["cold"]["recall@20"], default=None)

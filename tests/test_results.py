@@ -196,6 +196,29 @@ def test_the_default_compares_rows_on_the_seeds_they_share(tmp_path):
     assert default["val"] == pytest.approx({"onepass": 0.30 / 2, "coldllm-cosine": 0.29 / 2})  # NDCG is x / 2
 
 
+def test_a_row_on_an_earlier_backbone_is_never_the_default_nor_the_best_mapping(tmp_path):
+    from results import across_datasets_table, load_docs, render_table
+
+    path = tmp_path / "mf.json"
+    now, before = {"backbone": {"model": "mf", "init": "spectral"}}, {"backbone": {"model": "mf"}}
+    for method, val, config in [("backbone", 0.0, now), ("onepass", 0.2, now), ("coldllm-cosine", 0.3, before),
+                                ("clcrec", 0.1, now), ("dropoutnet", 0.4, before)]:
+        record_method(path, dataset="toy", split="random", backbone="mf", method=method, metrics=metrics(val),
+                      config=config, extra={"val": metrics(val)}, commit="c")
+    doc = json.loads(path.read_text())
+    assert doc["default"]["method"] == "onepass" and set(doc["default"]["val"]) == {"onepass"}
+    table = across_datasets_table({"toy": load_docs(tmp_path)})
+    assert next(line for line in table if line.startswith("| best content mapping")).endswith("`clcrec` |")
+    assert next(line for line in table if line.startswith("| strongest content mapping")).endswith("`clcrec` |")
+    text = render_table(tmp_path)
+    assert "| mf | coldllm-cosine (earlier backbone) |" in text and "| mf | onepass |" in text
+    # a field recorded before it existed counts at its default: the same backbone
+    record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm-lm", metrics=metrics(0.5),
+                  config={"backbone": {"model": "mf", "init": "spectral", "lr_decay": 1.0}},
+                  extra={"val": metrics(0.5)}, commit="c")
+    assert json.loads(path.read_text())["default"]["method"] == "coldllm-lm"
+
+
 def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model():
     from judge_size import size_rows
 
