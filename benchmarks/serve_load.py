@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coldllm.layout import RunLayout
 from coldllm.utils import git_commit, now_iso, write_json
 
 BENCH_KEY = "bench-" + "0123456789abcdef" * 2  # a write key for the service this script starts
@@ -282,7 +283,6 @@ def run_candidates_agreement(run: Path) -> float:
     items (their texts through the service's encoders and the towers it loaded), order included."""
     import pandas as pd
 
-    from coldllm.layout import RunLayout
     from coldllm.serve.online import OnlineService
 
     service = OnlineService(run)
