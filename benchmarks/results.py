@@ -653,7 +653,8 @@ def oracle_table(docs: list[dict[str, Any]], path: Path) -> list[str]:
     for doc, m in rows:
         e = doc["methods"][m]
         knn = _get(doc["methods"], "knn", "cold", "recall@20")
-        lines.append(f"| {doc['backbone']} | {m[len(ORACLE):]} | {_fmt(_get(e, 'funnel', 'simulate', 'refined_test', 'precision'))} "
+        label = m[len(ORACLE):] + ("" if on_files_backbone(doc, m) else " (earlier backbone)")
+        lines.append(f"| {doc['backbone']} | {label} | {_fmt(_get(e, 'funnel', 'simulate', 'refined_test', 'precision'))} "
                      f"| {_fmt(_get(e, 'funnel', 'simulate', 'refined_test', 'coverage'))} | {_fmt(e['cold']['recall@20'])} "
                      f"| {_fmt(e['cold']['ndcg@20'])} | {_fmt(knn)} |")
     _plot_oracle(docs, path)
@@ -741,7 +742,7 @@ def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(docs), figsize=(5.5 * len(docs), 4.2), squeeze=False)
     for ax, doc in zip(axes[0], docs):
-        names = _methods(doc, oracle=True)
+        names = [m for m in _methods(doc, oracle=True) if on_files_backbone(doc, m)]  # one backbone per curve
         if not names:
             continue
         prec = [_get(doc["methods"][m], "funnel", "simulate", "refined_test", "precision") or 0 for m in names]
@@ -755,7 +756,7 @@ def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:
         if level is not None:
             ax.axhline(level, linestyle="--", color="gray", label="knn (content prior alone)")
         for method, marker in zip(REAL_JUDGES, "*sD"):  # the real judges, where the curve would put them
-            entry = doc["methods"].get(method)
+            entry = doc["methods"].get(method) if on_files_backbone(doc, method) else None
             if entry is not None and _accepted_precision(entry):
                 ax.scatter([_accepted_precision(entry)], [entry["cold"]["recall@20"]], marker=marker, s=90,
                            color="crimson", edgecolors="black", zorder=3, label=f"{method}: {REAL_JUDGES[method]}")
@@ -785,7 +786,8 @@ def _plot(docs: list[dict[str, Any]], path: Path) -> None:
     x = np.arange(len(methods))
     for ax, setting in zip(axes, SETTINGS):
         for j, doc in enumerate(docs):
-            values = [doc["methods"].get(m, {}).get(setting, {}).get("recall@20", np.nan) for m in methods]
+            values = [doc["methods"].get(m, {}).get(setting, {}).get("recall@20", np.nan)
+                      if m in doc["methods"] and on_files_backbone(doc, m) else np.nan for m in methods]
             ax.bar(x + (j - (len(docs) - 1) / 2) * width, values, width, label=doc["backbone"])
         ax.set_xticks(x, methods, rotation=60, ha="right", fontsize=8)
         ax.set_title(f"{setting}: Recall@20")
