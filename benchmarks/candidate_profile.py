@@ -42,13 +42,13 @@ def profile_backbone(backbone: str, runs_dir: Path, data, results: dict) -> list
     truth = data.parts["cold_test"]
     rows = []
     for variant in VARIANTS:
-        folder = runs_dir / f"bench-citeulike-{backbone}-{variant}"
+        layout = RunLayout(runs_dir / f"bench-citeulike-{backbone}-{variant}")
         row_result = results["methods"].get(variant)
-        if row_result is None or not RunLayout(folder).simulated.exists():
+        if row_result is None or not layout.simulated.exists():
             print(f"{backbone} {variant}: no finished run or no result row, skipped", flush=True)
             continue
-        simulated = pd.read_parquet(RunLayout(folder).simulated, columns=["user", "item", "accepted"])
-        manifest = json.loads(RunLayout(folder).manifest.read_text())
+        simulated = pd.read_parquet(layout.simulated, columns=["user", "item", "accepted"])
+        manifest = json.loads(layout.manifest.read_text())
         rows.append({
             "backbone": backbone, "variant": variant,
             **candidate_profile(simulated[simulated["accepted"]], truth, degree),

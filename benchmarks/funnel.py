@@ -176,23 +176,23 @@ def ran_here(scope: Scope, backbone: str, variant: str, stage: str, extra: list[
 
 def funnel_statistics(run: Run) -> dict:
     """Filter, refiner and judge figures of a finished variant (validation and test cold items)."""
-    folder, data = run.dir, run.data
-    stats: dict = {"filter": json.loads(RunLayout(folder).filter_report.read_text()),
-                   "simulate": json.loads(RunLayout(folder).simulate_report.read_text())}
-    refiner_report = RunLayout(folder).refiner_report
+    layout, data = run.layout, run.data
+    stats: dict = {"filter": json.loads(layout.filter_report.read_text()),
+                   "simulate": json.loads(layout.simulate_report.read_text())}
+    refiner_report = layout.refiner_report
     vectors = content_vectors(run)
     combined = None
     if run.cfg.refiner.judge == "llm" and refiner_report.exists():
         report = json.loads(refiner_report.read_text())
         stats["refiner"] = {k: report[k] for k in ("train_examples", "eval_examples", "before", "after", "threshold")}
-        held_out = {name: pd.read_parquet(RunLayout(folder).held_out(name)) for name in ("random", "hard")}
+        held_out = {name: pd.read_parquet(layout.held_out(name)) for name in ("random", "hard")}
         stats["held_out_judges"] = {name: judges_on_held_out(frame, vectors) for name, frame in held_out.items()}
         # P(Yes) and the cosine together, fitted on held-out warm pairs only
         combined = fit_combined_judge(pd.concat(held_out.values(), ignore_index=True), vectors)
     # the judge's P(Yes) (the cosine for the cosine judge) beside the free judges, on the pairs it judged
     histories = user_histories(data.matrix("train"), prompt_template(run.cfg).max_history, run.cfg.seed)
-    simulated = pd.read_parquet(RunLayout(folder).simulated)
-    candidates = pd.read_parquet(RunLayout(folder).candidates)
+    simulated = pd.read_parquet(layout.simulated)
+    candidates = pd.read_parquet(layout.candidates)
     stats["candidate_judges"] = {
         split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors, combined)
         for split in ("val", "test")

@@ -111,16 +111,17 @@ def main() -> None:
     parser.add_argument("--guard-items", type=int, default=48)
     args = parser.parse_args()
     run = Path(args.run)
+    layout = RunLayout(run)
     cfg = run_config(run, read_manifest(run))  # the run's own resolved settings
     data = run_data(run, read_manifest(run), cfg)
     model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, "cpu")
-    model = load_adapter(model, RunLayout(run).adapter, merge=True)
-    threshold = json.loads(RunLayout(run).threshold.read_text())["threshold"]
+    model = load_adapter(model, layout.adapter, merge=True)
+    threshold = json.loads(layout.threshold.read_text())["threshold"]
     prompts = PromptEncoder(tokenizer, prompt_template(cfg))
     judge = Judge(model, prompts, cfg.refiner.batch_size, max_row_tokens=4096)  # a prefix and all its variants
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
 
-    candidates = pd.read_parquet(RunLayout(run).candidates)
+    candidates = pd.read_parquet(layout.candidates)
     tested = np.flatnonzero(np.diff(data.matrix("cold_test").tocsc().indptr) > 0)
     test_items = np.intersect1d(candidates["item"].unique(), tested)
     rng = np.random.default_rng(args.seed)
@@ -150,7 +151,7 @@ def main() -> None:
     hostile_p = [v["mean_p_yes"] for k, v in rows.items() if k != "clean"]
     # the clean set's own spread: the standard error of its mean P(Yes) over pairs
     clean_se = float(p_all[0].std(ddof=1) / np.sqrt(len(pairs))) if len(pairs) > 1 else 0.0
-    held_out = json.loads(RunLayout(run).refiner_report.read_text()).get("after", {})
+    held_out = json.loads(layout.refiner_report.read_text()).get("after", {})
     context = int(getattr(model.config, "max_position_embeddings", 0)) or None
     report = {
         "commit": git_commit(ROOT), "created": now_iso(), "config": {**vars(args), "threshold": threshold,

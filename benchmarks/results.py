@@ -786,7 +786,7 @@ def _plot(docs: list[dict[str, Any]], path: Path) -> None:
     x = np.arange(len(methods))
     for ax, setting in zip(axes, SETTINGS):
         for j, doc in enumerate(docs):
-            values = [doc["methods"].get(m, {}).get(setting, {}).get("recall@20", np.nan)
+            values = [doc["methods"][m].get(setting, {}).get("recall@20", np.nan)
                       if m in doc["methods"] and on_files_backbone(doc, m) else np.nan for m in methods]
             ax.bar(x + (j - (len(docs) - 1) / 2) * width, values, width, label=doc["backbone"])
         ax.set_xticks(x, methods, rotation=60, ha="right", fontsize=8)

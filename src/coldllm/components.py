@@ -109,18 +109,17 @@ FILTERS.declare("lm", "the language-model sub-tower alone (an ablation)", (*_LM_
                 ("scores_new_items",))
 # the one-pass simulator's text-encoder settings, read only with filter.onepass.encoder=text: a preset
 # that sets them must not make a frozen-vectors run stale
-_ONEPASS_TEXT = ("text_model", "tune", "pooling", "lora_r", "lora_targets", "text_lr", "batch_items", "max_length",
-                 "standardize")
+_ONEPASS_TEXT = ("text_model", "tune", "pooling", "lora_r", "lora_targets", "text_lr", "max_length", "standardize")
 
 
 def _onepass_reads(config: dict[str, Any]) -> tuple[str, ...]:
     onepass = _section(config, "filter.onepass") or {}
     text = onepass.get("encoder") == "text"
-    if text:  # the text path always batches by items
-        unread = ("-filter.onepass.batching",)
-    else:
-        unread = tuple(f"-filter.onepass.{k}" for k in _ONEPASS_TEXT
-                       if not (k == "batch_items" and onepass.get("batching") == "items"))
+    # the text path always batches by items; the vector path does with batching=items
+    by_items = text or onepass.get("batching") == "items"
+    unread = [] if text else [f"-filter.onepass.{k}" for k in _ONEPASS_TEXT]
+    unread += ["-filter.onepass.batching"] if text else []
+    unread += [] if by_items else ["-filter.onepass.batch_items"]
     return ("filter.onepass", "filter.text_model", "filter.index", *unread)
 
 
