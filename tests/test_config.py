@@ -61,7 +61,7 @@ def test_every_setting_with_a_choice_or_range_declares_its_check():
     from coldllm.config import RunConfig
 
     free = {"data.timestamp_field", "content.model", "filter.file", "filter.normalize_users",
-            "update.weight_by_p_yes", "refiner.gradient_checkpointing", "baselines.params", "filter.collab", "filter.lm", "refiner.template",
+            "update.weight_by_p_yes", "refiner.gradient_checkpointing", "refiner.center", "baselines.params", "filter.collab", "filter.lm", "refiner.template",
             "refiner.lora", "refiner.vllm"}  # refiner.vllm: vllm.LLM's own arguments, checked by vllm
     missing = []
     for section in dataclasses.fields(RunConfig):

@@ -6,6 +6,7 @@ child replaces ``os.replace``, which every artifact write ends with), or, where 
 needed, an exception raised from a hook in this process. Tiny data, the tiny in-process Llama.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from coldllm.config import load_config
+from coldllm.funnel.guard import reference_pairs
 from coldllm.pipeline import Run, run_all
 from conftest import make_tiny_llm
 from test_cli import write_project
@@ -159,8 +161,8 @@ def test_finetune_resumes_its_checkpoint_and_never_another_settings(project, tmp
 
 
 def test_simulation_killed_after_a_shard_ends_as_a_clean_run(project, tmp_path, monkeypatch):
-    """Killed after its first shard, resumed with the same settings it judges only the rest; killed
-    again and resumed with more candidates per item, it holds exactly the new candidates' verdicts."""
+    """Killed after its first shard, resumed with the same settings it judges only the rest (of the
+    candidates and the reference pairs that centre them); killed again and resumed with more candidates per item, it holds exactly the new candidates' verdicts."""
     stages = "--stages=[prepare, train, filter, finetune, simulate]"
     runs, clean = tmp_path / "runs", tmp_path / "clean"
     start_from_base(project, runs)
@@ -173,8 +175,13 @@ def test_simulation_killed_after_a_shard_ends_as_a_clean_run(project, tmp_path, 
     run_all(Run(config(project, runs, stages)))
     simulated = pd.read_parquet(runs / "tiny" / "simulate" / "simulated.parquet")
     candidates = pd.read_parquet(runs / "tiny" / "filter" / "candidates.parquet")
-    shard_pairs = candidates.groupby("user").size().sort_index().to_numpy()[:5].sum()
-    assert len(simulated) == len(candidates) and sum(judged) == len(candidates) - shard_pairs
+    # the shards hold the candidates and the reference users' pairs that centre them; the guard was
+    # fitted before the kill, so only the unfinished shards are judged
+    guard = json.loads((runs / "tiny" / "serve" / "guard.json").read_text())
+    pairs = pd.concat([candidates[["user", "item"]], reference_pairs(candidates["item"].to_numpy(), guard["users"])])
+    pairs = pairs.drop_duplicates(["user", "item"])
+    shard_pairs = pairs.groupby("user").size().sort_index().to_numpy()[:5].sum()
+    assert len(simulated) == len(candidates) and sum(judged) == len(pairs) - shard_pairs
 
     new = (stages, "--filter.k=6")
     with monkeypatch.context() as patch:

@@ -32,6 +32,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from coldllm.cli import app as cli  # noqa: E402
 from coldllm.backbones import load_backbone  # noqa: E402
+from coldllm.funnel.guard import centered  # noqa: E402
 from coldllm.funnel.update_stage import content_prior, predicted_popularity  # noqa: E402
 from coldllm.layout import RunLayout  # noqa: E402
 from coldllm.funnel.update import item_depths, knn_prior, prior_candidates  # noqa: E402
@@ -515,10 +516,27 @@ def test_the_language_model_judges_guard_refuses_a_steering_text(tmp_path, tiny_
                        f"--refiner.model={tiny_llm_dir}", "--refiner.train_users=8", "--refiner.eval_users=4",
                        "--refiner.lora={epochs: 1, batch_size: 4}", "--refiner.guard_users=4",
                        "--refiner.guard_items=6", "--stages=[prepare, train, filter, finetune, simulate, update]")
+    guard_file = run / "serve" / "guard.json"
+    assert guard_file.exists()  # the simulation centred its verdicts on the same reference users
+    fitted = guard_file.stat().st_mtime_ns
     service = OnlineService(run)
     try:
-        guard_file = run / "serve" / "guard.json"
-        assert service.guard is not None and guard_file.exists() and len(service.guard.users) == 4
+        assert service.guard is not None and len(service.guard.users) == 4
+        assert guard_file.stat().st_mtime_ns == fitted  # loaded, not fitted again
+        # one of the run's cold items judged by the service as the simulation judged it: the same
+        # offset, the same centred P(Yes), the same verdicts
+        simulated = pd.read_parquet(RunLayout(run).simulated)
+        item = int(simulated["item"].iloc[0])
+        rows = simulated[simulated["item"] == item]
+        text, vector = service.data.item_text[item], service.content[item]
+        (offset,) = service.guard.offsets(service.judge.p_yes_matrix, [text], vector[None])
+        np.testing.assert_allclose(rows["offset"], offset, atol=1e-4)
+        p_raw, _ = service.judge.verdicts(rows["user"].to_numpy(), text, vector)
+        np.testing.assert_allclose(rows["p_raw"], p_raw, atol=1e-4)
+        p_yes, accepted = centered(p_raw, offset, service.judge.threshold)
+        np.testing.assert_allclose(rows["p_yes"], p_yes, atol=1e-4)
+        clear = np.abs(rows["p_raw"].to_numpy() - offset - service.judge.threshold) > 1e-3  # not on the line
+        assert (rows["accepted"].to_numpy() == accepted)[clear].all()
         text = "graph networks paper 999"
         vector = service.encoder.encode([text])
         users = np.array(service.guard.users)
@@ -534,9 +552,13 @@ def test_the_language_model_judges_guard_refuses_a_steering_text(tmp_path, tiny_
         service.guard.z = z + 1.0
         (added,) = service.add([NewItem(id="steer", text=text)])
         assert added.item.id == "steer"
+        # what is stored is the centred verdict
+        (offset,) = service.guard.offsets(service.judge.p_yes_matrix, [text], vector)
+        users = np.array([service.user_index(u) for u in added.item.users])
+        expected, _ = centered(service.judge.verdicts(users, text, vector[0])[0], offset, service.judge.threshold)
+        np.testing.assert_allclose(added.item.p_yes, expected, atol=1e-4)
     finally:
         service.close()
-    fitted = guard_file.stat().st_mtime_ns
     again = OnlineService(fresh(run))  # the saved guard is loaded, not fitted again
     try:
         assert guard_file.stat().st_mtime_ns == fitted and again.guard.users == service.guard.users

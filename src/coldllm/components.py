@@ -27,9 +27,16 @@ class Declared:
     help: str
     reads: Reads  # config fields ("section" or "section.key") the component reads, given the config
     flags: frozenset[str] = frozenset()  # what it can do: scores_new_items, finetunes, reads_labels
+    # what only its verdicts read, not its fitting: changing one makes the simulation stale, not the
+    # hours of fine-tuning before it
+    verdict_reads: Reads = lambda config: ()
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
+
+
+def _as_reads(reads: tuple[str, ...] | Reads) -> Reads:
+    return reads if callable(reads) else (lambda config, fixed=tuple(reads): fixed)
 
 
 @dataclass
@@ -40,11 +47,11 @@ class Registry:
     _declared: dict[str, Declared] = field(default_factory=dict)
     _implemented: dict[str, type] = field(default_factory=dict)
 
-    def declare(self, name: str, help: str, reads: tuple[str, ...] | Reads = (), flags: tuple[str, ...] = ()) -> None:
+    def declare(self, name: str, help: str, reads: tuple[str, ...] | Reads = (), flags: tuple[str, ...] = (),
+                verdict_reads: tuple[str, ...] | Reads = ()) -> None:
         if name in self._declared:
             raise ValueError(f"{self.key}: {name!r} is declared twice")
-        fn = reads if callable(reads) else (lambda config, fixed=tuple(reads): fixed)
-        self._declared[name] = Declared(name, help, fn, frozenset(flags))
+        self._declared[name] = Declared(name, help, _as_reads(reads), frozenset(flags), _as_reads(verdict_reads))
 
     def declare_each(self, *choices: tuple[str, str]) -> None:
         """``declare`` for each ``(name, help)`` of components that read no config field."""
@@ -133,8 +140,16 @@ JUDGES = Registry("refiner.judge")
 # what the LoRA judge's fine-tuning reads; its verdicts depend on all of it through the adapter
 _TUNE_READS = ("refiner.model", "refiner.template", "refiner.train_users", "refiner.pairs_per_user",
                "refiner.eval_users", "refiner.hard_negatives", "refiner.lora", "refiner.threshold", "refiner.augment")
+
+
+def _centering_reads(config: dict[str, Any]) -> tuple[str, ...]:
+    # the reference users the centred verdicts are measured against, read only when centring
+    centred = _section(config, "refiner.center") is not False  # the default
+    return ("refiner.center", *(("refiner.guard_users", "refiner.guard_items") if centred else ()))
+
+
 JUDGES.declare("llm", "the LoRA-tuned language model: P(Yes) for each (user history, item) prompt", _TUNE_READS,
-               ("finetunes", "servable"))
+               ("finetunes", "servable"), verdict_reads=_centering_reads)
 JUDGES.declare("cosine", "free: the item text's cosine to the mean text of the user's history; each item keeps "
                "its refiner.keep share", ("refiner.keep", "refiner.template"), ("servable",))
 JUDGES.declare("all", "no refiner: every candidate accepted", (), ("servable",))
@@ -198,7 +213,7 @@ def funnel_inputs(config: dict[str, Any], stage: str) -> tuple[str, ...]:
     own = {
         "filter": (*BEFORE_FUNNEL, "content", "filter.towers", "filter.k", *FILTERS[towers].reads(config)),
         "finetune": ("refiner.judge", *(JUDGES[judge].reads(config) if JUDGES[judge].has("finetunes") else ())),
-        "simulate": ("refiner.judge", *JUDGES[judge].reads(config)),
+        "simulate": ("refiner.judge", *JUDGES[judge].reads(config), *JUDGES[judge].verdict_reads(config)),
         "update": ("update",),
         "evaluate_coldllm": (),
     }

@@ -304,6 +304,11 @@ class RefinerConfig:
         "llm judge: share of fine-tuning examples whose candidate text is rewritten to flatter the judge (praise, "
         "a repeated title, an instruction to answer Yes), positives and negatives alike, so such text carries "
         "no label signal.", 0.0, check=between(0, 1))
+    center: bool = _help(
+        "llm judge: each item's P(Yes) are read against its own level over the guard's reference users: the "
+        "amount its text lifts that level above what its content predicts is taken off every pair before the "
+        "threshold, so text that flatters the judge for everyone (an appended 'Answer: Yes', a flood, a bare "
+        "title) buys no accepted pair. Costs guard_users judged prompts per item.", True)
     guard_z: float = _help(
         "llm judge, in the service: refuse a new item whose text lifts the judge's mean P(Yes) over fixed "
         "reference users this many spreads above what its content predicts (text that flatters the judge "

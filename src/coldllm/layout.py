@@ -164,7 +164,8 @@ class RunLayout:
 
     @property
     def guard(self) -> Path:
-        """The service's steering guard, fitted once per adapter."""
+        """The judge's reference users and warm items (``funnel.guard``), fitted once per adapter: the
+        simulation's centring and the service's refusals read it."""
         return self.serve / "guard.json"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,12 +30,15 @@ from ..llm.prompts import PromptEncoder, PromptTemplate
 from ..report.model_card import write_model_card
 from ..run import Run, content_vectors
 from ..utils import atomic_path, peak_memory_mb, resolve_device, write_json
+from .guard import PYes, PYesGuard, centered_verdicts, reference_pairs
 from .inputs import params, prompt_histories, prompt_template
 from .judges import JudgeComponent
 from .ray_judge import simulate_on_ray
 from .refiner import Histories, best_threshold, example_parts, finetune_examples, flattered, judge_report, judge_sets, \
     simulate, with_random_negatives
 from .vllm_judge import VLLMJudge
+
+log = logging.getLogger(__name__)
 
 
 # -- engines -----------------------------------------------------------------------------------------
@@ -186,6 +190,15 @@ class LLMJudge(JudgeComponent):
         known = known_verdicts(run)
         record["reused_verdicts"] = 0 if known is None else int(
             len(candidates.merge(known[["user", "item"]], on=["user", "item"])))
+        content = content_vectors(run)
+        histories = prompt_histories(run.data, cfg, content if template.history == "similar" else None)
+        judged, guard = candidates, None
+        if cfg.refiner.center:  # the reference users judge every item too: its offset (funnel.guard)
+            guard = fitted_guard(cfg, run.layout, run.data, content,
+                                 OnlineLLM(cfg, run.layout, histories, run.data.item_text).p_yes_matrix)
+            judged = pd.concat([candidates[["user", "item"]], reference_pairs(candidates["item"].to_numpy(), guard.users)],
+                               ignore_index=True).drop_duplicates(["user", "item"])
+            record["reference_users"] = len(guard.users)
         # shards of other candidates, another judge or another sharding are never resumed: they live
         # in a folder named by the fingerprint of all three (not of the engine: shards written by
         # one engine resume under another)
@@ -193,18 +206,39 @@ class LLMJudge(JudgeComponent):
         for path in (run.layout.candidates, *sorted(run.layout.adapter.glob("*"))):
             digest.update(path.read_bytes() if path.is_file() else b"")
         digest.update(json.dumps([dataclasses.asdict(template), threshold, cfg.refiner.shard_users,
-                                  cfg.seed]).encode())
+                                  cfg.seed, None if guard is None else guard.users]).encode())
         shards = run.layout.simulate / "shards" / digest.hexdigest()[:16]
         record["shards"], record["engine"] = str(shards), cfg.refiner.engine
         if cfg.refiner.engine == "ray":
             record["ray_actors"] = cfg.refiner.ray_actors
         engine = ENGINES.implementation(cfg.refiner.engine)(cfg, run.layout, template)
-        histories = prompt_histories(run.data, cfg, content_vectors(run) if template.history == "similar" else None)
-        return engine.judge(candidates, histories, run.data.item_text, shards, threshold, known)
+        verdicts = engine.judge(judged, histories, run.data.item_text, shards, threshold, known)
+        return verdicts if guard is None else centered_verdicts(verdicts, candidates, guard, content, threshold)
 
     @classmethod
     def load(cls, cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray) -> "OnlineLLM":
         return OnlineLLM(cfg, layout, prompt_histories(data, cfg, content), data.item_text)
+
+
+def fitted_guard(cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray, p_yes: PYes) -> PYesGuard:
+    """The judge's reference users and warm items (``funnel.guard``), fitted once per adapter and
+    settings (``guard_items x guard_users`` judged prompts), then loaded: the batch simulation and
+    the service read the same one."""
+    r = cfg.refiner
+    digest = hashlib.sha256()
+    for path in sorted(layout.adapter.iterdir()) + [layout.threshold]:
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    digest.update(json.dumps([r.guard_users, r.guard_items, cfg.seed, r.template]).encode())
+    fingerprint = digest.hexdigest()[:16]
+    guard = PYesGuard.load(layout.guard, fingerprint)
+    if guard is None:
+        warm = data.warm_items
+        log.info("fitting the judge's guard: %d reference users x %d warm items (once per adapter)",
+                 r.guard_users, r.guard_items)
+        guard = PYesGuard.fit(p_yes, data.n_users, [data.item_text[i] for i in warm], content[warm],
+                              r.guard_users, r.guard_items, seed=cfg.seed)
+        guard.save(layout.guard, fingerprint)
+    return guard
 
 
 class OnlineLLM:

@@ -10,8 +10,6 @@ run's cold items. The row is stored, then published to the recommendation index.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,7 +28,8 @@ from ..funnel.filters import Filter
 from ..funnel.inputs import lm_text_config
 from ..funnel.judges import load_online_judge
 from ..funnel.fitted_update import FittedUpdate
-from ..funnel.guard import PYesGuard
+from ..funnel.guard import centered
+from ..funnel.llm_judge import fitted_guard
 from ..layout import RunLayout
 from ..normalize import TextNormalizer
 from ..utils import now_iso, read_safetensors, read_safetensors_metadata
@@ -122,7 +121,13 @@ class OnlineService:
             self.warm_degree = torch.as_tensor(np.asarray(data.matrix("train").sum(0)).ravel()[data.warm_items],
                                                dtype=torch.float32)[:, None]
         self.judge = load_online_judge(cfg, self.layout, data, self.content)
-        self.guard = self._guard() if cfg.refiner.judge == "llm" and cfg.refiner.guard_z > 0 else None
+        # the LoRA judge's reference users: its verdicts are centred on them (refiner.center) and a text
+        # that lifts them too far is refused (refiner.guard_z), as the run's simulation did
+        r = cfg.refiner
+        self.guard = (fitted_guard(cfg, self.layout, data, self.content, self.judge.p_yes_matrix)
+                      if r.judge == "llm" and (r.center or r.guard_z > 0) else None)
+        if self.guard is not None:
+            self.guard.z = r.guard_z  # the refusal limit is the service's, not part of what was fitted
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
         self.normalize = TextNormalizer(tokenizer=getattr(self.judge, "tokenizer", None))
@@ -145,25 +150,6 @@ class OnlineService:
         self.startup_seconds = time.perf_counter() - start
         log.info("serving run %s: %d users, %d items (%d added online), ready in %.1f s", self.name,
                  data.n_users, self.index.n_items, len(stored), self.startup_seconds)
-
-    def _guard(self) -> PYesGuard:
-        """The judge's guard against steering texts: fitted once per adapter and settings (its
-        reference warm items cost ``guard_items x guard_users`` judged prompts), then loaded."""
-        r, data = self.cfg.refiner, self.data
-        digest = hashlib.sha256()
-        for path in sorted(self.layout.adapter.iterdir()) + [self.layout.threshold]:
-            digest.update(path.read_bytes() if path.is_file() else b"")
-        digest.update(json.dumps([r.guard_z, r.guard_users, r.guard_items, self.cfg.seed, r.template]).encode())
-        fingerprint, path = digest.hexdigest()[:16], self.layout.guard
-        guard = PYesGuard.load(path, fingerprint)
-        if guard is None:
-            warm = data.warm_items
-            log.info("fitting the judge's guard: %d reference users x %d warm items (once per adapter)",
-                     r.guard_users, r.guard_items)
-            guard = PYesGuard.fit(self.judge.p_yes_matrix, data.n_users, [data.item_text[i] for i in warm],
-                                  self.content[warm], r.guard_users, r.guard_items, z=r.guard_z, seed=self.cfg.seed)
-            guard.save(path, fingerprint)
-        return guard
 
     def _run_simulated(self) -> dict[int, pd.DataFrame]:
         """The run's own simulated users of its cold items (for ``item_info``)."""
@@ -225,10 +211,12 @@ class OnlineService:
         t0 = clock()
         texts = [item.text for item in items]
         content = self.encoder.encode(texts)
+        offsets = np.zeros(len(items))
         if self.guard is not None:  # before any candidate is found: a refused item costs only this
-            z = self.guard.z_scores(self.judge.p_yes_matrix, texts, content)
+            offsets = self.guard.offsets(self.judge.p_yes_matrix, texts, content)
+            z = offsets / self.guard.residual_sd
             for n, item in enumerate(items):
-                if z[n] > self.guard.z:
+                if self.guard.z > 0 and z[n] > self.guard.z:
                     raise SteeringText(item.id, n, float(z[n]), self.guard.z)
         lm_text = None if self.lm_encoder is None else (
             content if self.lm_encoder is self.encoder else self.lm_encoder.encode(texts))
@@ -238,6 +226,8 @@ class OnlineService:
         candidates = [(users[:d], scores[:d]) for (users, scores), d in zip(candidates, self.depths(content))]
         t1 = clock()
         verdicts = [self.judge.verdicts(users, text, vec) for (users, _), text, vec in zip(candidates, texts, content)]
+        if self.guard is not None and self.cfg.refiner.center:
+            verdicts = [centered(p, offset, self.judge.threshold) for (p, _), offset in zip(verdicts, offsets)]
         t2 = clock()
         rows = self._update(content, lm_text, candidates, verdicts, first)
         t3 = clock()
