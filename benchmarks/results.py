@@ -516,7 +516,8 @@ def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None) -
         spread = lambda block, m: f" ± {block[m + '_std']:.4f}" if several and f"{m}_std" in block else ""  # noqa: E731
         cold, val = e.get("cold", {}), _get(e, "val", "cold") or {}
         lines.append(("| " + dataset + " " if dataset else "") +
-                     f"| {doc['backbone']} | `{method}` | {_reader(e)} | {len(e.get('seeds', [])) or 1} "
+                     f"| {doc['backbone']} | `{method}`{'' if on_files_backbone(doc, method) else ' (earlier backbone)'} "
+                     f"| {_reader(e)} | {len(e.get('seeds', [])) or 1} "
                      f"| {_fmt(val.get('ndcg@20'))}{spread(val, 'ndcg@20')} "
                      f"| {_fmt(cold.get('recall@20'))}{spread(cold, 'recall@20')} "
                      f"| {_fmt(cold.get('ndcg@20'))}{spread(cold, 'ndcg@20')} | {e.get('seconds', '-')} "

@@ -197,7 +197,7 @@ def test_the_default_compares_rows_on_the_seeds_they_share(tmp_path):
 
 
 def test_a_row_on_an_earlier_backbone_is_never_the_default_nor_the_best_mapping(tmp_path):
-    from results import across_datasets_table, load_docs, render_table
+    from results import across_datasets_table, load_docs, render_table, text_encoder_table
 
     path = tmp_path / "mf.json"
     now, before = {"backbone": {"model": "mf", "init": "spectral"}}, {"backbone": {"model": "mf"}}
@@ -212,6 +212,10 @@ def test_a_row_on_an_earlier_backbone_is_never_the_default_nor_the_best_mapping(
     assert next(line for line in table if line.startswith("| strongest content mapping")).endswith("`clcrec` |")
     text = render_table(tmp_path)
     assert "| mf | coldllm-cosine (earlier backbone) |" in text and "| mf | onepass |" in text
+    record_method(path, dataset="toy", split="random", backbone="mf", method="onepass-minilm-tuned",
+                  metrics=metrics(0.1), config=now, extra={"val": metrics(0.1)}, commit="c")
+    readers = "\n".join(text_encoder_table(load_docs(tmp_path)))  # the text readers' table says so too
+    assert "| mf | `coldllm-cosine` (earlier backbone) |" in readers and "| mf | `onepass` |" in readers
     # a field recorded before it existed counts at its default: the same backbone
     record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm-lm", metrics=metrics(0.5),
                   config={"backbone": {"model": "mf", "init": "spectral", "lr_decay": 1.0}},

@@ -79,7 +79,8 @@ def stage_inputs(config: dict[str, Any], stage: str) -> dict[str, Any]:
 # Settings added with a default that changed what a stage makes, and the value that stands for the
 # behaviour before them: a stage recorded without the setting ran under that value, so it is stale
 # under the new default.
-ADDED_WITH_NEW_BEHAVIOUR = {("update", "val_candidates"): "cold", ("update", "min_gain_se"): 0.0}
+ADDED_WITH_NEW_BEHAVIOUR = {("update", "val_candidates"): "cold", ("update", "min_gain_se"): 0.0,
+                            ("refiner", "center"): False}
 
 
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
