@@ -5,7 +5,8 @@ own prior and accepted pairs, at several candidate depths (fixed, or scaled by p
         --towers coupled --depths 20 50 100
 
 ``val`` is what the update selects on (``update.val_candidates``), ``val_every_cold`` validation
-ranked over every cold item, as the test is. It reads test labels at every step, so it is never a
+ranked over every cold item, as the test is, ``val_blind`` over every cold item but the test part's
+(``update.val_candidates: blind``), ``test_taken`` the test without the cold items nobody took. It reads test labels at every step, so it is never a
 way to choose anything: it shows whether what the update's early stop sees on validation holds on
 test. Rows go to
 ``results/<dataset>/update-curve.json``, each with its config, commit and date.
@@ -24,7 +25,8 @@ import pandas as pd
 from coldllm.backbones import load_backbone
 from coldllm.config import load_config, to_dict
 from coldllm.evaluate import Evaluator, subset_scorer
-from coldllm.funnel.update_stage import chosen_prior, cold_validation, predicted_popularity, within_depth
+from coldllm.funnel.update_stage import chosen_prior, cold_validation, predicted_popularity, validation_candidates, \
+    within_depth
 from coldllm.funnel.update import FastParams, fit_cold_rows, item_depths
 from coldllm.pipeline import Run
 from coldllm.utils import git_commit, now_iso
@@ -48,8 +50,12 @@ def main() -> None:
     user_emb, item_emb = load_backbone(run.layout.backbone, data).embeddings()
     evaluators = {s: Evaluator(data, s, [20], settings=("cold",)) for s in ("val", "test")}
 
-    def ndcg(items, split: str) -> float:
-        return evaluators[split].evaluate(subset_scorer(user_emb, items, data.cold_items))["cold"]["ndcg@20"]
+    def ndcg(items, split: str, among: np.ndarray = data.cold_items) -> float:
+        return evaluators[split].evaluate(subset_scorer(user_emb, items, among))["cold"]["ndcg@20"]
+
+    blind = validation_candidates(data, "blind")
+    # the cold items some held-out part names: the test without the items nobody took
+    taken = np.union1d(validation_candidates(data, "split"), data.matrix("cold_test").indices)
 
     own = cold_validation(run, user_emb, "cpu")  # what the update selects on (update.val_candidates)
     _, prior, _ = chosen_prior(run, user_emb, item_emb, lambda items: float(own(items).mean()))
@@ -70,7 +76,8 @@ def main() -> None:
 
             def both(items):
                 curve.append({"val": float(own(items).mean()), "val_every_cold": ndcg(items, "val"),
-                              "test": ndcg(items, "test")})
+                              "val_blind": ndcg(items, "val", blind), "test": ndcg(items, "test"),
+                              "test_taken": ndcg(items, "test", taken)})
                 return curve[-1]["val"]
 
             fit_cold_rows(user_emb, item_emb, prior, data.cold_items, pairs, params, validate=both)

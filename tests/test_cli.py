@@ -134,23 +134,3 @@ def test_a_new_setting_at_its_default_keeps_finished_stages(tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     assert Run(load_config(cfg_path)).done("train")
     assert not Run(load_config(cfg_path, ["--data.sample_users=5"])).done("train")  # a real change still counts
-
-
-def test_a_judge_recorded_before_centring_is_stale_under_it():
-    """refiner.center came with a default (on) that changes the LoRA judge's verdicts: a simulation
-    recorded without the setting ran uncentred, so it is stale; the judges that never read it are not."""
-    from coldllm.components import funnel_inputs
-    from coldllm.config import RunConfig, to_dict
-    from coldllm.run import with_defaults
-
-    recorded = to_dict(RunConfig())
-    del recorded["refiner"]["center"]  # as written before the setting existed
-    assert with_defaults(recorded)["refiner"]["center"] is False
-    now = to_dict(RunConfig())
-    assert now["refiner"]["center"] is True
-    llm = funnel_inputs({**now, "refiner": {**now["refiner"], "judge": "llm"}}, "simulate")
-    assert {"refiner.center", "refiner.guard_users", "refiner.guard_items"} <= set(llm)
-    assert "refiner.guard_users" not in funnel_inputs({**now, "refiner": {**now["refiner"], "judge": "llm",
-                                                                         "center": False}}, "simulate")
-    assert "refiner.center" not in funnel_inputs({**now, "refiner": {**now["refiner"], "judge": "cosine"}}, "simulate")
-    assert "refiner.center" not in funnel_inputs({**now, "refiner": {**now["refiner"], "judge": "llm"}}, "finetune")

@@ -188,6 +188,28 @@ def test_a_run_recorded_before_a_setting_that_changed_behaviour_is_stale():
     assert with_defaults(recorded)["update"]["val_candidates"] == "cold"
 
 
+def test_a_judge_recorded_before_centring_is_stale_under_it():
+    """refiner.center came with a default (on) that changes the LoRA judge's verdicts: a simulation
+    recorded without it ran uncentred and is redone, its fine-tuning is not; the judges that never
+    read it are untouched, and the reference users' settings count only while centring."""
+    def llm(**refiner):
+        config = to_dict(RunConfig())
+        config["refiner"].update(judge="llm", **refiner)
+        return config
+
+    recorded = llm()
+    del recorded["refiner"]["center"]
+    assert with_defaults(recorded)["refiner"]["center"] is False
+    current = with_defaults(llm())
+    assert stage_inputs(with_defaults(recorded), "simulate") != stage_inputs(current, "simulate")
+    assert stage_inputs(with_defaults(recorded), "finetune") == stage_inputs(current, "finetune")
+    assert {"refiner.center", "refiner.guard_users", "refiner.guard_items"} <= set(funnel_inputs(current, "simulate"))
+    assert "refiner.guard_users" not in funnel_inputs(llm(center=False), "simulate")
+    cosine = to_dict(RunConfig())
+    cosine["refiner"]["judge"] = "cosine"
+    assert "refiner.center" not in funnel_inputs(cosine, "simulate")
+
+
 def test_every_declared_name_has_its_implementation_and_no_other():
     from coldllm import components
     from coldllm.backbones import BACKBONES

@@ -326,3 +326,21 @@ def test_the_saved_choices_remake_the_runs_cold_rows(tmp_path):
     (run.layout.update_choices).write_text("{not json")
     with pytest.raises(Exception, match=r"update\.json: damaged update choices"):
         FittedUpdate.load(run.layout.update_choices)
+
+
+def test_blind_validation_ranks_what_the_test_ranks_against_without_the_test_items():
+    """Cold items 2-5: validation names 2 and 3, test names 4, nobody took 5. split ranks the
+    validation items, blind adds the item nobody took (the test ranks against it too), cold all."""
+    import scipy.sparse as sp
+    from types import SimpleNamespace
+
+    from coldllm.funnel.update_stage import validation_candidates
+
+    def part(items):
+        return sp.csr_matrix((np.ones(len(items)), (np.zeros(len(items), int), items)), shape=(1, 6))
+
+    data = SimpleNamespace(cold_items=np.array([2, 3, 4, 5]),
+                           matrix=lambda name: {"cold_val": part([2, 3, 3]), "cold_test": part([4])}[name])
+    assert validation_candidates(data, "split").tolist() == [2, 3]
+    assert validation_candidates(data, "blind").tolist() == [2, 3, 5]
+    assert validation_candidates(data, "cold").tolist() == [2, 3, 4, 5]

@@ -345,9 +345,11 @@ class UpdateConfig:
                            check=one_of("cold", "overall", "warm"))
     val_candidates: str = _help(
         "fast, select_on cold: the items cold validation ranks. split: only the validation part's own cold "
-        "items; cold: every cold item (the reported protocol). With cold, a state that lifts validation items "
-        "over test items scores higher on validation and lower on test, so the update's choices (prior, depth, "
-        "step) are made with split.", "split", check=one_of("split", "cold"))
+        "items; blind: those and every cold item no held-out part names (catalogue items nobody took, which the "
+        "test ranks against too), without the test part's; cold: every cold item (the reported protocol). With "
+        "cold, a state that lifts validation items over test items scores higher on validation and lower on "
+        "test, so the update's choices (prior, depth, step) are made with split or blind.", "split",
+        check=one_of("split", "blind", "cold"))
     min_gain_se: float = _help(
         "fast: the update's chosen state replaces its prior only when its gain in validation score over the "
         "prior's, paired per validation user, is above this many standard errors; otherwise the prior is kept "

@@ -70,20 +70,30 @@ def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
     return best, candidates[best], scores
 
 
+def validation_candidates(data, among: str) -> np.ndarray:
+    """The items cold validation ranks (``update.val_candidates``)."""
+    if among == "cold":
+        return data.cold_items
+    if among == "split":
+        return np.unique(data.matrix("cold_val").indices)
+    # blind: every cold item but the test part's, so items with no held-out user compete as in the test
+    return np.setdiff1d(data.cold_items, data.matrix("cold_test").indices)
+
+
 def cold_validation(run: Run, user_emb: torch.Tensor, device) -> Callable[[torch.Tensor], np.ndarray]:
     """``items -> per-user validation metric`` (``eval.metric``, setting ``update.select_on``) of a
     table of item rows scored against the backbone's users.
 
     With ``select_on: cold`` the ranking holds ``update.val_candidates``: the validation part's own
-    cold items (``split``) or every cold item. Only with ``split`` is the score blind to where test
-    items rank, which a choice made on validation must be: with every cold item a state that lowers
-    test items lifts validation.
+    cold items (``split``), those and the cold items no held-out part names (``blind``), or every
+    cold item. Only without the test part's items is the score blind to where test items rank, which
+    a choice made on validation must be: with every cold item a state that lowers test items lifts
+    validation.
     """
     cfg, data = run.cfg, run.data
     setting, metric = cfg.update.select_on, cfg.eval.metric
     validator = Evaluator(data, "val", cfg.eval.ks, cfg.eval.batch_size, settings=(setting,))
-    among = (np.unique(data.matrix("cold_val").indices) if cfg.update.val_candidates == "split"
-             else data.cold_items)
+    among = validation_candidates(data, cfg.update.val_candidates)
 
     def per_user(items: torch.Tensor) -> np.ndarray:
         scorer = (subset_scorer(user_emb, items, among) if setting == "cold" else embedding_scorer(user_emb, items))
