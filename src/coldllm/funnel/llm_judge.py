@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -194,8 +194,9 @@ class LLMJudge(JudgeComponent):
         histories = prompt_histories(run.data, cfg, content if template.history == "similar" else None)
         judged, guard = candidates, None
         if cfg.refiner.center:  # the reference users judge every item too: its offset (funnel.guard)
+            # a second copy of the model only when the guard has not been fitted for this adapter yet
             guard = fitted_guard(cfg, run.layout, run.data, content,
-                                 OnlineLLM(cfg, run.layout, histories, run.data.item_text).p_yes_matrix)
+                                 lambda: OnlineLLM(cfg, run.layout, histories, run.data.item_text).p_yes_matrix)
             judged = pd.concat([candidates[["user", "item"]], reference_pairs(candidates["item"].to_numpy(), guard.users)],
                                ignore_index=True).drop_duplicates(["user", "item"])
             record["reference_users"] = len(guard.users)
@@ -220,10 +221,11 @@ class LLMJudge(JudgeComponent):
         return OnlineLLM(cfg, layout, prompt_histories(data, cfg, content), data.item_text)
 
 
-def fitted_guard(cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray, p_yes: PYes) -> PYesGuard:
+def fitted_guard(cfg: RunConfig, layout: RunLayout, data: ColdStartData, content: np.ndarray,
+                 judge: Callable[[], PYes]) -> PYesGuard:
     """The judge's reference users and warm items (``funnel.guard``), fitted once per adapter and
     settings (``guard_items x guard_users`` judged prompts), then loaded: the batch simulation and
-    the service read the same one."""
+    the service read the same one. ``judge()`` gives the P(Yes) function, asked only to fit."""
     r = cfg.refiner
     digest = hashlib.sha256()
     for path in sorted(layout.adapter.iterdir()) + [layout.threshold]:
@@ -235,7 +237,7 @@ def fitted_guard(cfg: RunConfig, layout: RunLayout, data: ColdStartData, content
         warm = data.warm_items
         log.info("fitting the judge's guard: %d reference users x %d warm items (once per adapter)",
                  r.guard_users, r.guard_items)
-        guard = PYesGuard.fit(p_yes, data.n_users, [data.item_text[i] for i in warm], content[warm],
+        guard = PYesGuard.fit(judge(), data.n_users, [data.item_text[i] for i in warm], content[warm],
                               r.guard_users, r.guard_items, seed=cfg.seed)
         guard.save(layout.guard, fingerprint)
     return guard

@@ -124,7 +124,7 @@ class OnlineService:
         # the LoRA judge's reference users: its verdicts are centred on them (refiner.center) and a text
         # that lifts them too far is refused (refiner.guard_z), as the run's simulation did
         r = cfg.refiner
-        self.guard = (fitted_guard(cfg, self.layout, data, self.content, self.judge.p_yes_matrix)
+        self.guard = (fitted_guard(cfg, self.layout, data, self.content, lambda: self.judge.p_yes_matrix)
                       if r.judge == "llm" and (r.center or r.guard_z > 0) else None)
         if self.guard is not None:
             self.guard.z = r.guard_z  # the refusal limit is the service's, not part of what was fitted
