@@ -757,8 +757,8 @@ def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:
         if level is not None:
             ax.axhline(level, linestyle="--", color="gray", label="knn (content prior alone)")
         for method, marker in zip(REAL_JUDGES, "*sD"):  # the real judges, where the curve would put them
-            entry = doc["methods"].get(method) if on_files_backbone(doc, method) else None
-            if entry is not None and _accepted_precision(entry):
+            entry = doc["methods"].get(method)
+            if entry is not None and on_files_backbone(doc, method) and _accepted_precision(entry):
                 ax.scatter([_accepted_precision(entry)], [entry["cold"]["recall@20"]], marker=marker, s=90,
                            color="crimson", edgecolors="black", zorder=3, label=f"{method}: {REAL_JUDGES[method]}")
         ax.set_xscale("log")

@@ -48,10 +48,13 @@ def test_funnel_statistics_get_their_own_table(tmp_path):
 
 def test_oracle_rows_get_their_own_table_and_plot(tmp_path):
     path = tmp_path / "mf.json"
-    record_method(path, dataset="toy", split="random", backbone="mf", method="knn", metrics=metrics(0.3), config={})
+    # a file with a backbone row and none of the real judges' rows the plot marks
+    mf = {"backbone": {"model": "mf"}}
+    record_method(path, dataset="toy", split="random", backbone="mf", method="backbone", metrics=metrics(0.0), config=mf)
+    record_method(path, dataset="toy", split="random", backbone="mf", method="knn", metrics=metrics(0.3), config=mf)
     funnel = {"simulate": {"refined_test": {"precision": 0.5, "coverage": 0.2}}}
     record_method(path, dataset="toy", split="random", backbone="mf", method="coldllm-oracle-r1-f0.5",
-                  metrics=metrics(0.4), config={}, extra={"funnel": funnel})
+                  metrics=metrics(0.4), config=mf, extra={"funnel": funnel})
     text = render_table(tmp_path)
     assert not any(line.startswith("| mf | coldllm-oracle") for line in text.splitlines())
     assert "| mf | r1-f0.5 | 0.5000 | 0.2000 | 0.4000 | 0.2000 | 0.3000 |" in text
