@@ -240,6 +240,28 @@ def test_known_verdicts_are_not_judged_again(tmp_path):
     np.testing.assert_allclose(part["p_yes"].iloc[[1, 2, 4]], full["p_yes"].iloc[[1, 2, 4]], atol=1e-6)
 
 
+def test_verdicts_reused_from_a_centred_simulation_are_the_judges_own(tmp_path):
+    """A centred simulation stores the centred P(Yes) as p_yes and the judge's own as p_raw: a run
+    that reuses its verdicts (refiner.verdicts_from) takes p_raw, which it centres itself."""
+    from types import SimpleNamespace
+
+    from coldllm.funnel.llm_judge import known_verdicts
+    from coldllm.layout import RunLayout
+
+    runs = tmp_path / "runs"
+    other, mine = RunLayout(runs / "other"), RunLayout(runs / "mine")
+    other.refiner.mkdir(parents=True)
+    mine.root.mkdir(parents=True)
+    mine.refiner.symlink_to(other.refiner)  # the same judge
+    other.simulated.parent.mkdir(parents=True)
+    pd.DataFrame({"user": [0, 1], "item": [5, 5], "p_yes": [0.1, 0.9], "p_raw": [0.3, 0.7], "offset": [0.2, -0.2],
+                  "accepted": [False, True]}).to_parquet(other.simulated)
+    run = SimpleNamespace(layout=mine, cfg=SimpleNamespace(runs_dir=str(runs), refiner=SimpleNamespace(verdicts_from=["other"])))
+    known = known_verdicts(run)
+    assert known.columns.tolist() == ["user", "item", "p_yes"]
+    np.testing.assert_allclose(known["p_yes"], [0.3, 0.7])
+
+
 def test_combined_judge_is_fitted_on_held_out_pairs_and_scores_candidates():
     """With P(Yes) flat on the candidates, the combined judge is a monotone function of the cosine
     there (same AUC); on held-out pairs whose label is the cosine it separates them cross-validated."""

@@ -114,7 +114,12 @@ def known_verdicts(run: Run) -> pd.DataFrame | None:
         path = RunLayout(other).simulated
         if not path.exists():
             raise ConfigError(f"refiner.verdicts_from: {path} not found (run its simulate stage first)")
-        frames.append(pd.read_parquet(path, columns=["user", "item", "p_yes"]))
+        # the judge's own P(Yes): a centred simulation keeps it as p_raw (its p_yes is read against
+        # the item's offset, which this run takes off again)
+        frame = pd.read_parquet(path)
+        if "p_raw" in frame:
+            frame = frame.drop(columns="p_yes").rename(columns={"p_raw": "p_yes"})
+        frames.append(frame[["user", "item", "p_yes"]])
     return pd.concat(frames, ignore_index=True).drop_duplicates(["user", "item"]) if frames else None
 
 
