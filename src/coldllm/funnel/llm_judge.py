@@ -103,6 +103,16 @@ def _split_users(run: Run, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     return np.sort(chosen[:n_train]), np.sort(chosen[n_train : n_train + n_eval])
 
 
+def fingerprint(files, settings: Any) -> str:
+    """What a judged artifact depends on: the bytes of ``files`` (a folder's entries that are not
+    files count as empty) and the JSON of ``settings``."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    digest.update(json.dumps(settings).encode())
+    return digest.hexdigest()[:16]
+
+
 def known_verdicts(run: Run) -> pd.DataFrame | None:
     """P(Yes) already computed by the same judge in the runs named by ``refiner.verdicts_from``."""
     frames = []
@@ -208,12 +218,10 @@ class LLMJudge(JudgeComponent):
         # shards of other candidates, another judge or another sharding are never resumed: they live
         # in a folder named by the fingerprint of all three (not of the engine: shards written by
         # one engine resume under another)
-        digest = hashlib.sha256()
-        for path in (run.layout.candidates, *sorted(run.layout.adapter.glob("*"))):
-            digest.update(path.read_bytes() if path.is_file() else b"")
-        digest.update(json.dumps([dataclasses.asdict(template), threshold, cfg.refiner.shard_users,
-                                  cfg.seed, None if guard is None else guard.users]).encode())
-        shards = run.layout.simulate / "shards" / digest.hexdigest()[:16]
+        shards = run.layout.simulate / "shards" / fingerprint(
+            (run.layout.candidates, *sorted(run.layout.adapter.glob("*"))),
+            [dataclasses.asdict(template), threshold, cfg.refiner.shard_users, cfg.seed,
+             None if guard is None else guard.users])
         record["shards"], record["engine"] = str(shards), cfg.refiner.engine
         if cfg.refiner.engine == "ray":
             record["ray_actors"] = cfg.refiner.ray_actors
@@ -232,19 +240,16 @@ def fitted_guard(cfg: RunConfig, layout: RunLayout, data: ColdStartData, content
     settings (``guard_items x guard_users`` judged prompts), then loaded: the batch simulation and
     the service read the same one. ``judge()`` gives the P(Yes) function, asked only to fit."""
     r = cfg.refiner
-    digest = hashlib.sha256()
-    for path in sorted(layout.adapter.iterdir()) + [layout.threshold]:
-        digest.update(path.read_bytes() if path.is_file() else b"")
-    digest.update(json.dumps([r.guard_users, r.guard_items, cfg.seed, r.template]).encode())
-    fingerprint = digest.hexdigest()[:16]
-    guard = PYesGuard.load(layout.guard, fingerprint)
+    key = fingerprint(sorted(layout.adapter.iterdir()) + [layout.threshold],
+                      [r.guard_users, r.guard_items, cfg.seed, r.template])
+    guard = PYesGuard.load(layout.guard, key)
     if guard is None:
         warm = data.warm_items
         log.info("fitting the judge's guard: %d reference users x %d warm items (once per adapter)",
                  r.guard_users, r.guard_items)
         guard = PYesGuard.fit(judge(), data.n_users, [data.item_text[i] for i in warm], content[warm],
                               r.guard_users, r.guard_items, seed=cfg.seed)
-        guard.save(layout.guard, fingerprint)
+        guard.save(layout.guard, key)
     return guard
 
 
