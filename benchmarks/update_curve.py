@@ -6,9 +6,9 @@ own prior and accepted pairs, at several candidate depths (fixed, or scaled by p
 
 ``val`` is what the update selects on (``update.val_candidates``), ``val_every_cold`` validation
 ranked over every cold item, as the test is, ``val_blind`` over every cold item but the test part's
-(``update.val_candidates: blind``), ``test_taken`` the test without the cold items nobody took. It reads test labels at every step, so it is never a
-way to choose anything: it shows whether what the update's early stop sees on validation holds on
-test. Rows go to
+(``update.val_candidates: blind``), ``test_taken`` the test without the cold items nobody took. It
+reads test labels at every step, so it is never a way to choose anything: it shows whether what the
+update's early stop sees on validation holds on test. Rows go to
 ``results/<dataset>/update-curve.json``, each with its config, commit and date.
 """
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ..components import ENGINES, JUDGES, Declared
 from ..config import ConfigError, RunConfig
@@ -126,10 +127,8 @@ def known_verdicts(run: Run) -> pd.DataFrame | None:
             raise ConfigError(f"refiner.verdicts_from: {path} not found (run its simulate stage first)")
         # the judge's own P(Yes): a centred simulation keeps it as p_raw (its p_yes is read against
         # the item's offset, which this run takes off again)
-        frame = pd.read_parquet(path)
-        if "p_raw" in frame:
-            frame = frame.drop(columns="p_yes").rename(columns={"p_raw": "p_yes"})
-        frames.append(frame[["user", "item", "p_yes"]])
+        own = "p_raw" if "p_raw" in pq.read_schema(path).names else "p_yes"
+        frames.append(pd.read_parquet(path, columns=["user", "item", own]).rename(columns={own: "p_yes"}))
     return pd.concat(frames, ignore_index=True).drop_duplicates(["user", "item"]) if frames else None
 
 

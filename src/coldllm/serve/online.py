@@ -4,7 +4,8 @@ A new item goes through the run's own stages, reduced to that item: its text is 
 run encoded its catalogue; the run's filter scores every user and keeps the top K; the run's judge
 accepts some of them; and the fast update fits that item's row alone (users and every other item
 frozen), starting from the prior the run's update chose (content-KNN, the filter's content mapping or
-a blend) and pulled towards it as ``fit_cold_rows`` pulls the run's cold items. The row is stored, then published to the recommendation index.
+a blend) and pulled towards it as ``fit_cold_rows`` pulls the run's cold items. The row is stored,
+then published to the recommendation index.
 """
 
 from __future__ import annotations
