@@ -125,6 +125,26 @@ def test_grouped_prefix_cache_matches_whole_prompts(layout):
     assert np.ptp(grouped) > 0
 
 
+@pytest.mark.parametrize("layout", ["flat", "padded"])
+def test_kept_prefixes_answer_as_whole_prompts(layout):
+    """A kept prefix's states give the whole prompt's P(Yes), asked any number of times: each question
+    extends a copy, so the second asking (and one after another user's) is not shifted by the first."""
+    model, tok = make_tiny_llm(seed=6)
+    prompts = PromptEncoder(tok, PromptTemplate())
+    judge = Judge(model, prompts, layout=layout)
+    prefixes = {"a": prompts.prefix(["graph neural networks"]),
+                "b": prompts.prefix(["deep learning models", "protein folding", "a very long title about many things"])}
+    suffixes = [prompts.suffix(t) for t in ("protein folding", "graph networks", "a")]
+    judge.p_yes_grouped(list(prefixes.values()), suffixes, np.zeros(3, dtype=np.int64))  # installs the flat path
+    judge.keep_prefixes(prefixes)
+    assert judge.keeps(["a", "b"]) and not judge.keeps(["a", "c"])
+    for key, prefix in prefixes.items():
+        plain = judge.p_yes_uncached([prefix + s for s in suffixes])
+        np.testing.assert_allclose(judge.p_yes_kept(key, suffixes), plain, atol=1e-5)
+        np.testing.assert_allclose(judge.p_yes_kept(key, suffixes[::-1]), plain[::-1], atol=1e-5)
+    assert judge.p_yes_kept("a", []).shape == (0,)
+
+
 def test_pack_rows_keep_candidate_order_and_the_token_budget():
     owner = np.array([1, 0, 1, 1, 0])
     rows = pack_rows(owner, suffix_lengths=np.array([3, 2, 3, 3, 2]), prefix_lengths=np.array([4, 5]), max_tokens=11)

@@ -523,6 +523,8 @@ def test_the_language_model_judges_guard_refuses_a_steering_text(tmp_path, tiny_
     try:
         assert service.guard is not None and len(service.guard.users) == 4
         assert guard_file.stat().st_mtime_ns == fitted  # loaded, not fitted again
+        # the reference users' prefixes are kept: what follows asks them through the kept states
+        assert service.judge.judge.keeps(service.guard.users)
         # one of the run's cold items judged by the service as the simulation judged it: the same
         # offset, the same centred P(Yes), the same verdicts
         simulated = pd.read_parquet(RunLayout(run).simulated)

@@ -270,17 +270,28 @@ class OnlineLLM:
         self.tokenizer = tokenizer  # the service caps new texts in its tokens
         self._prefixes: dict[int, list[int]] = {}
 
-    def prefix(self, user: int, vector: np.ndarray) -> list[int]:
+    def prefix(self, user: int, vector: np.ndarray | None) -> list[int]:
         if self.histories.per_pair:  # the user's items closest to this item: a prefix of its own
             return self.prompts.prefix([self.titles[i] for i in self.histories.of(user, vector)])
         if user not in self._prefixes:
             self._prefixes[user] = self.prompts.prefix([self.titles[i] for i in self.histories.of(user)])
         return self._prefixes[user]
 
+    def keep_users(self, users) -> None:
+        """Keep the history prefixes' key/value states of ``users`` (the guard's reference users, asked
+        about every new item): their questions then cost only the item's own tokens. Nothing is
+        kept when the template picks a user's history per item (there is no fixed prefix)."""
+        if not self.histories.per_pair:
+            self.judge.keep_prefixes({int(u): self.prefix(int(u), None) for u in users})
+
     def p_yes_matrix(self, users, texts: list[str], vectors: np.ndarray) -> np.ndarray:
         """P(Yes) of every text for every user, (len(texts), len(users)); a user's history prefix is
-        computed once for all the texts unless the template picks histories per item."""
+        computed once for all the texts unless the template picks histories per item, and not at all
+        for a user whose prefix is kept (``keep_users``)."""
         users = [int(u) for u in users]
+        if not self.histories.per_pair and self.judge.keeps(users):
+            suffixes = [self.prompts.suffix(t) for t in texts]
+            return np.stack([self.judge.p_yes_kept(u, suffixes) for u in users], axis=1).astype(np.float32)
         if self.histories.per_pair:  # one prefix per (text, user)
             prefixes = [self.prefix(u, np.asarray(v, np.float32)) for v in vectors for u in users]
             suffixes = [self.prompts.suffix(t) for t in texts for _ in users]

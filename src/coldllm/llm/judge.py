@@ -9,6 +9,9 @@ costs one 210-token prefix plus twelve ~20-token suffixes instead of twelve 230-
 answer is read at each suffix's last token, and only the Yes and No rows of the output layer are
 applied there (the full-vocabulary logits of every position would cost more than a layer).
 
+``keep_prefixes`` holds the key/value states of prefixes that are asked about again and again (the
+service's reference users, one question per new item): after it a question costs only its suffix.
+
 ``p_yes_uncached`` is the plain reference path (whole prompts, left-padded), kept for checking
 and as the naive speed baseline. On CUDA both run under bf16 autocast.
 """
@@ -16,6 +19,8 @@ and as the naive speed baseline. On CUDA both run under bf16 autocast.
 from __future__ import annotations
 
 import contextlib
+import copy
+from collections.abc import Hashable
 
 import numpy as np
 import torch
@@ -134,6 +139,43 @@ class Judge:
         self.layout = layout or default_layout(self.device)
         self.max_row_tokens = max_row_tokens or (8192 if self.layout == "flat" else 1024)
         self.pad_id = prompts.tokenizer.pad_token_id or 0
+        self._kept: dict[Hashable, tuple[int, object]] = {}
+
+    @torch.no_grad()
+    def keep_prefixes(self, prefixes: dict[Hashable, list[int]]) -> None:
+        """Compute each prefix's key/value states once and keep them under its key (a prefix of
+        ``n`` tokens holds ``n x layers x 2 x kv_heads x head_dim`` numbers: ~46 KB a token for
+        SmolLM2-135M), so that ``p_yes_kept`` costs only the suffix's tokens."""
+        from transformers import DynamicCache
+
+        self.model.eval()
+        decoder = self.model.get_decoder()
+        with autocast(self.device):
+            for key, ids in prefixes.items():
+                if key in self._kept or not ids:
+                    continue
+                cache = DynamicCache(config=self.model.config)
+                decoder(input_ids=torch.tensor([ids], device=self.device), cache=cache, use_cache=True)
+                self._kept[key] = (len(ids), cache)
+
+    def keeps(self, keys) -> bool:
+        return all(k in self._kept for k in keys)
+
+    @torch.no_grad()
+    def p_yes_kept(self, key: Hashable, suffixes: list[list[int]]) -> np.ndarray:
+        """P(Yes) of each suffix after the kept prefix ``key``, at the positions right after it: what
+        the packed path gives for the same prompt, without computing the prefix again. Each suffix
+        extends its own copy of the states, so concurrent callers never see each other's tokens."""
+        self.model.eval()
+        length, cache = self._kept[key]
+        decoder, states = self.model.get_decoder(), []
+        with autocast(self.device):
+            for suffix in suffixes:
+                position = torch.arange(length, length + len(suffix), device=self.device)[None]
+                hidden = decoder(input_ids=torch.tensor([suffix], device=self.device), position_ids=position,
+                                 cache=copy.deepcopy(cache), use_cache=True).last_hidden_state
+                states.append(hidden[0, -1])
+            return self._yes_probability(torch.stack(states)) if states else np.zeros(0, np.float32)
 
     def p_yes_for_user(self, prefix: list[int], suffixes: list[list[int]]) -> np.ndarray:
         """P(Yes) of each suffix after one shared prefix."""

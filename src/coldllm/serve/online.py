@@ -129,6 +129,9 @@ class OnlineService:
                       if r.judge == "llm" and (r.center or r.guard_z > 0) else None)
         if self.guard is not None:
             self.guard.z = r.guard_z  # the refusal limit is the service's, not part of what was fitted
+            # the same reference users are asked about every new item: their history prefixes are
+            # computed here, once, so a new item pays only for its own title after each of them
+            self.judge.keep_users(self.guard.users)
         # new texts are normalised before the funnel reads or stores them, capped in the judge's
         # tokens when it has a tokenizer (the language-model judge), in characters otherwise
         self.normalize = TextNormalizer(tokenizer=getattr(self.judge, "tokenizer", None))
