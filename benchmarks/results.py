@@ -207,6 +207,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _fmt_spread(block: dict[str, Any], metric: str) -> str:
     """A figure, with ``± std`` when it is a mean over several seeds."""
     std = block.get(f"{metric}_std")
@@ -497,10 +501,19 @@ def _reader(entry: dict[str, Any]) -> str:
     return f"{model}, {tune}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None) -> list[str]:
+def new_item_seconds(dataset: str, backbone: str, method: str, serve: Path | None = None) -> float | None:
+    """How soon a new item is recommendable in ``coldllm serve`` (median, ``benchmarks/serve_load.py``)
+    with a run of this dataset, backbone and method, when one was measured
+    (``results/serve/<dataset>-<backbone>-<method>.json``)."""
+    path = (serve or RESULTS / "serve") / f"{dataset}-{backbone}-{method}.json"
+    return json.loads(path.read_text()).get("new_item_seconds") if path.is_file() else None
+
+
+def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None, serve: Path | None = None) -> list[str]:
     """What each way of reading the item text buys (cold validation and test) and costs (the method's
-    seconds, language-model passes): the one-pass simulator with frozen vectors, with a tuned MiniLM,
-    with SmolLM2 frozen or LoRA-tuned, beside the funnel's free cosine and LoRA judges."""
+    seconds, language-model passes, a new item's seconds in the service where measured): the one-pass
+    simulator with frozen vectors, with a tuned MiniLM, with SmolLM2 frozen or LoRA-tuned, beside the
+    funnel's free cosine and LoRA judges."""
     rows = [(doc, m, doc["methods"][m]) for doc in docs for m in TEXT_READERS if m in doc["methods"]]
     if not any(m.startswith("onepass-") for _, m, _ in rows):
         return []
@@ -509,8 +522,8 @@ def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None) -
                                 "items, users, objective and update. *seconds*: the method's stages on top of the "
                                 "backbone on 2 CPU cores (one seed). Written by `benchmarks/funnel.py`.", ""]
     lines += [("| dataset " if dataset else "") + "| backbone | method | what reads the text | seeds | cold-val N@20 "
-              "| cold R@20 | cold N@20 | seconds | LM passes |",
-              ("|---" if dataset else "") + "|---|---|---|---|---|---|---|---|---|"]
+              "| cold R@20 | cold N@20 | seconds | LM passes | new item s (service) |",
+              ("|---" if dataset else "") + "|---|---|---|---|---|---|---|---|---|---|"]
     for doc, method, e in rows:
         several = len(e.get("seeds", [])) > 1
         spread = lambda block, m: f" ± {block[m + '_std']:.4f}" if several and f"{m}_std" in block else ""  # noqa: E731
@@ -521,7 +534,7 @@ def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None) -
                      f"| {_fmt(val.get('ndcg@20'))}{spread(val, 'ndcg@20')} "
                      f"| {_fmt(cold.get('recall@20'))}{spread(cold, 'recall@20')} "
                      f"| {_fmt(cold.get('ndcg@20'))}{spread(cold, 'ndcg@20')} | {e.get('seconds', '-')} "
-                     f"| {e.get('llm_calls', '-')} |")
+                     f"| {e.get('llm_calls', '-')} | {_seconds(new_item_seconds(FOLDERS.get(doc['dataset'], doc['dataset']), doc['backbone'], method, serve))} |")
     return lines
 
 

@@ -226,6 +226,22 @@ def test_a_row_on_an_earlier_backbone_is_never_the_default_nor_the_best_mapping(
     assert json.loads(path.read_text())["default"]["method"] == "coldllm-lm"
 
 
+def test_the_text_readers_table_shows_a_new_items_seconds_where_the_service_was_measured(tmp_path):
+    from results import load_docs, text_encoder_table
+
+    folder = tmp_path / "toy"
+    for method in ("onepass", "onepass-minilm-tuned"):
+        record_method(folder / "mf.json", dataset="toy", split="random", backbone="mf", method=method,
+                      metrics=metrics(0.2), config={"backbone": {"model": "mf"}}, extra={"val": metrics(0.2)}, commit="c")
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    (serve / "toy-mf-onepass-minilm-tuned.json").write_text(json.dumps({"new_item_seconds": 0.0676}))
+    lines = text_encoder_table(load_docs(folder), "toy", serve=serve)
+    assert lines[0].endswith("| new item s (service) |")
+    row = {line.split("|")[3].strip(): line for line in lines[2:]}
+    assert row["`onepass-minilm-tuned`"].endswith("| 0.07 |") and row["`onepass`"].endswith("| - |")
+
+
 def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model():
     from judge_size import size_rows
 
