@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from results import record_method, render_table
@@ -259,3 +260,14 @@ def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model():
     assert [r["model"] for r in rows] == ["smollm2-135m", "gemma3-270m"]
     assert [r["auc"] for r in rows] == [0.6, 0.7] and rows[0]["held_out_auc"] == {"random": 0.6}
     assert size_rows([trial("smollm2-135m", 135e6, base)]) == []
+
+
+def test_the_split_profile_names_the_items_most_users_hold():
+    import scipy.sparse as sp
+    from split_profile import part_profile
+
+    # 4 users, 3 items: item 2 is held by 3 of the 4 users with a held-out item, item 0 by one
+    part = sp.csr_matrix((np.ones(5), ([0, 1, 2, 2, 3], [2, 2, 2, 0, 1])), shape=(5, 3))
+    profile = part_profile(part, np.array(["a", "b", "c"]), top=2)
+    assert profile["users"] == 4 and profile["items"] == 3 and profile["median_users_per_item"] == 1
+    assert [(t["title"], t["users"], t["share_of_users"]) for t in profile["top"]] == [("c", 3, 0.75), ("a", 1, 0.25)]
