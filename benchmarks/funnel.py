@@ -24,6 +24,8 @@ reuse what they do not change:
     onepass-llm-frozen   the same, SmolLM2's mean-pooled states read once, only the head learns
     onepass-llm          the same, SmolLM2 with LoRA adapters learning with the head (FilterLLM's idea)
     onepass-llm-std      the same, SmolLM2's pooled states standardised per dimension (-last: last token)
+    onepass-penalty-G    onepass whose top-K choice lowers each user by G spreads x log(1 + their
+                         training interactions): lighter users picked (filter.onepass.degree_penalty)
     paper-filter         the paper's released candidates, all accepted            (reference)
     paper-refiner        the paper's candidates, its 7B refiner's Yes answers     (reference)
     coldllm-oracle-rR-fF an oracle judge that reads held-out labels: real pairs accepted with
@@ -71,6 +73,7 @@ METHOD_STAGES = ("filter", "finetune", "simulate", "update")  # the method's cos
 PAPER_FILE = "${COLDLLM_DATA:-../shared/data}/citeulike/paper-outputs/candidates_and_verdicts.csv"
 # (r, f): r=1, f=1 is the no-refiner row, so it is not repeated
 ORACLE_GRID = [(1.0, 0.0), (1.0, 0.25), (1.0, 0.5), (0.8, 0.0), (0.8, 0.5), (0.6, 0.25)]
+PENALTY_GRID = [0.25, 0.5, 1.0]  # filter.onepass.degree_penalty of the onepass-penalty-G rows
 
 
 def oracle_name(r: float, f: float) -> str:
@@ -111,6 +114,9 @@ VARIANTS = {
     "onepass-llm-last": (["--filter.towers=onepass", "--refiner.judge=all",
                           "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: lora, standardize: true, "
                           "pooling: last}"], {}),
+    **{f"onepass-penalty-{g:g}": (["--filter.towers=onepass", "--refiner.judge=all",
+                                    f"--filter.onepass={{encoder: vectors, degree_penalty: {g:g}}}"], {})
+       for g in PENALTY_GRID},
     **{oracle_name(r, f): (["--refiner.judge=oracle", f"--refiner.oracle_r={r}", f"--refiner.oracle_f={f}"],
                            {"filter": "coldllm"}) for r, f in ORACLE_GRID},
 }
@@ -119,7 +125,8 @@ VARIANTS = {
 # nor are the text-encoder one-pass variants (SmolLM2 tuned: ~25 minutes per seed on 2 cores; run them by name)
 TEXT_ENCODER_VARIANTS = ("onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
                          "onepass-llm-last")
-DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title", *TEXT_ENCODER_VARIANTS)]
+DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title", *TEXT_ENCODER_VARIANTS)
+                    and not v.startswith("onepass-penalty-")]
 
 
 @dataclass(frozen=True)

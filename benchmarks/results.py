@@ -129,6 +129,7 @@ def record_seed(path: Path, *, dataset: str, split: str, backbone: str, method: 
 OWN_METHODS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
                "onepass-llm-last", "coldllm", "coldllm-cosine",
                "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-retrain")
+OWN_PREFIXES = ("onepass-penalty-",)  # settings grids of the own methods (funnel.py's PENALTY_GRID)
 DEFAULT_METRIC = ("cold", "ndcg@20")
 
 
@@ -165,8 +166,8 @@ def choose_default(doc: dict[str, Any]) -> dict[str, Any] | None:
     seed's figure would favour whichever row has fewer seeds, by its noise alone); each row's own
     mean where they share none; only rows on the file's backbone. Test figures never enter the choice."""
     setting, metric = DEFAULT_METRIC
-    vals = {m: _seed_vals(doc["methods"][m], setting, metric) for m in OWN_METHODS
-            if m in doc.get("methods", {}) and on_files_backbone(doc, m)}
+    own = [m for m in doc.get("methods", {}) if m in OWN_METHODS or m.startswith(OWN_PREFIXES)]
+    vals = {m: _seed_vals(doc["methods"][m], setting, metric) for m in own if on_files_backbone(doc, m)}
     vals = {m: v for m, v in vals.items() if v}
     if not vals:
         return None

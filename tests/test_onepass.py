@@ -31,6 +31,25 @@ def test_search_vectors_reproduce_the_head_scores(ctx):  # noqa: F811
         assert set(top[top["item"] == item]["user"]) == set(best[row])
 
 
+def test_the_degree_penalty_lowers_heavy_users_scores_in_the_searched_vectors(ctx):  # noqa: F811
+    """The penalty is strength x the head's score spread x log(1 + training degree), taken off each
+    user's bias coordinate: the searched scores are the head's minus it, and the top-K lean lighter."""
+    from coldllm.funnel.filters import degree_penalty
+
+    sim = OnePass(OnePassParams(epochs=2, batch_size=128, hidden=16)).fit(ctx, ctx.content.cpu().numpy())
+    degree = np.asarray(ctx.data.matrix("train").sum(1)).ravel()
+    penalty = degree_penalty(sim, ctx, 0.5)
+    with torch.no_grad():
+        spread = float(sim.head(sim.item_out[ctx.warm]).std())
+    np.testing.assert_allclose(penalty, 0.5 * spread * np.log1p(degree), rtol=1e-5)
+    plain, penalised = sim.embeddings(ctx.cold), sim.embeddings(ctx.cold)
+    penalised.users[:, -1] -= degree_penalty(sim, ctx, 3.0)
+    np.testing.assert_allclose(penalised.users @ penalised.cold_items.T,
+                               plain.users @ plain.cold_items.T - degree_penalty(sim, ctx, 3.0)[:, None], atol=1e-4)
+    lighter = degree[top_users(penalised, 5)["user"]].mean()
+    assert lighter < degree[top_users(plain, 5)["user"]].mean()
+
+
 def test_head_starts_as_the_backbone_users(ctx):  # noqa: F811
     sim = OnePass(OnePassParams(epochs=1, lr=1e-12, batch_size=128, hidden=16)).fit(ctx, ctx.content.cpu().numpy())
     torch.testing.assert_close(sim.head.weight.detach(), ctx.user_emb, atol=1e-6, rtol=0)

@@ -121,6 +121,11 @@ class OnePassParams(TrainParams):
                 "once per pair) | items (batch_items warm items per step, each scored once against every user with "
                 "all its training users as targets: the same loss as the text path, ~10x fewer logits per epoch)."})
     max_length: int = field(default=64, metadata={"help": "encoder=text: tokens kept of an item's text."})
+    degree_penalty: float = field(default=0.0, metadata={
+        "help": "Lower each user's score for every item by this many standard deviations of the head's scores "
+                "times log(1 + the user's training interactions), when the top-K users are chosen: heavy users "
+                "fill fewer lists and light ones, whose few held-out items weigh more in a per-user Recall, more "
+                "(0: the head's scores as they are). It goes into the head's bias, so the service chooses alike."})
     standardize: bool = field(default=False, metadata={
         "help": "encoder=text: centre and scale the pooled states per dimension by the catalogue's statistics "
                 "(taken before training, saved with the encoder): a causal LM's states share a few huge "

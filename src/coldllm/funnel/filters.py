@@ -151,11 +151,22 @@ class OnePassFilter(Filter):
             raise ConfigError(f"filter.onepass.encoder {p.encoder!r} must be vectors or text")
         # the head's bias is one number per user: it moves no user's ranking of the items, so it is left out
         projection = to_backbone(ctx.user_emb, simulator.head.weight)
-        return FilterFit(top_users(simulator.embeddings(ctx.cold), cfg.filter.k, cfg.filter.index),
-                         towers=dict(users=simulator.embeddings(ctx.cold).users, parts={"onepass": simulator.net},
-                                     to_backbone=projection),
+        emb = simulator.embeddings(ctx.cold)
+        if p.degree_penalty:  # in the bias coordinate: the saved users carry it, so the service ranks alike
+            emb.users[:, -1] -= degree_penalty(simulator, ctx, p.degree_penalty)
+        return FilterFit(top_users(emb, cfg.filter.k, cfg.filter.index),
+                         towers=dict(users=emb.users, parts={"onepass": simulator.net}, to_backbone=projection),
                          mapped=simulator.item_out[ctx.cold] @ projection.T,
                          record={"onepass_history": simulator.history})
+
+
+def degree_penalty(simulator: OnePass, ctx: FitContext, strength: float, sample: int = 2000) -> np.ndarray:
+    """Each user's penalty: ``strength`` standard deviations of the head's scores (over the first
+    ``sample`` warm items and every user) times log(1 + the user's training interactions)."""
+    with torch.no_grad():
+        spread = float(simulator.head(simulator.item_out[ctx.warm[:sample]]).std())
+    degree = np.asarray(ctx.data.matrix("train").sum(1)).ravel()
+    return (strength * spread * np.log1p(degree)).astype(np.float32)
 
 
 @FILTERS.implement("random")
