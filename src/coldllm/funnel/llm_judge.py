@@ -289,7 +289,7 @@ class OnlineLLM:
         computed once for all the texts unless the template picks histories per item, and not at all
         for a user whose prefix is kept (``keep_users``)."""
         users = [int(u) for u in users]
-        if not self.histories.per_pair and self.judge.keeps(users):
+        if users and not self.histories.per_pair and self.judge.keeps(users):
             suffixes = [self.prompts.suffix(t) for t in texts]
             return np.stack([self.judge.p_yes_kept(u, suffixes) for u in users], axis=1).astype(np.float32)
         if self.histories.per_pair:  # one prefix per (text, user)
