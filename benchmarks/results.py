@@ -166,7 +166,9 @@ def choose_default(doc: dict[str, Any]) -> dict[str, Any] | None:
     seed's figure would favour whichever row has fewer seeds, by its noise alone); each row's own
     mean where they share none; only rows on the file's backbone. Test figures never enter the choice."""
     setting, metric = DEFAULT_METRIC
-    own = [m for m in doc.get("methods", {}) if m in OWN_METHODS or m.startswith(OWN_PREFIXES)]
+    methods = doc.get("methods", {})
+    # OWN_METHODS' order first: a tie goes to the earlier (the simpler) method
+    own = [m for m in OWN_METHODS if m in methods] + sorted(m for m in methods if m.startswith(OWN_PREFIXES))
     vals = {m: _seed_vals(doc["methods"][m], setting, metric) for m in own if on_files_backbone(doc, m)}
     vals = {m: v for m, v in vals.items() if v}
     if not vals:
