@@ -64,7 +64,11 @@ class ALDI(ColdStartMethod):
         def step(users, pos, neg):
             u_t, p_t, n_t = ctx.user_emb[users], ctx.item_emb[pos], ctx.item_emb[neg]
             u_s = self.user_tower(u_t)
-            p_s, n_s = self.item_tower(ctx.content[pos]), self.item_tower(ctx.content[neg])
+            # positives and negatives through the item tower in one pass: its BatchNorm normalises
+            # them with the same statistics, as it will score cold items. Apart, each batch is
+            # centred on itself, which erases what sets positives apart from sampled negatives
+            # (popularity, on MovieLens-1M) and leaves a student that fails on cold items
+            p_s, n_s = self.item_tower(ctx.content[torch.cat([pos, neg])]).split(len(pos))
             pos_s, neg_s = (u_s * p_s).sum(1), (u_s * n_s).sum(1)
             pos_t, neg_t = (u_t * p_t).sum(1), (u_t * n_t).sum(1)
             w = weight[pos]
