@@ -13,25 +13,34 @@ from coldllm.config import ConfigError
 FAST = {"epochs": 3, "batch_size": 128, "hidden": 32}
 
 
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    from conftest import community_raw
+def trained_context(raw, marked, folder, rng):
+    """The fitting context of a tiny data set on a trained MF backbone. Its content vectors are noise
+    but for coordinate 0, which says whether ``marked(item ids)`` holds, as a title would show a topic.
+    Returns the context and the mark of each item."""
     from coldllm.config import RunConfig
     from coldllm.data import build_dataset
 
     cfg = RunConfig(seed=1)
     cfg.data.split, cfg.data.seed = "random", 7
-    data = build_dataset(community_raw(n_users=60, n_items=80), cfg.data)
+    data = build_dataset(raw, cfg.data)
     cfg.backbone.model, cfg.backbone.dim, cfg.backbone.lr = "mf", 16, 0.01
     cfg.backbone.batch_size, cfg.backbone.epochs, cfg.backbone.eval_every = 64, 30, 5
     backbone = build_backbone(cfg.backbone, data.matrix("train"), seed=1)
-    train_backbone(backbone, data, cfg, tmp_path_factory.mktemp("bb"))
-    # content: the community shows in the text vector (plus noise), as titles would show a topic
-    rng = np.random.default_rng(0)
-    group = np.array([int(i[1:]) % 2 for i in data.item_ids])
+    train_backbone(backbone, data, cfg, folder)
+    mark = marked(data.item_ids)
     content = rng.normal(size=(data.n_items, 12)).astype(np.float32)
-    content[:, 0] += 3.0 * (2 * group - 1)
-    return make_context(data, backbone, content, torch.device("cpu"), seed=0, ks=[10])
+    content[:, 0] += 3.0 * (2 * mark - 1)
+    return make_context(data, backbone, content, torch.device("cpu"), seed=0, ks=[10]), mark
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    from conftest import community_raw
+
+    # content: the community shows in the text vector (plus noise)
+    community = lambda ids: np.array([int(i[1:]) % 2 for i in ids])  # noqa: E731
+    return trained_context(community_raw(n_users=60, n_items=80), community, tmp_path_factory.mktemp("bb"),
+                           np.random.default_rng(0))[0]
 
 
 def trained_params(name):
@@ -133,8 +142,6 @@ def popular_ctx(tmp_path_factory):
     items are popular. Positives are then mostly popular and sampled negatives mostly not."""
     import pandas as pd
 
-    from coldllm.config import RunConfig
-    from coldllm.data import build_dataset
     from coldllm.data.readers import RawData
 
     rng = np.random.default_rng(0)
@@ -143,17 +150,8 @@ def popular_ctx(tmp_path_factory):
     rows += [(u, int(i)) for u in range(n_users) for i in rng.choice(np.arange(n_popular, n_items), 3, replace=False)]
     inter = pd.DataFrame({"user": [f"u{u}" for u, _ in rows], "item": [f"i{i}" for _, i in rows]})
     items = pd.DataFrame({"item": [f"i{i}" for i in range(n_items)], "text": [f"item {i}" for i in range(n_items)]})
-    cfg = RunConfig(seed=1)
-    cfg.data.split, cfg.data.seed = "random", 7
-    data = build_dataset(RawData(interactions=inter, items=items), cfg.data)
-    cfg.backbone.model, cfg.backbone.dim, cfg.backbone.lr = "mf", 16, 0.01
-    cfg.backbone.batch_size, cfg.backbone.epochs, cfg.backbone.eval_every = 64, 30, 5
-    backbone = build_backbone(cfg.backbone, data.matrix("train"), seed=1)
-    train_backbone(backbone, data, cfg, tmp_path_factory.mktemp("bb"))
-    popular = np.array([int(i[1:]) < n_popular for i in data.item_ids])
-    content = rng.normal(size=(data.n_items, 12)).astype(np.float32)
-    content[:, 0] += 3.0 * (2 * popular - 1)
-    return make_context(data, backbone, content, torch.device("cpu"), seed=0, ks=[10]), popular
+    popular = lambda ids: np.array([int(i[1:]) < n_popular for i in ids])  # noqa: E731
+    return trained_context(RawData(interactions=inter, items=items), popular, tmp_path_factory.mktemp("bb"), rng)
 
 
 @pytest.mark.parametrize("name", ["aldi", "dropoutnet", "gar"])
