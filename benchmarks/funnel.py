@@ -24,6 +24,8 @@ reuse what they do not change:
     onepass-llm-frozen   the same, SmolLM2's mean-pooled states read once, only the head learns
     onepass-llm          the same, SmolLM2 with LoRA adapters learning with the head (FilterLLM's idea)
     onepass-llm-std      the same, SmolLM2's pooled states standardised per dimension (-last: last token)
+    onepass-llm-top4     onepass-llm-std with adapters on SmolLM2's top 4 layers only (the 26 below read each
+                         title once; an epoch costs a fraction)
     onepass-penalty-G    onepass whose top-K choice lowers each user by G spreads x log(1 + their
                          training interactions): lighter users picked (filter.onepass.degree_penalty)
     paper-filter         the paper's released candidates, all accepted            (reference)
@@ -114,6 +116,9 @@ VARIANTS = {
     "onepass-llm-last": (["--filter.towers=onepass", "--refiner.judge=all",
                           "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: lora, standardize: true, "
                           "pooling: last}"], {}),
+    "onepass-llm-top4": (["--filter.towers=onepass", "--refiner.judge=all",
+                          "--filter.onepass={encoder: text, text_model: smollm2-135m, tune: lora, standardize: true, "
+                          "lora_layers: 4}"], {}),
     **{f"onepass-penalty-{g:g}": (["--filter.towers=onepass", "--refiner.judge=all",
                                     f"--filter.onepass={{encoder: vectors, degree_penalty: {g:g}}}"], {})
        for g in PENALTY_GRID},
@@ -124,7 +129,7 @@ VARIANTS = {
 # 68k judged pairs take hours (run it with --variants coldllm where a GPU is available)
 # nor are the text-encoder one-pass variants (SmolLM2 tuned: ~25 minutes per seed on 2 cores; run them by name)
 TEXT_ENCODER_VARIANTS = ("onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
-                         "onepass-llm-last")
+                         "onepass-llm-last", "onepass-llm-top4")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title", *TEXT_ENCODER_VARIANTS)
                     and not v.startswith("onepass-penalty-")]
 

@@ -127,7 +127,7 @@ def record_seed(path: Path, *, dataset: str, split: str, backbone: str, method: 
 
 # the project's own ways of simulating a new item's users: the default configuration is one of these
 OWN_METHODS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
-               "onepass-llm-last", "coldllm", "coldllm-cosine",
+               "onepass-llm-last", "onepass-llm-top4", "coldllm", "coldllm-cosine",
                "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-retrain")
 OWN_PREFIXES = ("onepass-penalty-",)  # settings grids of the own methods (funnel.py's PENALTY_GRID)
 DEFAULT_METRIC = ("cold", "ndcg@20")
@@ -484,7 +484,7 @@ def _cell(entry: dict[str, Any] | None, setting: str = "cold") -> str:
 
 # what reads the item text in each variant that the language-model comparison sets side by side
 TEXT_READERS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
-                "onepass-llm-last", "coldllm-cosine", "coldllm")
+                "onepass-llm-last", "onepass-llm-top4", "coldllm-cosine", "coldllm")
 
 
 def _reader(entry: dict[str, Any]) -> str:
@@ -499,6 +499,8 @@ def _reader(entry: dict[str, Any]) -> str:
         return f"{text_model} vectors, frozen"
     model = onepass.get("text_model") or text_model
     tune = {"lora": "LoRA adapters learn", "full": "every weight learns", "frozen": "frozen"}[onepass.get("tune", "lora")]
+    if onepass.get("tune", "lora") == "lora" and onepass.get("lora_layers"):
+        tune = f"LoRA adapters on the top {onepass['lora_layers']} layers learn"
     extra = [x for x, on in (("standardised", onepass.get("standardize")), ("last token", onepass.get("pooling") == "last"),
                              (f"{onepass.get('epochs')} epochs at most", onepass.get("epochs"))) if on]
     return f"{model}, {tune}" + (f" ({', '.join(extra)})" if extra else "")

@@ -26,6 +26,11 @@ and that work's share of the limit that bounds it:
   language-model sub-tower encodes them (token-length-sorted batches, the decoder alone), in
   tokens/s (real tokens; the padded ones are counted beside them) and as a share of the matmul
   limit at 2 FLOPs per body weight per token.
+- onepass_text (not in the default sections): the one-pass simulator's text reader, SmolLM2 with
+  LoRA adapters, on a seeded sample of CiteULike titles (``--onepass-items``) in length-sorted
+  batches of 32: seconds per 1,000 titles for a training step (forward and backward through the
+  reader) and for the per-epoch re-encoding, with adapters on every layer and on the top
+  ``--top-layers`` only (the frozen layers' states kept: their one-time cost is reported beside).
 - pipeline (not in the default sections): the CiteULike preset run end to end in a new run
   folder, its wall time and every stage's.
 - paper_pipeline (not in the default sections: hours on 2 cores): ``configs/citeulike-paper.yaml``,
@@ -66,7 +71,7 @@ from coldllm.utils import git_commit, now_iso, package_versions, peak_memory_mb,
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("machine", "judge", "lora", "lightgcn", "eval", "filter", "encode")
-EXTRA_SECTIONS = ("lightgcn_train", "pipeline", "paper_pipeline", "paper_setting")
+EXTRA_SECTIONS = ("lightgcn_train", "onepass_text", "pipeline", "paper_pipeline", "paper_setting")
 # the paper's funnel made to fit 2 cores: its backbone settings are the fast LightGCN, its prompt
 # template the one whose per-candidate words end the prefix (the reasons are in the file)
 PAPER_CONFIG = ROOT / "configs" / "citeulike-paper.yaml"
@@ -464,6 +469,41 @@ def encode_section(args, data, cfg, device, limits) -> dict:
                                                  / (limits["matmul_gflops"] * 1e9)), 3)}
 
 
+def onepass_text_section(args, data, cfg, device, limits) -> dict:
+    from coldllm.funnel.text_encoder import TextEncoder, TextEncoderSpec
+
+    texts = list(np.random.default_rng(0).choice(data.item_text, args.onepass_items, replace=False))
+    out = {"items": len(texts), "batch_items": 32, "model": args.model}
+    for name, layers in (("every_layer", 0), (f"top_{args.top_layers}", args.top_layers)):
+        encoder = TextEncoder(TextEncoderSpec(model=args.model, tune="lora", lora_layers=layers),
+                              cfg.content.cache_dir, device)
+        ids = encoder.tokenize(texts)
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        batches = [[ids[i] for i in order[s:s + 32]] for s in range(0, len(ids), 32)]
+        opt = torch.optim.Adam(encoder.trainable(), lr=1e-4)
+
+        def epoch() -> None:
+            encoder.train()
+            for batch in batches:
+                opt.zero_grad(set_to_none=True)
+                encoder(batch).pow(2).mean().backward()  # the reader's share of a step; the head's is small
+                opt.step()
+
+        keep_start = time.perf_counter()
+        with encoder.frozen_states_kept(ids):
+            keep = time.perf_counter() - keep_start
+            train, _ = timed(epoch, device, warm_up=False)
+            encode, _ = timed(lambda: encoder.encode_ids(ids), device, warm_up=False)
+        per_1000 = 1000 / len(texts)
+        out[name] = {"train_s_per_1000": round(train * per_1000, 2), "encode_s_per_1000": round(encode * per_1000, 2),
+                     "keep_s_per_1000": round(keep * per_1000, 2) if layers else 0.0,
+                     "trainable_parameters": sum(w.numel() for w in encoder.trainable())}
+    whole, top = out["every_layer"], out[f"top_{args.top_layers}"]
+    out["epoch_speedup"] = round((whole["train_s_per_1000"] + whole["encode_s_per_1000"])
+                                 / (top["train_s_per_1000"] + top["encode_s_per_1000"]), 2)
+    return out
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -495,6 +535,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--encode-items", type=int, default=0, help="encode: titles encoded (0: all)")
     parser.add_argument("--candidates-from", default="runs/bench-citeulike-lightgcn-coldllm")
+    parser.add_argument("--onepass-items", type=int, default=512, help="onepass_text: titles in the sample")
+    parser.add_argument("--top-layers", type=int, default=4, help="onepass_text: layers with adapters when kept")
     args = parser.parse_args()
     device = resolve_device(args.device)
     cfg = load_config(ROOT / "configs" / "citeulike.yaml")

@@ -1,6 +1,7 @@
 """The one-pass simulator: its users are scored in the space it searches, it learns who likes a
 text, and its top-K go through the same update as the pairwise funnel's accepted pairs."""
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -12,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from coldllm.cli import app
+from coldllm.config import ConfigError
 from coldllm.funnel.filter import top_users
 from coldllm.funnel.onepass import ItemTargets, OnePass, OnePassParams
 from coldllm.funnel.text_encoder import TextEncoder, TextEncoderSpec
@@ -242,3 +244,54 @@ def test_an_end_to_end_fit_killed_after_an_epoch_resumes_to_the_same_model(plant
     np.testing.assert_allclose([h["val_cold"] for h in resumed.history], [h["val_cold"] for h in whole.history],
                                atol=1e-6)
     torch.testing.assert_close(resumed.item_out, whole.item_out, atol=1e-5, rtol=1e-5)
+
+
+def top_layer_encoder(folder, **kw) -> TextEncoder:
+    return TextEncoder(TextEncoderSpec(model=str(folder), tune="lora", lora_r=4, lora_layers=1, **kw))
+
+
+def test_adapters_on_the_top_layer_read_kept_states_as_the_whole_model_would(planted, monkeypatch):
+    ctx, folder = planted
+    encoder = top_layer_encoder(folder)
+    learning = {name.split("layers.")[1].split(".")[0] for name, w in encoder.model.named_parameters() if w.requires_grad}
+    assert learning == {"1"}  # the tiny model's two layers: only the top one has adapters
+    torch.manual_seed(3)
+    with torch.no_grad():  # adapters that change the states (LoRA's B starts at zero)
+        for w in encoder.trainable():
+            w.normal_(0, 0.3)
+    texts = list(ctx.data.item_text[:9]) + ["graph", "protein the the", "the graph the the the the the"]
+    ids = encoder.tokenize(texts)
+    whole = encoder.encode_ids(ids, batch_size=4)
+    with encoder.frozen_states_kept(ids):
+        def no_whole_pass(*args, **kwargs):
+            raise AssertionError("a kept text went through the whole model")
+
+        monkeypatch.setattr("coldllm.funnel.text_encoder.last_states", no_whole_pass)
+        kept = encoder.encode_ids(ids, batch_size=4)  # other batches, other padding
+        encoder(ids[:3]).pow(2).sum().backward()
+    torch.testing.assert_close(kept, whole, atol=1e-5, rtol=1e-5)
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in encoder.trainable())
+    assert not encoder._kept  # let go once the fit is over
+
+
+def test_a_fit_from_kept_states_is_the_fit_of_the_whole_model(planted, monkeypatch):
+    ctx, folder = planted
+    params = OnePassParams(epochs=2, hidden=16, batch_items=8, lr=0.01, text_lr=0.01, encoder="text")
+    kept = OnePass(params).fit(ctx, None, top_layer_encoder(folder), list(ctx.data.item_text))
+    monkeypatch.setattr(TextEncoder, "frozen_states_kept", lambda self, ids: contextlib.nullcontext())
+    whole = OnePass(params).fit(ctx, None, top_layer_encoder(folder), list(ctx.data.item_text))
+    assert [h["val_cold"] for h in kept.history] == pytest.approx([h["val_cold"] for h in whole.history], abs=1e-5)
+    torch.testing.assert_close(kept.item_out, whole.item_out, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"lora_targets": ("embed_tokens", "q_proj")}, "embed_tokens"),  # would change the kept states
+    ({"lora_layers": 3}, "has 2 layers"),
+    ({"tune": "frozen"}, "needs tune=lora"),
+    ({"lora_layers": -1}, ">= 0"),
+])
+def test_top_layer_adapters_refuse_what_would_make_kept_states_wrong(planted, spec, message):
+    _, folder = planted
+    settings = {"model": str(folder), "tune": "lora", "lora_r": 4, "lora_layers": 1, **spec}
+    with pytest.raises(ConfigError, match=message):
+        TextEncoder(TextEncoderSpec(**settings))

@@ -213,6 +213,20 @@ def test_retrain_update_never_resumes_another_learning_rate(project, tmp_path):
         assert_same_tensors(runs / "tiny" / "update" / name, clean / "tiny" / "update" / name)
 
 
+def test_a_retraining_chooses_its_prior_on_validation_too(project, tmp_path):
+    """update.prior=best (the presets') with the paper's update, the backbone trained again: the
+    prior the service's later items start from is the best on cold validation, as in the fast update."""
+    import json
+
+    runs = tmp_path / "runs"
+    start_from_base(project, runs)
+    run_all(Run(config(project, runs, "--stages=[prepare, train, filter, simulate, update]", "--refiner.judge=all",
+                       "--update.mode=retrain", "--update.epochs=2", "--update.eval_every=1", "--update.prior=best")))
+    record = json.loads((runs / "tiny" / "manifest.json").read_text())["stages"]["update"]
+    searched = record["prior_search"]  # this filter has no content mapping of its own: content-KNN alone
+    assert searched and searched[record["prior"]] == max(searched.values())
+
+
 def test_redo_from_reruns_that_stage_and_later_ones_only(project, tmp_path):
     """``coldllm run --redo-from filter``: the filter runs again on the kept backbone; the backbone is
     not retrained; a stage the run does not have is a one-line error before anything runs."""

@@ -116,7 +116,8 @@ FILTERS.declare("lm", "the language-model sub-tower alone (an ablation)", (*_LM_
                 ("scores_new_items",))
 # the one-pass simulator's text-encoder settings, read only with filter.onepass.encoder=text: a preset
 # that sets them must not make a frozen-vectors run stale
-_ONEPASS_TEXT = ("text_model", "tune", "pooling", "lora_r", "lora_targets", "text_lr", "max_length", "standardize")
+_ONEPASS_TEXT = ("text_model", "tune", "pooling", "lora_r", "lora_targets", "text_lr", "max_length", "standardize",
+                 "lora_layers")
 
 
 def _onepass_reads(config: dict[str, Any]) -> tuple[str, ...]:

@@ -130,6 +130,10 @@ class OnePassParams(TrainParams):
         "help": "encoder=text: centre and scale the pooled states per dimension by the catalogue's statistics "
                 "(taken before training, saved with the encoder): a causal LM's states share a few huge "
                 "dimensions, so without it unrelated titles sit at cosine ~.95."})
+    lora_layers: int = field(default=0, metadata={
+        "help": "encoder=text, tune=lora on a causal LM: adapters on the top n decoder layers only (0: every layer). "
+                "The frozen layers below read each text once before the first epoch and every epoch starts from "
+                "their states, so an epoch costs the top n layers' share of the model."})
 
 
 @dataclass

@@ -138,7 +138,7 @@ class OnePassFilter(Filter):
         if p.encoder == "text":  # the item text through a language model that learns with the head
             spec = TextEncoderSpec(model=p.text_model or cfg.filter.text_model, tune=p.tune, pooling=p.pooling,
                                    max_length=p.max_length, lora_r=p.lora_r, lora_targets=tuple(p.lora_targets),
-                                   standardize=p.standardize)
+                                   standardize=p.standardize, lora_layers=p.lora_layers)
             encoder = TextEncoder(spec, cfg.content.cache_dir, ctx.device)
             simulator = OnePass(p).fit(ctx, None, encoder, list(run.data.item_text),
                                        checkpoint=run.layout.onepass_checkpoint, fingerprint=run.fingerprint("filter"))

@@ -110,7 +110,12 @@ class OnePass:
         """End to end: batches of warm items (length-sorted, visited in random order), each item's
         text encoded, mapped and scored against every user, its training users the targets; the
         same loss per (item, user) pair as the vector path, and the same early stop on cold
-        validation after each epoch."""
+        validation after each epoch. With adapters on the top layers only, the frozen layers below
+        read each text once, before the first epoch."""
+        with self.encoder.frozen_states_kept(self._ids):
+            return self._text_epochs(ctx)
+
+    def _text_epochs(self, ctx: FitContext) -> "OnePass":
         p, encoder = self.params, self.encoder
         targets = ItemTargets(ctx)
         warm = targets.items

@@ -153,8 +153,9 @@ def update_stage(run: Run) -> dict[str, Any]:
         def validate(items: torch.Tensor) -> float:
             return float(per_user(items).mean())
 
-        name, prior, prior_scores = chosen_prior(run, user_emb, item_emb,
-                                                 validate if cfg.update.mode == "fast" else None)
+        # a retraining chooses too: its prior is where the service's later items start (and, with
+        # update.init=backbone, where the cold rows start)
+        name, prior, prior_scores = chosen_prior(run, user_emb, item_emb, validate)
         prior = prior.to(device)
         if prior_scores:
             rec.update(prior=name, prior_search=prior_scores)
