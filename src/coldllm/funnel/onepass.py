@@ -53,15 +53,17 @@ class OnePass:
         ``texts`` read by it (trained with the head unless it is frozen). ``checkpoint``: where an
         end-to-end fit keeps its place after every epoch (resumed only under the same ``fingerprint``)."""
         self.encoder, self.checkpoint, self.fingerprint = encoder, checkpoint, fingerprint
-        if encoder is not None:
-            self._ids = encoder.tokenize(list(texts))
+        if encoder is None:
+            self._build(ctx, text)
+            return self._fit_vectors(ctx)
+        self._ids = encoder.tokenize(list(texts))
+        # with adapters on the top layers only, the frozen layers below read each text once, here:
+        # the statistics, the start and every epoch after begin from what they made of it
+        with encoder.frozen_states_kept(self._ids):
             if encoder.spec.standardize:
                 encoder.standardize_on(self._ids)
-            text = encoder.encode_ids(self._ids).cpu().numpy()  # a frozen encoder's vectors; the tuned start
-        self._build(ctx, text)
-        if encoder is not None and encoder.spec.tune != "frozen":
-            return self._fit_text(ctx)
-        return self._fit_vectors(ctx)
+            self._build(ctx, encoder.encode_ids(self._ids).cpu().numpy())  # a frozen encoder's vectors; the tuned start
+            return self._fit_vectors(ctx) if encoder.spec.tune == "frozen" else self._fit_text(ctx)
 
     def _build(self, ctx: FitContext, text: np.ndarray) -> None:
         p = self.params
@@ -110,12 +112,7 @@ class OnePass:
         """End to end: batches of warm items (length-sorted, visited in random order), each item's
         text encoded, mapped and scored against every user, its training users the targets; the
         same loss per (item, user) pair as the vector path, and the same early stop on cold
-        validation after each epoch. With adapters on the top layers only, the frozen layers below
-        read each text once, before the first epoch."""
-        with self.encoder.frozen_states_kept(self._ids):
-            return self._text_epochs(ctx)
-
-    def _text_epochs(self, ctx: FitContext) -> "OnePass":
+        validation after each epoch."""
         p, encoder = self.params, self.encoder
         targets = ItemTargets(ctx)
         warm = targets.items
