@@ -499,7 +499,7 @@ def _reader(entry: dict[str, Any]) -> str:
         return f"{text_model} vectors, frozen"
     model = onepass.get("text_model") or text_model
     tune = {"lora": "LoRA adapters learn", "full": "every weight learns", "frozen": "frozen"}[onepass.get("tune", "lora")]
-    if onepass.get("tune", "lora") == "lora" and onepass.get("lora_layers"):
+    if onepass.get("lora_layers"):  # only with tune=lora (the encoder refuses it otherwise)
         tune = f"LoRA adapters on the top {onepass['lora_layers']} layers learn"
     extra = [x for x, on in (("standardised", onepass.get("standardize")), ("last token", onepass.get("pooling") == "last"),
                              (f"{onepass.get('epochs')} epochs at most", onepass.get("epochs"))) if on]

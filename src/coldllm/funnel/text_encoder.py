@@ -107,13 +107,17 @@ class TextEncoder(nn.Module):
         if spec.lora_layers:
             self._check_only_top_layers_learn(targets)
 
+    @property
+    def _first_tuned(self) -> int:
+        """The index of the lowest decoder layer with adapters (``lora_layers`` set)."""
+        return int(self.model.config.num_hidden_layers) - self.spec.lora_layers
+
     def _check_only_top_layers_learn(self, targets: list[str]) -> None:
         """Kept states are right only if nothing below the top layers learns, and PEFT leaves a
         target it cannot place in a layer (the embeddings) without adapters, silently: say so."""
-        first = int(self.model.config.num_hidden_layers) - self.spec.lora_layers
+        tuned = range(self._first_tuned, int(self.model.config.num_hidden_layers))
         learning = [name for name, w in self.model.named_parameters() if w.requires_grad]
-        below = [name for name in learning
-                 if not any(f"layers.{i}." in name for i in range(first, first + self.spec.lora_layers))]
+        below = [name for name in learning if not any(f"layers.{i}." in name for i in tuned)]
         unplaced = [t for t in targets if not any(f".{t}.lora_" in name for name in learning)]
         if below or unplaced:
             raise ConfigError(f"filter.onepass.lora_targets {targets}: {(unplaced or below)[0]} gets no adapter in the "
@@ -142,7 +146,7 @@ class TextEncoder(nn.Module):
         rotary positions and the causal mask are made from the batch as in a whole pass."""
         decoder = self._decoder()
         whole = decoder.layers
-        decoder.layers = nn.ModuleList(list(whole)[len(whole) - self.spec.lora_layers:])
+        decoder.layers = nn.ModuleList(list(whole)[self._first_tuned:])
         try:
             yield decoder
         finally:
@@ -152,7 +156,7 @@ class TextEncoder(nn.Module):
     def _frozen_states(self, ids: list[list[int]]) -> list[torch.Tensor]:
         """Each text's states entering the first tuned layer (its own tokens, no padding)."""
         decoder, out = self._decoder(), {}
-        first = decoder.layers[len(decoder.layers) - self.spec.lora_layers]
+        first = decoder.layers[self._first_tuned]
 
         def grab(module, args, kwargs):
             out["h"] = args[0] if args else kwargs["hidden_states"]

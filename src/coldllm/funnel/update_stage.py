@@ -49,15 +49,13 @@ def content_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor) -> t
 
 
 def chosen_prior(run: Run, user_emb: torch.Tensor, item_emb: torch.Tensor,
-                 validate: Callable[[torch.Tensor], float] | None) -> tuple[str, torch.Tensor, dict[str, float]]:
+                 validate: Callable[[torch.Tensor], float]) -> tuple[str, torch.Tensor, dict[str, float]]:
     """The name and rows of the prior the update starts from and, with ``update.prior: best``, each
     candidate's validation score (content-KNN, the filter's mapping, their blends; the best is kept,
     ties to content-KNN)."""
     knn = content_prior(run, user_emb, item_emb)
     if run.cfg.update.prior != "best":
         return run.cfg.update.prior, knn, {}
-    if validate is None:
-        raise ConfigError("update.prior=best chooses on validation, which only update.mode=fast does")
     path = run.layout.filter_prior
     mapped = load_file(str(path))["cold"].to(item_emb.device, item_emb.dtype) if path.exists() else None
     cold = torch.as_tensor(run.data.cold_items, device=item_emb.device)
