@@ -238,8 +238,11 @@ def test_an_end_to_end_fit_killed_after_an_epoch_resumes_to_the_same_model(plant
         resumed = OnePass(params).fit(ctx, None, TextEncoder(spec), list(ctx.data.item_text), path, "same")
     finally:
         ctx.validator.evaluate = real
-    # the two epochs written were not trained again: only the later ones were validated
+    # the two epochs written were not trained again: only the later ones were validated, and what
+    # they cost is counted as the earlier session's
     assert calls["n"] + 10 ** 6 == len(whole.history) - 2
+    assert whole.earlier_seconds == 0.0
+    assert resumed.earlier_seconds == pytest.approx(sum(h["seconds"] for h in resumed.history[:2])) > 0
     assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in whole.history]
     np.testing.assert_allclose([h["val_cold"] for h in resumed.history], [h["val_cold"] for h in whole.history],
                                atol=1e-6)

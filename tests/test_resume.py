@@ -277,3 +277,16 @@ def test_the_backbone_does_not_depend_on_how_the_item_text_is_written():
         assert stage_inputs(other, stage) != stage_inputs(base, stage), stage
     moved = {**base, "data": {**base["data"], "min_rating": 4.0}}
     assert stage_inputs(moved, "train") != stage_inputs(base, "train")
+
+
+def test_a_stage_that_resumed_counts_the_seconds_of_its_earlier_sessions(project, tmp_path):
+    """A stage that took work from a checkpoint reports what the whole of it cost: its seconds are
+    this session's plus the ``earlier_seconds`` it names (the one-pass fit's resumed epochs)."""
+    run = Run(config(project, tmp_path / "runs"))
+    with run.stage("filter") as rec:
+        rec["earlier_seconds"] = 1000.0
+    with run.stage("simulate"):
+        pass
+    stages = json.loads(run.manifest_path.read_text())["stages"]
+    assert 1000.0 <= stages["filter"]["seconds"] < 1000.0 + stages["simulate"]["seconds"] + 60
+    assert stages["simulate"]["seconds"] < 60 and "earlier_seconds" not in stages["simulate"]

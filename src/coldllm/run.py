@@ -180,7 +180,9 @@ class Run:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage and record it in the manifest; a failure is recorded, then re-raised."""
+        """Time a stage and record it in the manifest; a failure is recorded, then re-raised. A stage
+        that resumed work begun in an earlier session sets ``earlier_seconds`` in its record: its
+        ``seconds`` are then the whole cost, this session's and those."""
         record: dict[str, Any] = {"status": "running", "started": now_iso(), "commit": self.manifest["commit"]}
         self.manifest["stages"][name] = record
         self.save()
@@ -193,7 +195,7 @@ class Run:
         else:
             record["status"] = "done"
         finally:
-            record["seconds"] = round(time.perf_counter() - start, 2)
+            record["seconds"] = round(time.perf_counter() - start + record.get("earlier_seconds", 0.0), 2)
             record["peak_memory_mb"] = round(peak_memory_mb(), 1)
             self.save()
             if record["status"] == "done":  # what the stage did, one line on the terminal and in log.txt

@@ -157,7 +157,8 @@ class OnePassFilter(Filter):
         return FilterFit(top_users(emb, cfg.filter.k, cfg.filter.index),
                          towers=dict(users=emb.users, parts={"onepass": simulator.net}, to_backbone=projection),
                          mapped=simulator.item_out[ctx.cold] @ projection.T,
-                         record={"onepass_history": simulator.history})
+                         record={"onepass_history": simulator.history,
+                                 **({"earlier_seconds": simulator.earlier_seconds} if simulator.earlier_seconds else {})})
 
 
 def degree_penalty(simulator: OnePass, ctx: FitContext, strength: float, sample: int = 2000) -> np.ndarray:

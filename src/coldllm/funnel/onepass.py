@@ -46,6 +46,9 @@ class OnePass:
     def __init__(self, params: OnePassParams | None = None):
         self.params = params or OnePassParams()
         self.history: list[dict] = []
+        # the seconds the epochs taken from a checkpoint cost in earlier sessions: the stage adds them
+        # to its own, so a resumed fit reports what the whole fit cost, not what its last session did
+        self.earlier_seconds = 0.0
 
     def fit(self, ctx: FitContext, text: np.ndarray | None, encoder: TextEncoder | None = None,
             texts: list[str] | None = None, checkpoint: Path | None = None, fingerprint: str = "") -> "OnePass":
@@ -204,6 +207,7 @@ class OnePass:
             setattr(stopper, key, value)
         stopper.best_state = {part: weights("best", part) for part in ("net", "head", "encoder")}
         self.history = json.loads(meta["history"])
+        self.earlier_seconds = sum(h["seconds"] for h in self.history)
         log.info("one-pass fit resumed after epoch %d", len(self.history))
         return len(self.history)
 
