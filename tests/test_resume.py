@@ -288,5 +288,5 @@ def test_a_stage_that_resumed_counts_the_seconds_of_its_earlier_sessions(project
     with run.stage("simulate"):
         pass
     stages = json.loads(run.manifest_path.read_text())["stages"]
-    assert 1000.0 <= stages["filter"]["seconds"] < 1000.0 + stages["simulate"]["seconds"] + 60
+    assert 1000.0 <= stages["filter"]["seconds"] < 1000.0 + 60  # this session's part: an empty block
     assert stages["simulate"]["seconds"] < 60 and "earlier_seconds" not in stages["simulate"]
