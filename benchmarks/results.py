@@ -181,6 +181,18 @@ def choose_default(doc: dict[str, Any]) -> dict[str, Any] | None:
             "val": scored, "test": {s: doc["methods"][best][s] for s in SETTINGS}}
 
 
+def _mean_seed_seconds(row: dict[str, Any]) -> None:
+    """A multi-seed row's ``seconds`` is the mean of its seeds' (with ``seconds_std``), like its metrics.
+
+    Timings on a shared 2-core machine vary by a factor of two between seeds; the newest seed's
+    alone would make a method look faster or slower by chance.
+    """
+    times = [v["seconds"] for v in (row.get("per_seed") or {}).values() if v.get("seconds") is not None]
+    if times and len(times) == len(row["per_seed"]):
+        mean, std = _mean_std(times)
+        row.update(seconds=round(mean, 2), seconds_std=round(std, 2))
+
+
 def write_results(path: Path, doc: dict[str, Any]) -> None:
     """Write a results file stamped with the ``commit`` and ``created`` of its newest row.
 
@@ -188,6 +200,8 @@ def write_results(path: Path, doc: dict[str, Any]) -> None:
     is derived from them, never typed, so it always names the commit of the latest result in it.
     """
     rows = list(doc.get("methods", {}).values()) + list(doc.get("rows", []))
+    for row in rows:
+        _mean_seed_seconds(row)
     dated = [r for r in rows if "created" in r and "commit" in r]
     if dated:
         newest = max(reversed(dated), key=lambda r: r["created"])  # ties: the later row
@@ -208,6 +222,10 @@ ORACLE = "coldllm-oracle-"  # diagnostic rows (they read held-out labels): their
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _whole(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _seconds(value: float | None) -> str:
@@ -253,11 +271,11 @@ def render_table(folder: Path, reference: dict[str, Any] | None = None, notes: s
         "measured at. *paper* is the cold Recall@20 the ColdLLM paper reports with the same backbone. "
         "*reference protocol*: the same test figure under the protocol of the released ALDI/ColdLLM code (the "
         "first 2,000 users with held-out items, every other known positive masked), the one the paper's figure "
-        "uses. *seconds*: fit and evaluation (for a backbone: its accumulated training); *peak MB*: the "
-        "measuring process's peak resident memory when the row was written. A figure with ± is the mean over the "
-        "row's seeds (the model seeds; the split stays fixed) and their standard deviation; a difference smaller "
-        "than the larger spread is not a finding; such a row's reference-protocol figure, seconds and peak MB are "
-        "its newest seed's. *(earlier backbone)*: a row measured on other backbone settings than the backbone "
+        "uses. *seconds*: fit and evaluation (for a backbone: its accumulated training), the mean over the row's "
+        "seeds; *peak MB*: the measuring process's peak resident memory when the row was written. A figure with ± "
+        "is the mean over the row's seeds (the model seeds; the split stays fixed) and their standard deviation; a "
+        "difference smaller than the larger spread is not a finding; such a row's reference-protocol figure and "
+        "peak MB are its newest seed's. *(earlier backbone)*: a row measured on other backbone settings than the backbone "
         "row's (kept from before the preset changed; compare it with nothing else in the table).",
         "",
         head + " | cold R@20, reference protocol | paper cold R@20 | seconds | peak MB | commit |",
@@ -418,7 +436,7 @@ def one_pass_table(docs: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["", "**One pass per item against the pairwise funnel.** *LM calls*: language-model passes for the "
              "cold items; *seconds*: the method's stages on top of the backbone (for the pairwise funnel, of the "
-             "last session of its resumed fine-tuning and simulation); *simulated precision*: real interactions "
+             "last session of its resumed fine-tuning and simulation; the mean over seeds); *simulated precision*: real interactions "
              "among the simulated (accepted) pairs of the cold test items.", "",
              "| backbone | method | LM calls | seconds | simulated precision | cold R@20 | cold N@20 | overall R@20 "
              "| warm R@20 |", "|---|---|---|---|---|---|---|---|---|"]
@@ -525,7 +543,7 @@ def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None, s
     lines = [] if dataset else ["", "## What reading the text with a language model buys", "",
                                 "The one-pass simulator with each text reader, beside the funnel's judges; the same "
                                 "items, users, objective and update. *seconds*: the method's stages on top of the "
-                                "backbone on 2 CPU cores (one seed). Written by `benchmarks/funnel.py`.", ""]
+                                "backbone on 2 CPU cores (the mean over the row's seeds). Written by `benchmarks/funnel.py`.", ""]
     lines += [("| dataset " if dataset else "") + "| backbone | method | what reads the text | seeds | cold-val N@20 "
               "| cold R@20 | cold N@20 | seconds | LM passes | new item s (service) |",
               ("|---" if dataset else "") + "|---|---|---|---|---|---|---|---|---|---|"]
@@ -538,7 +556,7 @@ def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None, s
                      f"| {_reader(e)} | {len(e.get('seeds', [])) or 1} "
                      f"| {_fmt(val.get('ndcg@20'))}{spread(val, 'ndcg@20')} "
                      f"| {_fmt(cold.get('recall@20'))}{spread(cold, 'recall@20')} "
-                     f"| {_fmt(cold.get('ndcg@20'))}{spread(cold, 'ndcg@20')} | {e.get('seconds', '-')} "
+                     f"| {_fmt(cold.get('ndcg@20'))}{spread(cold, 'ndcg@20')} | {_whole(e.get('seconds'))} "
                      f"| {e.get('llm_calls', '-')} | {_seconds(new_item_seconds(FOLDERS.get(doc['dataset'], doc['dataset']), doc['backbone'], method, serve))} |")
     return lines
 
