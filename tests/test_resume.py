@@ -227,12 +227,17 @@ def test_a_retraining_chooses_its_prior_on_validation_too(project, tmp_path):
     assert searched and searched[record["prior"]] == max(searched.values())
 
 
-def test_redo_from_reruns_that_stage_and_later_ones_only(project, tmp_path):
+def test_redo_from_reruns_that_stage_and_later_ones_only(project, tmp_path, monkeypatch):
     """``coldllm run --redo-from filter``: the filter runs again on the kept backbone; the backbone is
-    not retrained; a stage the run does not have is a one-line error before anything runs."""
+    not retrained; a stage the run does not have is a one-line error before anything runs. The memory
+    a stage freed goes back to the system after each stage that ran (not after a skipped one)."""
     import json
 
+    from coldllm import pipeline
     from coldllm.config import ConfigError
+
+    released = []
+    monkeypatch.setattr(pipeline, "release_memory", lambda: released.append(True))
 
     runs = tmp_path / "runs"
     start_from_base(project, runs)
@@ -249,6 +254,7 @@ def test_redo_from_reruns_that_stage_and_later_ones_only(project, tmp_path):
     assert after["train"]["started"] == "before"
     assert after["filter"]["started"] != "before"
     assert after["filter"]["status"] == "done"
+    assert len(released) == 1  # prepare and train were skipped; the filter ran
 
 
 def test_the_filter_goes_stale_with_the_prior_it_reads_and_no_other_update_setting():

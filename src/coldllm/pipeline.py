@@ -22,7 +22,7 @@ from .funnel.stages import FUNNEL_STAGES
 from .layout import RunLayout
 # re-exported: the run folder is what most callers of the pipeline also need
 from .run import Run, content_vectors, stage_inputs, with_defaults  # noqa: F401  (Run, content_vectors: for callers)
-from .utils import resolve_device, write_json
+from .utils import release_memory, resolve_device, write_json
 
 log = logging.getLogger(__name__)
 
@@ -169,5 +169,6 @@ def run_all(run: Run, force: bool = False, redo_from: str | None = None) -> dict
             reuse_stage(run, name, run.cfg.reuse[name])
         else:
             stages[name](run)
+        release_memory()  # a stage's peak (the fine-tune's) should not stay resident through the next ones
         upstream_changed = True
     return run.manifest

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
+import gc
 import json
 import logging
 import os
@@ -46,6 +49,24 @@ def resolve_device(name: str = "auto") -> torch.device:
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def release_memory() -> bool:
+    """Give memory freed by a finished stage back to the operating system; True where that was possible.
+
+    glibc keeps freed heap pages for reuse: after the judge's fine-tune (peak ~16 GB on MovieLens-1M)
+    the same process went on holding ~14 GB through the simulation that needs ~1.5 GB. ``malloc_trim``
+    returns them; elsewhere (musl, macOS) there is nothing to call and the pages stay.
+    """
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def git_commit(cwd: Path | None = None) -> str:
