@@ -224,12 +224,8 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _whole(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _seconds(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _fmt_spread(block: dict[str, Any], metric: str) -> str:
@@ -556,7 +552,7 @@ def text_encoder_table(docs: list[dict[str, Any]], dataset: str | None = None, s
                      f"| {_reader(e)} | {len(e.get('seeds', [])) or 1} "
                      f"| {_fmt(val.get('ndcg@20'))}{spread(val, 'ndcg@20')} "
                      f"| {_fmt(cold.get('recall@20'))}{spread(cold, 'recall@20')} "
-                     f"| {_fmt(cold.get('ndcg@20'))}{spread(cold, 'ndcg@20')} | {_whole(e.get('seconds'))} "
+                     f"| {_fmt(cold.get('ndcg@20'))}{spread(cold, 'ndcg@20')} | {_seconds(e.get('seconds'), 0)} "
                      f"| {e.get('llm_calls', '-')} | {_seconds(new_item_seconds(FOLDERS.get(doc['dataset'], doc['dataset']), doc['backbone'], method, serve))} |")
     return lines
 

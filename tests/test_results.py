@@ -146,6 +146,11 @@ def test_seeds_make_one_row_with_mean_and_spread(tmp_path):
     assert row["val"]["cold"]["recall@20"] == pytest.approx(0.02)
     assert row["per_seed"]["2"]["commit"] == "c2" and row["commit"] == "c3"  # the newest seed's
     assert "seconds" not in row  # no seed measured its time: nothing to average
+    # another configuration is not averaged with the seeds of the old one
+    record_seed(path, dataset="toy", split="random", backbone="mf", method="knn", seed=1, metrics=metrics(0.5),
+                config={"a": 2, "seed": 1}, commit="d1")
+    row = json.loads(path.read_text())["methods"]["knn"]
+    assert row["seeds"] == [1] and row["cold"]["recall@20"] == 0.5 and row["cold"]["recall@20_std"] == 0.0
 
 
 def test_a_rows_seconds_are_the_mean_over_its_seeds(tmp_path):
@@ -158,11 +163,6 @@ def test_a_rows_seconds_are_the_mean_over_its_seeds(tmp_path):
     row = json.loads(path.read_text())["methods"]["onepass"]
     assert row["seconds"] == pytest.approx(150.0) and row["seconds_std"] == pytest.approx(132.29, abs=0.01)
     assert [row["per_seed"][s]["seconds"] for s in "123"] == [100.0, 300.0, 50.0]
-    # another configuration is not averaged with the seeds of the old one
-    record_seed(path, dataset="toy", split="random", backbone="mf", method="knn", seed=1, metrics=metrics(0.5),
-                config={"a": 2, "seed": 1}, commit="d1")
-    row = json.loads(path.read_text())["methods"]["knn"]
-    assert row["seeds"] == [1] and row["cold"]["recall@20"] == 0.5 and row["cold"]["recall@20_std"] == 0.0
 
 
 def test_the_default_is_the_own_method_best_on_validation_never_on_test(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import datetime as dt
 import gc
 import json
@@ -51,22 +50,22 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def release_memory() -> bool:
-    """Give memory freed by a finished stage back to the operating system; True where that was possible.
+# glibc's malloc_trim, looked up once (None where the C library has none: musl, macOS)
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def release_memory() -> None:
+    """Give memory freed by a finished stage back to the operating system.
 
     glibc keeps freed heap pages for reuse: after the judge's fine-tune (peak ~16 GB on MovieLens-1M)
     the same process went on holding ~14 GB through the simulation that needs ~1.5 GB. ``malloc_trim``
-    returns them; elsewhere (musl, macOS) there is nothing to call and the pages stay.
+    returns them; elsewhere there is nothing to call and the pages stay.
     """
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    libc = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
-    if trim is None:
-        return False
-    trim(0)
-    return True
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def git_commit(cwd: Path | None = None) -> str:
