@@ -14,6 +14,8 @@ reuse what they do not change:
     coldllm              coupled filter, the LoRA-tuned language-model judge      (the method)
     coldllm-no-refiner   the same filter, every filtered pair accepted            (reuses its filter)
     coldllm-cosine       the same filter, the free cosine judge                   (reuses its filter)
+    coldllm-activity     the same filter, the free activity judge: each item keeps (reuses its filter)
+                         its most active candidates
     coldllm-collab       collaborative sub-tower only, cosine judge
     coldllm-lm           language-model sub-tower only, cosine judge
     coldllm-random       K random users per cold item, cosine judge
@@ -87,6 +89,7 @@ VARIANTS = {
     "coldllm": (["--refiner.judge=llm"], {}),
     "coldllm-no-refiner": (["--refiner.judge=all"], {"filter": "coldllm"}),
     "coldllm-cosine": (["--refiner.judge=cosine"], {"filter": "coldllm"}),
+    "coldllm-activity": (["--refiner.judge=activity"], {"filter": "coldllm"}),
     "coldllm-collab": (["--filter.towers=collab", "--refiner.judge=cosine"], {}),
     "coldllm-lm": (["--filter.towers=lm", "--refiner.judge=cosine"], {}),
     "coldllm-random": (["--filter.towers=random", "--refiner.judge=cosine"], {}),

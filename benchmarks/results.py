@@ -128,7 +128,7 @@ def record_seed(path: Path, *, dataset: str, split: str, backbone: str, method: 
 # the project's own ways of simulating a new item's users: the default configuration is one of these
 OWN_METHODS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
                "onepass-llm-last", "onepass-llm-top4", "coldllm", "coldllm-cosine",
-               "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-retrain")
+               "coldllm-activity", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-retrain")
 OWN_PREFIXES = ("onepass-penalty-",)  # settings grids of the own methods (funnel.py's PENALTY_GRID)
 DEFAULT_METRIC = ("cold", "ndcg@20")
 
@@ -215,7 +215,7 @@ def write_results(path: Path, doc: dict[str, Any]) -> None:
 
 # Table order: the backbone alone, the controls, the published methods (by year), then ours.
 ORDER = ["backbone", "random", "knn", "deepmusic", "dropoutnet", "metaemb", "mtpr", "clcrec", "gar", "aldi",
-         "coldllm", "coldllm-cosine", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-random",
+         "coldllm", "coldllm-cosine", "coldllm-activity", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-random",
          "coldllm-retrain", "paper-filter", "paper-refiner"]
 ORACLE = "coldllm-oracle-"  # diagnostic rows (they read held-out labels): their own table and plot
 
@@ -359,8 +359,8 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
 
 # the judges that decide which filtered pairs become interactions, the method's first
 REAL_JUDGES = {"coldllm": "language model (LoRA)", "coldllm-cosine": "cosine (free)",
-               "coldllm-no-refiner": "none: all accepted (free)"}
-FREE_JUDGES = ("coldllm-cosine", "coldllm-no-refiner")
+               "coldllm-activity": "the most active candidates (free)", "coldllm-no-refiner": "none: all accepted (free)"}
+FREE_JUDGES = ("coldllm-cosine", "coldllm-activity", "coldllm-no-refiner")
 
 
 def _accepted_precision(entry: dict[str, Any]) -> float | None:
@@ -397,7 +397,7 @@ def judge_verdict_table(docs: list[dict[str, Any]]) -> list[str]:
     lines = ["", "**Does the language model earn its cost?** The judges that decide which of the same filtered "
              "pairs become interactions, through the same update. *LM calls*: language-model passes for the cold "
              "items; *accepted precision*: real interactions among the accepted pairs of the cold test items; "
-             "*vs best free*: cold Recall@20 against the better of the two free judges; *vs knn*: against the "
+             "*vs best free*: cold Recall@20 against the best free judge; *vs knn*: against the "
              "content-KNN control.", "",
              "| backbone | judge | LM calls | accept rate | accepted precision | cold R@20 | cold N@20 "
              "| warm R@20 | vs best free | vs knn |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -788,7 +788,7 @@ def _plot_oracle(docs: list[dict[str, Any]], path: Path) -> None:
         level = _get(doc["methods"], "knn", "cold", "recall@20")
         if level is not None:
             ax.axhline(level, linestyle="--", color="gray", label="knn (content prior alone)")
-        for method, marker in zip(REAL_JUDGES, "*sD"):  # the real judges, where the curve would put them
+        for method, marker in zip(REAL_JUDGES, "*sPD"):  # the real judges, where the curve would put them
             entry = doc["methods"].get(method)
             if entry is not None and on_files_backbone(doc, method) and _accepted_precision(entry):
                 ax.scatter([_accepted_precision(entry)], [entry["cold"]["recall@20"]], marker=marker, s=90,

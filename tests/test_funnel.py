@@ -222,6 +222,25 @@ def test_cosine_judge_and_candidate_aucs_by_hand():
     assert out["pairs"] == 4 and out["real"] == 2
 
 
+def test_the_activity_judge_keeps_each_items_most_active_candidates_online_as_in_batch():
+    from coldllm.funnel.judges import OnlineActivity, activity_verdicts
+
+    counts = np.array([5, 1, 9, 1, 3])
+    # item 7: users 0, 1, 2, 3; item 8: users 1, 3, 4 (1 and 3 tie: the earlier row, the filter's better rank)
+    candidates = pd.DataFrame({"user": [0, 1, 2, 3, 1, 3, 4], "item": [7, 7, 7, 7, 8, 8, 8]})
+    out = activity_verdicts(candidates, counts, keep=0.5)
+    np.testing.assert_allclose(out["p_yes"], np.log1p(counts[candidates["user"]]), rtol=1e-6)
+    # item 7 keeps ceil(.5 x 4) = 2: users 2 (9) and 0 (5); item 8 keeps ceil(.5 x 3) = 2: user 4 (3), then user 1
+    assert out["accepted"].tolist() == [True, False, True, False, True, False, True]
+    online = OnlineActivity(counts, keep=0.5)
+    for item, rows in candidates.groupby("item"):
+        p, accepted = online.verdicts(rows["user"].to_numpy(), "any text", np.zeros(2))
+        np.testing.assert_allclose(p, out.loc[rows.index, "p_yes"], rtol=1e-6)
+        assert accepted.tolist() == out.loc[rows.index, "accepted"].tolist()
+    p, accepted = online.verdicts(np.array([], np.int64), "any text", np.zeros(2))
+    assert len(p) == len(accepted) == 0
+
+
 def test_known_verdicts_are_not_judged_again(tmp_path):
     model, tok = make_tiny_llm(seed=2)
     judge = Judge(model, PromptEncoder(tok, PromptTemplate()), batch_size=4)

@@ -153,6 +153,8 @@ JUDGES.declare("llm", "the LoRA-tuned language model: P(Yes) for each (user hist
                ("finetunes", "servable"), verdict_reads=_centering_reads)
 JUDGES.declare("cosine", "free: the item text's cosine to the mean text of the user's history; each item keeps "
                "its refiner.keep share", ("refiner.keep", "refiner.template"), ("servable",))
+JUDGES.declare("activity", "free: each item keeps its refiner.keep share of candidates, the users with the most "
+               "training interactions", ("refiner.keep",), ("servable",))
 JUDGES.declare("all", "no refiner: every candidate accepted", (), ("servable",))
 JUDGES.declare("file", "the answer column of filter.file", (), ("reads_labels",))
 JUDGES.declare("oracle", "a diagnostic that reads held-out labels (never a method)",

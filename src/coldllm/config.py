@@ -264,7 +264,8 @@ class FilterConfig:
 @dataclass
 class RefinerConfig:
     judge: str = _help(f"Which filtered pairs are accepted: {_choices(JUDGES)}.", "llm", check=one_of(*JUDGES.names()))
-    keep: float = _help("cosine judge: share of each item's candidates accepted (the most similar).", 0.5,
+    keep: float = _help("cosine / activity judge: share of each item's candidates accepted (the most similar / the "
+                        "users with the most training interactions).", 0.5,
                         check=between(0, 1, low_open=True))
     oracle_r: float = _help("oracle judge: probability a real held-out pair is accepted.", 1.0, check=between(0, 1))
     oracle_f: float = _help("oracle judge: probability any other candidate pair is accepted.", 0.0,

@@ -9,6 +9,11 @@ an item it never saw (the ``servable`` ones), is loaded for the service (``load`
 * ``cosine``: a free judge. Each candidate pair scores the cosine between the item's text vector
   and the mean text vector of the user's history (as the prompt shows it); each item keeps the
   ``keep`` share of its candidates that score highest.
+* ``activity``: a free judge. Each item keeps the ``keep`` share of its candidates with the most
+  training interactions. Within one item's candidates the filter's own score barely tells the
+  users who take it from those who do not, while how much each user does tells them apart well
+  (on MovieLens-1M's cold candidates, AUC within an item .73 against the filter's .56): the rule
+  any learned judge should beat.
 * ``oracle``: a diagnostic that *reads held-out labels*. A real held-out pair is accepted with
   probability r, any other candidate with probability f (seeded). Sweeping (r, f) gives the
   update's response to the precision and recall of what it is fed; it never selects a model.
@@ -47,17 +52,30 @@ def cosine_judge(users: np.ndarray, items: np.ndarray, histories: list[np.ndarra
     return np.einsum("nd,nd->n", means[np.asarray(users)], unit[np.asarray(items)])
 
 
-def cosine_verdicts(candidates: pd.DataFrame, histories: list[np.ndarray], vectors: np.ndarray,
-                    keep: float) -> pd.DataFrame:
-    """user, item, p_yes (the cosine), accepted (top ``keep`` share of each item's candidates)."""
+def keep_best(pairs: pd.DataFrame, scores: np.ndarray, keep: float) -> pd.DataFrame:
+    """user, item, p_yes (``scores``), accepted: the top ``keep`` share of each item's candidates
+    (ties go to the earlier row, the filter's better rank)."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"refiner.keep must be in (0, 1], got {keep}")
-    out = candidates[["user", "item"]].copy()
-    out["p_yes"] = cosine_judge(out["user"].to_numpy(), out["item"].to_numpy(), histories, vectors).astype(np.float32)
+    out = pairs[["user", "item"]].copy()
+    out["p_yes"] = np.asarray(scores, np.float32)
     rank = out.groupby("item")["p_yes"].rank(ascending=False, method="first")
     size = out.groupby("item")["p_yes"].transform("size")
     out["accepted"] = rank <= np.ceil(keep * size)
     return out
+
+
+def cosine_verdicts(candidates: pd.DataFrame, histories: list[np.ndarray], vectors: np.ndarray,
+                    keep: float) -> pd.DataFrame:
+    """user, item, p_yes (the cosine), accepted (top ``keep`` share of each item's candidates)."""
+    return keep_best(candidates, cosine_judge(candidates["user"].to_numpy(), candidates["item"].to_numpy(),
+                                              histories, vectors), keep)
+
+
+def activity_verdicts(candidates: pd.DataFrame, counts: np.ndarray, keep: float) -> pd.DataFrame:
+    """user, item, p_yes (log(1 + the user's training interactions): a score, not a probability),
+    accepted (the ``keep`` share of each item's candidates that do the most)."""
+    return keep_best(candidates, np.log1p(np.asarray(counts, np.float64)[candidates["user"].to_numpy()]), keep)
 
 
 def oracle_verdicts(candidates: pd.DataFrame, truth: np.ndarray, r: float, f: float, seed: int) -> pd.DataFrame:
@@ -132,6 +150,21 @@ class OnlineCosine:
         return out["p_yes"].to_numpy(np.float32), out["accepted"].to_numpy(bool)
 
 
+class OnlineActivity:
+    def __init__(self, counts: np.ndarray, keep: float):
+        self.counts, self.keep = counts, keep
+
+    def verdicts(self, users, text, vector):
+        pairs = pd.DataFrame({"user": np.asarray(users, np.int64), "item": 0})
+        out = activity_verdicts(pairs, self.counts, self.keep)
+        return out["p_yes"].to_numpy(np.float32), out["accepted"].to_numpy(bool)
+
+
+def training_counts(data: ColdStartData) -> np.ndarray:
+    """Each user's number of training interactions."""
+    return np.diff(data.matrix("train").indptr)
+
+
 @JUDGES.implement("all")
 class AllJudge(JudgeComponent):
     """The no-refiner ablation: every filtered pair becomes an interaction."""
@@ -153,6 +186,16 @@ class CosineJudge(JudgeComponent):
     @classmethod
     def load(cls, cfg, layout, data, content):
         return OnlineCosine(judge_histories(data, cfg), content, cfg.refiner.keep)
+
+
+@JUDGES.implement("activity")
+class ActivityJudge(JudgeComponent):
+    def apply(self, candidates, record):
+        return activity_verdicts(candidates, training_counts(self.run.data), self.cfg.refiner.keep)
+
+    @classmethod
+    def load(cls, cfg, layout, data, content):
+        return OnlineActivity(training_counts(data), cfg.refiner.keep)
 
 
 @JUDGES.implement("oracle")
