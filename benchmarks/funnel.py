@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -196,20 +197,24 @@ def funnel_statistics(run: Run) -> dict:
                    "simulate": json.loads(layout.simulate_report.read_text())}
     refiner_report = layout.refiner_report
     vectors = content_vectors(run)
+    train = data.matrix("train")
+    degree, popularity = np.diff(train.indptr), np.asarray(train.sum(axis=0)).ravel()
     combined = None
     if run.cfg.refiner.judge == "llm" and refiner_report.exists():
         report = json.loads(refiner_report.read_text())
         stats["refiner"] = {k: report[k] for k in ("train_examples", "eval_examples", "before", "after", "threshold")}
         held_out = {name: pd.read_parquet(layout.held_out(name)) for name in ("random", "hard")}
-        stats["held_out_judges"] = {name: judges_on_held_out(frame, vectors) for name, frame in held_out.items()}
+        stats["held_out_judges"] = {name: judges_on_held_out(frame, vectors, popularity=popularity)
+                                    for name, frame in held_out.items()}
         # P(Yes) and the cosine together, fitted on held-out warm pairs only
         combined = fit_combined_judge(pd.concat(held_out.values(), ignore_index=True), vectors)
     # the judge's P(Yes) (the cosine for the cosine judge) beside the free judges, on the pairs it judged
-    histories = user_histories(data.matrix("train"), prompt_template(run.cfg).max_history, run.cfg.seed)
+    histories = user_histories(train, prompt_template(run.cfg).max_history, run.cfg.seed)
     simulated = pd.read_parquet(layout.simulated)
     candidates = pd.read_parquet(layout.candidates)
     stats["candidate_judges"] = {
-        split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors, combined)
+        split: judges_on_candidates(simulated, candidates, data.parts[f"cold_{split}"], histories, vectors, combined,
+                                    degree)
         for split in ("val", "test")
     }
     return stats

@@ -7,6 +7,11 @@ candidate's text vector and the mean text vector of the user's history as the pr
 A language-model judge that cannot beat them does not earn its cost. A third, the combined judge,
 asks whether P(Yes) adds anything to the cosine: a logistic regression on the two, fitted on the
 finetune stage's held-out *warm* pairs only (never on cold labels), applied to the candidates.
+
+A judge decides among one item's candidates, so each AUC is also taken within items (the mean of
+the per-item AUCs), beside two signals that read no text: how much each candidate user does (its
+training interactions) on the candidates, and how popular each item is on the held-out warm pairs,
+where a judge can score well by telling popular items from obscure ones.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sklearn.model_selection import cross_val_predict
 
 from coldllm.funnel.filter import funnel_coverage
 from coldllm.funnel.judges import cosine_judge, is_real
-from coldllm.funnel.refiner import auc
+from coldllm.funnel.refiner import auc, auc_within
 
 
 def combined_features(p_yes: np.ndarray, cosine: np.ndarray) -> np.ndarray:
@@ -42,9 +47,12 @@ def fit_combined_judge(held_out: pd.DataFrame, vectors: np.ndarray):
 
 
 def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, truth: np.ndarray,
-                         histories: list[np.ndarray], vectors: np.ndarray, combined=None) -> dict[str, float]:
+                         histories: list[np.ndarray], vectors: np.ndarray, combined=None,
+                         degree: np.ndarray | None = None) -> dict[str, float]:
     """AUC of the judge's P(Yes), the filter score and the cosine on the candidates of the items in
-    ``truth``; with ``combined`` (``fit_combined_judge``), also the combined judge's.
+    ``truth``; with ``combined`` (``fit_combined_judge``), also the combined judge's; with
+    ``degree`` (each user's training interactions), also that of the candidate's activity; and
+    under ``within_item`` the same AUCs taken within each item (``auc_within``).
 
     Precision is counted on those items' candidates only (see ``filter.funnel_coverage``)."""
     items = np.unique(truth[:, 1])
@@ -52,8 +60,14 @@ def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, trut
     labels = is_real(pairs, truth)
     cosine = cosine_judge(pairs["user"].to_numpy(), pairs["item"].to_numpy(), histories, vectors)
     accepted = pairs["accepted"].to_numpy()
+    scores = {"judge": pairs["p_yes"].to_numpy(), "filter_score": pairs["score"].to_numpy(), "cosine": cosine}
+    if degree is not None:
+        scores["activity"] = np.asarray(degree, np.float64)[pairs["user"].to_numpy()]
     extra = {} if combined is None or not len(pairs) else {
         "auc_combined": auc(labels, combined.predict_proba(combined_features(pairs["p_yes"], cosine))[:, 1])}
+    if degree is not None:
+        extra["auc_activity"] = auc(labels, scores["activity"])
+    extra["within_item"] = {f"auc_{name}": auc_within(labels, s, pairs["item"].to_numpy()) for name, s in scores.items()}
     return {
         "pairs": int(len(pairs)), "real": int(labels.sum()),
         "auc_judge": auc(labels, pairs["p_yes"].to_numpy()),
@@ -65,12 +79,17 @@ def judges_on_candidates(simulated: pd.DataFrame, candidates: pd.DataFrame, trut
     }
 
 
-def judges_on_held_out(held_out: pd.DataFrame, vectors: np.ndarray, folds: int = 5) -> dict[str, float]:
+def judges_on_held_out(held_out: pd.DataFrame, vectors: np.ndarray, folds: int = 5,
+                       popularity: np.ndarray | None = None) -> dict[str, float]:
     """AUC of the judge before / after fine-tuning, of the cosine and of the combined judge
-    (``folds``-fold cross-validated: each pair scored by a fit that did not see it), on held-out warm examples."""
+    (``folds``-fold cross-validated: each pair scored by a fit that did not see it), on held-out warm
+    examples; with ``popularity`` (each item's training interactions), also that of the item's
+    popularity, which reads neither the user nor any text."""
     features, labels = held_out_features(held_out, vectors)
     out = {"n": int(len(held_out)), "auc_before": auc(labels, held_out["p_before"].to_numpy()),
            "auc_after": auc(labels, held_out["p_after"].to_numpy()), "auc_cosine": auc(labels, features[:, 1])}
+    if popularity is not None:
+        out["auc_popularity"] = auc(labels, np.asarray(popularity, np.float64)[held_out["item"].to_numpy()])
     if min(labels.sum(), (1 - labels).sum()) >= folds:
         combined = cross_val_predict(LogisticRegression(), features, labels, cv=folds, method="predict_proba")[:, 1]
         out["auc_combined_cv"] = auc(labels, combined)

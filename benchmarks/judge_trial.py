@@ -7,8 +7,9 @@ filter's candidates of a seeded sample of cold *validation* items, beside the fr
 Fine-tunes the judge (LoRA, the preset's refiner settings with the overrides given) in
 ``runs/bench-<dataset>-<backbone>-judge-trial-<tag>/``, reusing the backbone and the method's filter
 (``benchmarks/funnel.py`` makes it), judges every candidate of the sampled items and reports the
-AUC of P(Yes), of the filter score and of the cosine judge on the same pairs, and the precision of
-what each accepts at the same acceptance rate. One trial stays under ~20 minutes on 2 CPU cores.
+AUC of P(Yes), of the filter score, of the cosine judge and of the user's activity (training
+interactions) on the same pairs, pooled and within items (the judge's own question: which of one
+item's candidates), and the precision of what each accepts at the same acceptance rate. One trial stays under ~20 minutes on 2 CPU cores.
 Rows go to ``results/<dataset>/judge-trials.json`` with their settings, commit and date, the
 judge model's parameter count and its seconds per 1,000 pairs (``benchmarks/judge_size.py`` plots
 them against each other).
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 
 from coldllm.config import load_config, to_dict
-from coldllm.funnel.refiner import auc, simulate, user_histories
+from coldllm.funnel.refiner import auc, auc_within, simulate, user_histories
 from coldllm.funnel.inputs import prompt_template
 from coldllm.funnel.judges import cosine_judge, is_real
 from coldllm.llm.judge import Judge
@@ -89,12 +90,14 @@ def main() -> None:
     pairs = verdicts.merge(candidates[["user", "item", "score"]], on=["user", "item"])
     labels = is_real(pairs, truth)
     cosine = cosine_judge(pairs["user"].to_numpy(), pairs["item"].to_numpy(), histories, content_vectors(run))
+    scores = {"llm": pairs["p_yes"].to_numpy(), "filter_score": pairs["score"].to_numpy(), "cosine": cosine,
+              "activity": np.diff(data.matrix("train").indptr)[pairs["user"].to_numpy()].astype(np.float64)}
     accept = float(pairs["accepted"].mean())
     refiner = json.loads(run.layout.refiner_report.read_text())
     row = {
         "backbone": args.backbone, "items": len(items), "pairs": len(pairs), "real": int(labels.sum()),
-        "auc": {"llm": auc(labels, pairs["p_yes"].to_numpy()), "filter_score": auc(labels, pairs["score"].to_numpy()),
-                "cosine": auc(labels, cosine)},
+        "auc": {name: auc(labels, s) for name, s in scores.items()},
+        "auc_within_item": {name: auc_within(labels, s, pairs["item"].to_numpy()) for name, s in scores.items()},
         "accept_rate_llm": accept, "precision_all": float(labels.mean()),
         "precision_at_llm_accept_rate": {"llm": float(labels[pairs["accepted"].to_numpy()].mean()) if accept else 0.0,
                                          "cosine": precision_at(labels, cosine, accept),
@@ -111,7 +114,7 @@ def main() -> None:
     doc = json.loads(out.read_text()) if out.exists() else {"rows": []}
     doc["rows"] = [r for r in doc["rows"] if (r["backbone"], r["overrides"]) != (args.backbone, overrides)] + [row]
     write_results(out, doc)
-    print(json.dumps({k: row[k] for k in ("pairs", "real", "auc", "accept_rate_llm", "precision_all",
+    print(json.dumps({k: row[k] for k in ("pairs", "real", "auc", "auc_within_item", "accept_rate_llm", "precision_all",
                                           "precision_at_llm_accept_rate")}, indent=1))
 
 

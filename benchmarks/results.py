@@ -334,14 +334,18 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
              "filtered pairs that are real interactions, and share of the real interactions the filter "
              "keeps (coverage); *accepted*: the refiner's acceptance rate and the precision of what it "
              "accepts; *judge AUC*: held-out warm users, the filter's top-ranked non-interacted items as "
-             "negatives (hard), before → after LoRA, and the free cosine judge on the same pairs; "
+             "negatives (hard), before → after LoRA, and on the same pairs the free cosine judge and the "
+             "items' popularity (their training interactions: it reads neither user nor text); "
              "*on candidates*: AUC separating real from non-real pairs among the filtered candidates of "
              "the cold validation items, by the judge's P(Yes) (for the cosine judge: the cosine), by the filter's own score and by the cosine; "
              "for the language-model judge also by the *combined* judge (P(Yes) and the cosine in a logistic "
-             "regression fitted on held-out warm pairs only).", "",
+             "regression fitted on held-out warm pairs only); *within items*: the mean over cold validation items of "
+             "the AUC among each item's own candidates, the question a judge answers, by the judge, the filter's "
+             "score and the candidate user's activity (training interactions).", "",
              "| backbone | variant | filtered precision | coverage | accept rate | accepted precision "
-             "| judge AUC hard (before → after) | cosine AUC hard | on candidates (val): judge / filter / cosine |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| judge AUC hard (before → after) | cosine / popularity AUC hard | on candidates (val): judge / filter / "
+             "cosine | within items (val): judge / filter / activity |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for backbone, method, f in rows:
         before, after = _get(f, "refiner", "before", "hard", "auc"), _get(f, "refiner", "after", "hard", "auc")
         cand = _get(f, "candidate_judges", "val") or {}
@@ -349,11 +353,15 @@ def funnel_table(docs: list[dict[str, Any]]) -> list[str]:
         on_cand = " / ".join(_fmt(cand.get(k)) for k in ("auc_judge", "auc_filter_score", "auc_cosine")) if cand else "-"
         if "auc_combined" in cand:
             on_cand += f" (combined {_fmt(cand['auc_combined'])})"
+        within = cand.get("within_item")
+        within = " / ".join(_fmt(within.get(f"auc_{k}")) for k in ("judge", "filter_score", "activity")) if within else "-"
+        held = [_get(f, "held_out_judges", "hard", k) for k in ("auc_cosine", "auc_popularity")]
+        held = "-" if held == [None, None] else " / ".join(map(_fmt, held))
         lines.append(
             f"| {backbone} | {method} | {_fmt(_get(f, 'filter', 'test', 'precision'))} "
             f"| {_fmt(_get(f, 'filter', 'test', 'coverage'))} | {_fmt(_get(f, 'simulate', 'accept_rate'))} "
             f"| {_fmt(_get(f, 'simulate', 'refined_test', 'precision'))} | {judge} "
-            f"| {_fmt(_get(f, 'held_out_judges', 'hard', 'auc_cosine'))} | {on_cand} |")
+            f"| {held} | {on_cand} | {within} |")
     return lines
 
 

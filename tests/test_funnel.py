@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 
 from coldllm.funnel.filter import CoupledEmbeddings, funnel_coverage, random_users, top_users
-from coldllm.funnel.refiner import auc, example_parts, finetune_examples, judge_examples, judge_sets, simulate, \
+from coldllm.funnel.refiner import auc, auc_within, example_parts, finetune_examples, judge_examples, judge_sets, simulate, \
     user_histories, with_random_negatives
 from coldllm.funnel.update import FastParams, augmented_train, fit_cold_rows
 from coldllm.llm.judge import Judge
@@ -156,6 +156,18 @@ def test_auc_by_hand():
     assert auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
 
 
+def test_auc_within_items_by_hand():
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 1, 0])
+    scores = np.array([0.9, 0.5, 0.1, 0.2, 0.8, 0.3, 0.4, 0.5, 0.5])
+    items = np.array([7, 7, 7, 8, 8, 9, 9, 6, 6])
+    # item 7: its positive above both negatives (1); item 8: below (0); item 9 has no positive (left
+    # out); item 6: a tie (1/2). Pooled, the three positives beat 6, 1 and 3 of the six negatives and
+    # tie two: 11 / 18
+    assert auc_within(labels, scores, items) == pytest.approx(0.5)
+    assert auc(labels, scores) == pytest.approx(11 / 18)
+    assert np.isnan(auc_within(np.zeros(3), scores[:3], items[:3]))
+
+
 def test_simulation_resumes_after_a_kill(tmp_path):
     model, tok = make_tiny_llm(seed=2)
     judge = Judge(model, PromptEncoder(tok, PromptTemplate()), batch_size=4)
@@ -215,9 +227,15 @@ def test_cosine_judge_and_candidate_aucs_by_hand():
     candidates = pd.DataFrame({"user": [0, 1, 0, 1], "item": [3, 3, 2, 2], "score": [0.9, 0.1, 0.5, 0.6]})
     simulated = candidates[["user", "item"]].assign(p_yes=[0.8, 0.3, 0.6, 0.2], accepted=[True, False, True, False])
     truth = np.array([[0, 3], [1, 2]])  # real pairs: (0, 3) and (1, 2)
-    out = judges_on_candidates(simulated, candidates, truth, histories, vectors)
+    out = judges_on_candidates(simulated, candidates, truth, histories, vectors, degree=np.array([1, 4, 0]))
     # positives (0,3) p=.8 and (1,2) p=.2 against negatives (1,3) p=.3 and (0,2) p=.6: 2 of 4 orderings
     assert out["auc_judge"] == pytest.approx(0.5) and out["auc_filter_score"] == pytest.approx(1.0)
+    # within item 3 the judge is right (.8 > .3) and within item 2 wrong (.2 < .6); the filter is right
+    # in both (.9 > .1, .6 > .5); the cosine is right in item 3 (1 > 0) and ties in item 2 (both
+    # histories at 45 degrees to it); user 1 does more than user 0 and is real for item 2 only
+    assert out["within_item"] == pytest.approx({"auc_judge": 0.5, "auc_filter_score": 1.0, "auc_cosine": 0.75,
+                                                "auc_activity": 0.5})
+    assert out["auc_activity"] == pytest.approx(0.5)
     assert out["precision_accepted"] == pytest.approx(0.5) and out["accept_rate"] == pytest.approx(0.5)
     assert out["pairs"] == 4 and out["real"] == 2
 
@@ -297,6 +315,13 @@ def test_combined_judge_is_fitted_on_held_out_pairs_and_scores_candidates():
     held_out["label"] = (cos > np.median(cos)).astype(np.int64)
     out = judges_on_held_out(held_out, vectors)
     assert out["auc_cosine"] == pytest.approx(1.0) and out["auc_combined_cv"] > 0.9
+    assert "auc_popularity" not in out
+    # the items' popularity alone: positives on items 5 (10) and 6 (3), negatives on 7 (5) and 8 (1):
+    # 3 of the 4 orderings right
+    four = held_out.iloc[:4].assign(item=[5, 6, 7, 8], label=[1, 1, 0, 0])
+    popularity = np.zeros(30)
+    popularity[[5, 6, 7, 8]] = [10, 3, 5, 1]
+    assert judges_on_held_out(four, vectors, popularity=popularity)["auc_popularity"] == pytest.approx(0.75)
     combined = fit_combined_judge(held_out, vectors)
     assert combined.coef_[0, 1] > 0  # it learned that the cosine, not the noise, carries the label
     candidates = pd.DataFrame({"user": [0, 1, 2, 0, 1, 2], "item": [5, 5, 5, 6, 6, 6], "score": np.zeros(6)})

@@ -203,6 +203,22 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def auc_within(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """The mean over ``groups`` (e.g. items) holding both a positive and a negative of the AUC among
+    that group's rows: how well ``scores`` order one item's candidates, whatever each item's own
+    level. A judge decides among one item's candidates, so this is its question; a pooled AUC also
+    rewards telling items apart (popular from obscure), which the simulation never asks."""
+    frame = pd.DataFrame({"group": np.asarray(groups), "label": np.asarray(labels).astype(bool),
+                          "rank": pd.Series(np.asarray(scores, np.float64)).groupby(np.asarray(groups)).rank().to_numpy()})
+    frame["positive_rank"] = frame["rank"] * frame["label"]
+    per = frame.groupby("group").agg(n=("label", "size"), pos=("label", "sum"), ranks=("positive_rank", "sum"))
+    per = per[(per["pos"] > 0) & (per["pos"] < per["n"])]
+    if per.empty:
+        return float("nan")
+    neg = per["n"] - per["pos"]
+    return float(((per["ranks"] - per["pos"] * (per["pos"] + 1) / 2) / (per["pos"] * neg)).mean())
+
+
 def judge_report(labels: np.ndarray, p_yes: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     pred = p_yes > threshold
     return {"auc": auc(labels, p_yes), "accuracy": float((pred == labels.astype(bool)).mean()),
