@@ -203,7 +203,7 @@ def funnel_statistics(run: Run) -> dict:
     if run.cfg.refiner.judge == "llm" and refiner_report.exists():
         report = json.loads(refiner_report.read_text())
         stats["refiner"] = {k: report[k] for k in ("train_examples", "eval_examples", "before", "after", "threshold")}
-        held_out = {name: pd.read_parquet(layout.held_out(name)) for name in ("random", "hard")}
+        held_out = {name: pd.read_parquet(layout.held_out(name)) for name in report["eval_examples"]}
         stats["held_out_judges"] = {name: judges_on_held_out(frame, vectors, popularity=popularity)
                                     for name, frame in held_out.items()}
         # P(Yes) and the cosine together, fitted on held-out warm pairs only

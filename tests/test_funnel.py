@@ -7,8 +7,8 @@ import scipy.sparse as sp
 import torch
 
 from coldllm.funnel.filter import CoupledEmbeddings, funnel_coverage, random_users, top_users
-from coldllm.funnel.refiner import auc, auc_within, example_parts, finetune_examples, judge_examples, judge_sets, simulate, \
-    user_histories, with_random_negatives
+from coldllm.funnel.refiner import auc, auc_within, example_parts, finetune_examples, item_examples, judge_examples, \
+    judge_sets, simulate, user_histories, with_random_negatives
 from coldllm.funnel.update import FastParams, augmented_train, fit_cold_rows
 from coldllm.llm.judge import Judge
 from coldllm.llm.prompts import PromptEncoder, PromptTemplate
@@ -149,6 +149,26 @@ def test_judge_sets_match_sets_judged_apart_with_one_prefix_per_user():
     for name, ex in sets.items():
         np.testing.assert_allclose(together[name], judge_examples(judge, ex, titles), atol=1e-5)
         assert together[name].shape == (len(ex),)
+
+
+def test_item_examples_label_each_items_candidates_and_never_show_the_answer():
+    # users 0..3 over items 0..3: u0 took 0, 1, 3; u1 took 1; u2 took 0, 2; u3 took 2
+    train = sp.csr_matrix((np.ones(7), ([0, 0, 0, 1, 2, 2, 3], [0, 1, 3, 1, 0, 2, 2])), shape=(4, 4))
+    candidates = pd.DataFrame({"item": [0, 0, 0, 0, 1, 1, 2], "user": [1, 0, 2, 3, 3, 0, 1],
+                               "rank": [0, 1, 2, 3, 1, 0, 0]})
+    every = item_examples(train, candidates, np.array([0, 1]), max_history=5, pairs=None)
+    # every candidate of items 0 and 1 (item 2 not asked for), in rank order, labelled by training
+    assert list(zip(every["user"], every["item"], every["label"])) == [
+        (1, 0, 0), (0, 0, 1), (2, 0, 1), (3, 0, 0), (0, 1, 1), (3, 1, 0)]
+    # a history is the user's training items without the example's item
+    assert [h.tolist() for h in every["history"]] == [[1], [1, 3], [2], [2], [0, 3], [2]]
+    short = item_examples(train, candidates, np.array([0, 1]), max_history=1, pairs=None)
+    assert [len(h) for h in short["history"]] == [1] * 6 and 0 not in short.loc[1, "history"]
+    balanced = item_examples(train, candidates, np.array([0, 1, 2]), max_history=5, seed=3, pairs=2)
+    # item 0 has two takers and two others: two of each; item 1 one of each; item 2 none who took it
+    assert balanced.groupby(["item", "label"]).size().to_dict() == {(0, 0): 2, (0, 1): 2, (1, 0): 1, (1, 1): 1}
+    labelled = every.set_index(["user", "item"])["label"]
+    assert all(labelled[(u, i)] == y for u, i, y in zip(balanced["user"], balanced["item"], balanced["label"]))
 
 
 def test_auc_by_hand():

@@ -128,6 +128,34 @@ def test_variants_reuse_a_backbone_and_a_judge(tmp_path, tiny_llm_dir):
     assert later.exit_code == 0, later.output
 
 
+def test_a_judge_tuned_per_item_is_measured_on_every_candidate_of_held_out_items(tmp_path, tiny_llm_dir):
+    cfg = str(write_project(tmp_path))
+    common = ["--stages=[prepare, train, filter, finetune]", f"--filter.text_model={tiny_llm_dir}", "--filter.k=5",
+              "--filter.collab={epochs: 1, hidden: 16}", "--filter.lm={epochs: 1, hidden: 16}",
+              f"--refiner.model={tiny_llm_dir}", "--refiner.train_users=8", "--refiner.eval_users=4",
+              "--refiner.lora={epochs: 1, batch_size: 4}"]
+    assert CliRunner().invoke(app, ["run", "-c", cfg, *common]).exit_code == 0
+    refiner = tmp_path / "runs" / "tiny" / "refiner"
+    assert (refiner / "held_out_hard.parquet").exists()
+    per_item = ["--refiner.examples=per_item", "--refiner.train_items=10", "--refiner.eval_items=4",
+                "--refiner.pairs_per_user=2"]
+    result = CliRunner().invoke(app, ["run", "-c", cfg, *common, *per_item])
+    assert result.exit_code == 0, result.output
+    report = json.loads((refiner / "report.json").read_text())
+    assert report["examples"] == "per_item" and 0 < report["train_examples"] <= 10 * 2 * 2
+    assert set(report["after"]) == {"candidates"} and "auc_within_item" in report["after"]["candidates"]
+    # the per-user sets of the judge before are gone: nothing downstream reads a stale one
+    assert sorted(p.name for p in refiner.glob("held_out_*")) == ["held_out_candidates.parquet"]
+    held = pd.read_parquet(refiner / "held_out_candidates.parquet")
+    warm = pd.read_parquet(tmp_path / "runs" / "tiny" / "filter" / "warm_candidates.parquet")
+    assert held["item"].nunique() == 4 and held.groupby("item").size().eq(5).all()
+    assert set(zip(held["user"], held["item"])) == set(zip(*warm[warm["item"].isin(held["item"])][["user", "item"]].T.values))
+    data = load_dataset(load_config(cfg).data)
+    train = data.matrix("train")
+    assert held["label"].tolist() == [int(train[u, i] > 0) for u, i in zip(held["user"], held["item"])]
+    assert not any(i in h for i, h in zip(held["item"], held["history"]))
+
+
 def test_simulation_never_resumes_shards_of_other_settings(tmp_path, tiny_llm_dir):
     """New candidates (and another sharding) start new shards: every candidate of the new settings is
     judged, none of the old shards is counted."""

@@ -140,7 +140,8 @@ FILTERS.declare("file", "candidates read from filter.file (e.g. the paper's rele
 JUDGES = Registry("refiner.judge")
 # what the LoRA judge's fine-tuning reads; its verdicts depend on all of it through the adapter
 _TUNE_READS = ("refiner.model", "refiner.template", "refiner.train_users", "refiner.pairs_per_user",
-               "refiner.eval_users", "refiner.hard_negatives", "refiner.lora", "refiner.threshold", "refiner.augment")
+               "refiner.eval_users", "refiner.hard_negatives", "refiner.lora", "refiner.threshold", "refiner.augment",
+               "refiner.examples", "refiner.train_items", "refiner.eval_items")
 
 
 def _centering_reads(config: dict[str, Any]) -> tuple[str, ...]:

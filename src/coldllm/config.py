@@ -279,8 +279,17 @@ class RefinerConfig:
                              600, check=at_least(1))
     pairs_per_user: int = _help("Positive/negative pairs per fine-tuning user, all on the user's one history: the "
                                 "packed rows pay for that history once per user, so more pairs per user cost fewer "
-                                "tokens per example (held-out users always give one pair).", 1, check=at_least(1))
+                                "tokens per example (held-out users always give one pair); with examples=per_item, "
+                                "per fine-tuning item.", 1, check=at_least(1))
     eval_users: int = _help("Held-out warm users for the judge's accuracy / AUC.", 300, check=at_least(1))
+    examples: str = _help(
+        "What the judge learns to tell apart. per_user: a user's items from items the user did not take (the "
+        "paper's pairs; held out: other users, random and hard negatives). per_item: one warm item's filter "
+        "candidates who took it from those who did not, the question the simulation asks of a cold item "
+        "(held out: every candidate of other warm items).", "per_user", check=one_of("per_user", "per_item"))
+    train_items: int = _help("examples=per_item: warm items giving fine-tuning examples.", 600, check=at_least(1))
+    eval_items: int = _help("examples=per_item: held-out warm items whose every candidate is judged.", 100,
+                            check=at_least(1))
     hard_negatives: float = _help("Share of fine-tuning negatives taken from the filter's top-K.", 0.5,
                                   check=between(0, 1))
     lora: dict = _help("LoRA hyper-parameters (llm.lora.LoraParams).", factory=dict,

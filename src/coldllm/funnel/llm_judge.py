@@ -35,8 +35,8 @@ from .guard import PYes, PYesGuard, centered_verdicts, reference_pairs
 from .inputs import params, prompt_histories, prompt_template
 from .judges import JudgeComponent
 from .ray_judge import simulate_on_ray
-from .refiner import Histories, best_threshold, example_parts, finetune_examples, flattered, judge_report, judge_sets, \
-    simulate, with_random_negatives
+from .refiner import Histories, best_threshold, example_parts, finetune_examples, flattered, item_examples, \
+    judge_report, judge_sets, simulate, with_random_negatives
 from .vllm_judge import VLLMJudge
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,10 @@ class RayEngine(Engine):
 
 
 # -- the judge ---------------------------------------------------------------------------------------
+# the held-out sets each kind of fine-tuning examples (``refiner.examples``) is measured on
+HELD_OUT_SETS = {"random": "per_user", "hard": "per_user", "candidates": "per_item"}
+
+
 def _split_users(run: Run, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     train = run.data.matrix("train")
     eligible = np.flatnonzero(np.diff(train.indptr) >= 2)
@@ -139,26 +143,12 @@ class LLMJudge(JudgeComponent):
         device = resolve_device(cfg.refiner.device)
         model, tokenizer = load_llm(cfg.refiner.model, cfg.content.cache_dir, device)
         prompts = PromptEncoder(tokenizer, prompt_template(cfg))
-        titles, train = data.item_text, data.matrix("train")
-        rng = np.random.default_rng(cfg.seed)
-        train_users, eval_users = _split_users(run, rng)
-        warm_candidates = pd.read_parquet(run.layout.warm_candidates)
-        hard_users = train_users[rng.random(len(train_users)) < cfg.refiner.hard_negatives]
-        hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
-        max_history = prompts.template.max_history
+        titles = data.item_text
         similar = content_vectors(run) if prompts.template.history == "similar" else None
-        examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard,
-                                     pairs=cfg.refiner.pairs_per_user, similar=similar)
-        # The judge is measured twice on held-out users, on the same positives and histories:
-        # against random negatives (mostly off-topic, an easy topic test) and against the filter's
-        # own top-ranked non-interacted items, the kind of pair it judges in the simulation. Both
-        # sets are judged in one pass, one prefix per user.
-        eval_hard = warm_candidates[warm_candidates["user"].isin(eval_users)].sort_values(["user", "rank"])
-        hard_set = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard,
-                                     similar=similar)
-        held_out = {"random": with_random_negatives(hard_set, train, data.warm_items, cfg.seed + 1, similar),
-                    "hard": hard_set}
-        report: dict[str, Any] = {"device": str(device), "train_examples": len(examples),
+        examples, held_out = (self._item_sets if cfg.refiner.examples == "per_item" else self._user_sets)(
+            prompts.template.max_history, similar)
+        report: dict[str, Any] = {"device": str(device), "examples": cfg.refiner.examples,
+                                  "train_examples": len(examples),
                                   "eval_examples": {k: len(v) for k, v in held_out.items()}}
         judge = Judge(model, prompts, cfg.refiner.batch_size)
         for name, p_yes in judge_sets(judge, held_out, titles).items():
@@ -179,10 +169,14 @@ class LLMJudge(JudgeComponent):
             held_out[name]["p_after"] = p_yes
             with atomic_path(run.layout.held_out(name)) as tmp:
                 held_out[name].to_parquet(tmp)
-        report["before"] = {k: judge_report(ex["label"].to_numpy(), ex["p_before"].to_numpy()) for k, ex in held_out.items()}
-        report["after"] = {k: judge_report(ex["label"].to_numpy(), ex["p_after"].to_numpy()) for k, ex in held_out.items()}
-        hard_ex = held_out["hard"]
-        report["threshold"] = (best_threshold(hard_ex["label"].to_numpy(), hard_ex["p_after"].to_numpy())
+        for name in HELD_OUT_SETS.keys() - held_out.keys():  # never a set left by the other kind of examples
+            run.layout.held_out(name).unlink(missing_ok=True)
+        for when in ("before", "after"):
+            report[when] = {k: judge_report(ex["label"].to_numpy(), ex[f"p_{when}"].to_numpy(),
+                                            items=ex["item"].to_numpy() if k == "candidates" else None)
+                            for k, ex in held_out.items()}
+        tune_on = held_out["hard" if "hard" in held_out else "candidates"]  # the pairs most like the simulation's
+        report["threshold"] = (best_threshold(tune_on["label"].to_numpy(), tune_on["p_after"].to_numpy())
                                if cfg.refiner.threshold == "tuned" else 0.5)
         report["lora"] = dataclasses.asdict(lora)
         report["loss_history"] = history
@@ -195,6 +189,42 @@ class LLMJudge(JudgeComponent):
                          settings=report["lora"], before=report["before"], after=report["after"],
                          threshold=report["threshold"], commit=run.manifest["commit"])
         return report
+
+    def _user_sets(self, max_history: int, similar: np.ndarray | None):
+        """``refiner.examples=per_user``: each training user's items against others (the paper's
+        pairs), and held-out users measured twice on the same positives and histories: against
+        random negatives (mostly off-topic, an easy topic test) and against the filter's own
+        top-ranked non-interacted items (*hard*), judged in one pass, one prefix per user."""
+        run, cfg, data = self.run, self.cfg, self.run.data
+        train = data.matrix("train")
+        rng = np.random.default_rng(cfg.seed)
+        train_users, eval_users = _split_users(run, rng)
+        warm_candidates = pd.read_parquet(run.layout.warm_candidates)
+        hard_users = train_users[rng.random(len(train_users)) < cfg.refiner.hard_negatives]
+        hard = warm_candidates[warm_candidates["user"].isin(hard_users)].sort_values(["user", "rank"])
+        examples = finetune_examples(train, train_users, data.warm_items, max_history, cfg.seed, hard=hard,
+                                     pairs=cfg.refiner.pairs_per_user, similar=similar)
+        eval_hard = warm_candidates[warm_candidates["user"].isin(eval_users)].sort_values(["user", "rank"])
+        hard_set = finetune_examples(train, eval_users, data.warm_items, max_history, cfg.seed + 1, hard=eval_hard,
+                                     similar=similar)
+        return examples, {"random": with_random_negatives(hard_set, train, data.warm_items, cfg.seed + 1, similar),
+                          "hard": hard_set}
+
+    def _item_sets(self, max_history: int, similar: np.ndarray | None):
+        """``refiner.examples=per_item``: each training warm item's filter candidates, who took it
+        against who did not; held out, every candidate of other warm items (*candidates*), the
+        simulation's question on items the judge never trained on. Per-user pairs reward telling
+        popular items from obscure ones, which no cold item's candidates ask."""
+        cfg, train = self.cfg, self.run.data.matrix("train")
+        warm_candidates = pd.read_parquet(self.run.layout.warm_candidates)
+        order = np.random.default_rng(cfg.seed).permutation(np.unique(warm_candidates["item"].to_numpy()))
+        n_train, n_eval = cfg.refiner.train_items, cfg.refiner.eval_items
+        train_items, eval_items = np.sort(order[:n_train]), np.sort(order[n_train : n_train + n_eval])
+        examples = item_examples(train, warm_candidates, train_items, max_history, cfg.seed,
+                                 pairs=cfg.refiner.pairs_per_user, similar=similar)
+        held_out = item_examples(train, warm_candidates, eval_items, max_history, cfg.seed + 1, pairs=None,
+                                 similar=similar)
+        return examples, {"candidates": held_out}
 
     def apply(self, candidates: pd.DataFrame, record: dict[str, Any]) -> pd.DataFrame:
         run, cfg = self.run, self.cfg

@@ -115,6 +115,45 @@ def finetune_examples(train: sp.csr_matrix, users: np.ndarray, candidates: np.nd
     return pd.DataFrame(rows, columns=["user", "item", "label", "history"])
 
 
+def item_examples(train: sp.csr_matrix, candidates: pd.DataFrame, items: np.ndarray, max_history: int,
+                  seed: int = 0, pairs: int | None = 1, similar: np.ndarray | None = None) -> pd.DataFrame:
+    """Examples on the simulation's own question, which of one item's candidates take it: for each
+    warm item of ``items``, users among its filter candidates (``candidates``: item, user, rank, the
+    filter run on warm items) who took it in training (label 1) and who did not (label 0),
+    ``pairs`` of each (as many as both sides have; an item with none on one side gives none), or
+    with ``pairs=None`` every candidate in rank order (a held-out set, judged as the simulation
+    judges a cold item's candidates).
+
+    Returns the columns of ``finetune_examples``. Each history is the user's training items without
+    the example's item, a seeded sample of ``max_history`` (the ``max_history`` closest to the item
+    with ``similar``): a positive never shows its own answer.
+    """
+    rng = np.random.default_rng(seed)
+    takers = train.tocsc()
+    rows = []
+    chosen = candidates[candidates["item"].isin(np.asarray(items))].sort_values(["item", "rank"], kind="stable")
+    for item, group in chosen.groupby("item", sort=True):
+        users = group["user"].to_numpy()
+        took = np.isin(users, takers.indices[takers.indptr[item] : takers.indptr[item + 1]])
+        if pairs is None:
+            picked = list(zip(users, took.astype(int)))
+        else:
+            k = min(pairs, int(took.sum()), int((~took).sum()))
+            if not k:
+                continue
+            picked = [(u, 1) for u in rng.choice(users[took], k, replace=False)] + \
+                     [(u, 0) for u in rng.choice(users[~took], k, replace=False)]
+        for user, label in picked:
+            own = train.indices[train.indptr[user] : train.indptr[user + 1]]
+            rest = own[own != item]
+            if similar is not None:
+                history = similar_history(rest, similar[item], similar, max_history)
+            else:
+                history = np.sort(rng.choice(rest, max_history, replace=False) if len(rest) > max_history else rest)
+            rows.append((int(user), int(item), int(label), history))
+    return pd.DataFrame(rows, columns=["user", "item", "label", "history"])
+
+
 def with_random_negatives(examples: pd.DataFrame, train: sp.csr_matrix, candidates: np.ndarray,
                           seed: int = 0, similar: np.ndarray | None = None) -> pd.DataFrame:
     """``examples`` with each negative replaced by a random candidate the user did not interact
@@ -219,10 +258,16 @@ def auc_within(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> fl
     return float(((per["ranks"] - per["pos"] * (per["pos"] + 1) / 2) / (per["pos"] * neg)).mean())
 
 
-def judge_report(labels: np.ndarray, p_yes: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def judge_report(labels: np.ndarray, p_yes: np.ndarray, threshold: float = 0.5,
+                 items: np.ndarray | None = None) -> dict[str, float]:
+    """AUC, accuracy and acceptance rate at ``threshold``; with ``items`` (a set of whole candidate
+    lists), also the AUC within items."""
     pred = p_yes > threshold
-    return {"auc": auc(labels, p_yes), "accuracy": float((pred == labels.astype(bool)).mean()),
-            "accept_rate": float(pred.mean()), "n": int(len(labels))}
+    out = {"auc": auc(labels, p_yes), "accuracy": float((pred == labels.astype(bool)).mean()),
+           "accept_rate": float(pred.mean()), "n": int(len(labels))}
+    if items is not None:
+        out["auc_within_item"] = auc_within(labels, p_yes, items)
+    return out
 
 
 def best_threshold(labels: np.ndarray, p_yes: np.ndarray) -> float:

@@ -41,8 +41,8 @@ def write_model_card(folder: Path, *, base_model: str, dataset: str, train_examp
     lines += [f"| date | {date} |", f"| commit | `{commit}` |", "",
               "## The judge before and after tuning", "",
               "On held-out users: their real next items against random items (*random*) and against the "
-              "filter's top-ranked items they did not interact with (*hard*, the kind of pair the simulation "
-              "judges).", "",
+              "filter's top-ranked items they did not interact with (*hard*); or, tuned per item, on every "
+              "filter candidate of held-out warm items (*candidates*, the simulation's question).", "",
               "| held-out negatives | AUC before | AUC after | accuracy before | accuracy after |",
               "|---|---:|---:|---:|---:|"]
     for name in after:
