@@ -16,6 +16,9 @@ reuse what they do not change:
     coldllm-cosine       the same filter, the free cosine judge                   (reuses its filter)
     coldllm-activity     the same filter, the free activity judge: each item keeps (reuses its filter)
                          its most active candidates
+    coldllm-cosine-keep-S, coldllm-activity-keep-S
+                         the two free judges keeping a smaller share S of each item's candidates
+                         (refiner.keep; the preset keeps half): fewer, surer pairs
     coldllm-collab       collaborative sub-tower only, cosine judge
     coldllm-lm           language-model sub-tower only, cosine judge
     coldllm-random       K random users per cold item, cosine judge
@@ -79,6 +82,7 @@ PAPER_FILE = "${COLDLLM_DATA:-../shared/data}/citeulike/paper-outputs/candidates
 # (r, f): r=1, f=1 is the no-refiner row, so it is not repeated
 ORACLE_GRID = [(1.0, 0.0), (1.0, 0.25), (1.0, 0.5), (0.8, 0.0), (0.8, 0.5), (0.6, 0.25)]
 PENALTY_GRID = [0.25, 0.5, 1.0]  # filter.onepass.degree_penalty of the onepass-penalty-G rows
+KEEP_GRID = [0.02, 0.05, 0.1]  # refiner.keep of the free judges' -keep-S rows
 
 
 def oracle_name(r: float, f: float) -> str:
@@ -126,6 +130,8 @@ VARIANTS = {
     **{f"onepass-penalty-{g:g}": (["--filter.towers=onepass", "--refiner.judge=all",
                                     f"--filter.onepass={{encoder: vectors, degree_penalty: {g:g}}}"], {})
        for g in PENALTY_GRID},
+    **{f"coldllm-{judge}-keep-{s:g}": ([f"--refiner.judge={judge}", f"--refiner.keep={s:g}"], {"filter": "coldllm"})
+       for judge in ("cosine", "activity") for s in KEEP_GRID},
     **{oracle_name(r, f): (["--refiner.judge=oracle", f"--refiner.oracle_r={r}", f"--refiner.oracle_f={f}"],
                            {"filter": "coldllm"}) for r, f in ORACLE_GRID},
 }
@@ -135,7 +141,7 @@ VARIANTS = {
 TEXT_ENCODER_VARIANTS = ("onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
                          "onepass-llm-last", "onepass-llm-top4")
 DEFAULT_VARIANTS = [v for v in VARIANTS if v not in ("coldllm", "onepass-title", *TEXT_ENCODER_VARIANTS)
-                    and not v.startswith("onepass-penalty-")]
+                    and not v.startswith(("onepass-penalty-", "coldllm-cosine-keep-", "coldllm-activity-keep-"))]
 
 
 @dataclass(frozen=True)

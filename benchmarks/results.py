@@ -129,7 +129,9 @@ def record_seed(path: Path, *, dataset: str, split: str, backbone: str, method: 
 OWN_METHODS = ("onepass", "onepass-minilm-tuned", "onepass-llm-frozen", "onepass-llm", "onepass-llm-std",
                "onepass-llm-last", "onepass-llm-top4", "coldllm", "coldllm-cosine",
                "coldllm-activity", "coldllm-no-refiner", "coldllm-collab", "coldllm-lm", "coldllm-retrain")
-OWN_PREFIXES = ("onepass-penalty-",)  # settings grids of the own methods (funnel.py's PENALTY_GRID)
+# settings grids of the own methods (funnel.py's PENALTY_GRID, KEEP_GRID)
+FREE_JUDGE_GRIDS = ("coldllm-cosine-keep-", "coldllm-activity-keep-")
+OWN_PREFIXES = ("onepass-penalty-", *FREE_JUDGE_GRIDS)
 DEFAULT_METRIC = ("cold", "ndcg@20")
 
 
@@ -371,6 +373,11 @@ REAL_JUDGES = {"coldllm": "language model (LoRA)", "coldllm-cosine": "cosine (fr
 FREE_JUDGES = ("coldllm-cosine", "coldllm-activity", "coldllm-no-refiner")
 
 
+def free_judges(methods: dict[str, Any]) -> list[str]:
+    """The free judges' rows present, with those of other acceptance shares (``FREE_JUDGE_GRIDS``)."""
+    return [m for m in methods if m in FREE_JUDGES or m.startswith(FREE_JUDGE_GRIDS)]
+
+
 def _accepted_precision(entry: dict[str, Any]) -> float | None:
     return _get(entry, "funnel", "simulate", "refined_test", "precision")
 
@@ -381,7 +388,7 @@ def needed_precision(doc: dict[str, Any]) -> tuple[float | None, float | None]:
     interpolated linearly along that curve. The precision is None when no such oracle reaches it,
     and both are None without the rows to tell."""
     methods = doc["methods"]
-    free = [methods[m]["cold"]["recall@20"] for m in FREE_JUDGES if m in methods]
+    free = [methods[m]["cold"]["recall@20"] for m in free_judges(methods)]
     curve = [(_accepted_precision(methods[m]), methods[m]["cold"]["recall@20"]) for m in methods
              if m.startswith(ORACLE + "r1-") or m == "coldllm-no-refiner"]
     curve = sorted((x, y) for x, y in curve if x is not None)
@@ -411,7 +418,7 @@ def judge_verdict_table(docs: list[dict[str, Any]]) -> list[str]:
              "| warm R@20 | vs best free | vs knn |", "|---|---|---|---|---|---|---|---|---|---|"]
     for doc, m in rows:
         e, methods = doc["methods"][m], doc["methods"]
-        free = max((methods[f]["cold"]["recall@20"] for f in FREE_JUDGES if f in methods), default=None)
+        free = max((methods[f]["cold"]["recall@20"] for f in free_judges(methods)), default=None)
         knn = _get(methods, "knn", "cold", "recall@20")
         cold = e["cold"]["recall@20"]
         lines.append(f"| {doc['backbone']} | {REAL_JUDGES[m]} | {e.get('llm_calls', '-')} "

@@ -88,6 +88,8 @@ def test_judge_verdict_says_what_precision_a_judge_needs(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| mf | language model"))
     assert "| 70 | 0.9000 | 0.1200 | 0.3100 |" in row and row.endswith("| -0.0100 | +0.0300 |")
     assert "(0.3200) at an accepted precision of about 0.150; the language-model judge's accepted precision is 0.120" in text
+    add("coldllm-activity-keep-0.05", 0.36, 0.3)  # a free judge keeping fewer pairs raises the bar
+    assert needed_precision(json.loads(path.read_text())) == (0.36, pytest.approx(0.2 + 0.02 * 0.2 / 0.06))
     add("coldllm-cosine", 0.45, 0.15)  # no oracle row reaches it
     assert needed_precision(json.loads(path.read_text())) == (0.45, None)
 
