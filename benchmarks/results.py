@@ -767,17 +767,23 @@ def judge_trial_table(folder: Path) -> list[str]:
         return []
     lines = ["", "**The language-model judge where it is used** (`benchmarks/judge_trial.py`): the filter's "
              "candidates of a seeded sample of cold *validation* items, labelled by whether the pair is a real "
-             "interaction. AUC of each judge's score, and the precision of the pairs each accepts at the language "
-             "model's acceptance rate.", "",
-             "| backbone | settings | pairs | real | AUC: LM / filter / cosine | LM accepts | precision: all / LM / "
-             "filter / cosine | held-out hard AUC after tuning | tune s | judge pairs/s | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "interaction. AUC of each judge's score, pooled and *within items* (the mean of the per-item AUCs, with "
+             "the candidate user's activity beside them), and the precision of the pairs each accepts at the language "
+             "model's acceptance rate; *held-out AUC*: after tuning, on hard negatives (per-user examples) or on "
+             "held-out warm items' candidates (per-item examples).", "",
+             "| backbone | settings | pairs | real | AUC: LM / filter / cosine | within items: LM / filter / activity "
+             "| LM accepts | precision: all / LM / filter / cosine | held-out AUC | tune s | judge pairs/s | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in json.loads(path.read_text())["rows"]:
-        a, pr = r["auc"], r["precision_at_llm_accept_rate"]
+        a, pr, w = r["auc"], r["precision_at_llm_accept_rate"], r.get("auc_within_item")
+        within = " / ".join(_fmt(w.get(k)) for k in ("llm", "filter_score", "activity")) if w else "-"
+        held = _get(r, "held_out", "after", "hard", "auc")
+        held = _get(r, "held_out", "after", "candidates", "auc") if held is None else held
         lines.append(f"| {r['backbone']} | {' '.join(r['overrides']) or 'preset'} | {r['pairs']} | {r['real']} "
-                     f"| {_fmt(a['llm'])} / {_fmt(a['filter_score'])} / {_fmt(a['cosine'])} | {_fmt(r['accept_rate_llm'])} "
+                     f"| {_fmt(a['llm'])} / {_fmt(a['filter_score'])} / {_fmt(a['cosine'])} | {within} "
+                     f"| {_fmt(r['accept_rate_llm'])} "
                      f"| {_fmt(r['precision_all'])} / {_fmt(pr['llm'])} / {_fmt(pr['filter_score'])} / {_fmt(pr['cosine'])} "
-                     f"| {_fmt(_get(r, 'held_out', 'after', 'hard', 'auc'))} | {r['tune_seconds']:.0f} "
+                     f"| {_fmt(held)} | {r['tune_seconds']:.0f} "
                      f"| {r['pairs_per_second']:.1f} | `{r['commit'][:10]}` |")
     return lines
 

@@ -277,6 +277,26 @@ def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model():
     assert size_rows([trial("smollm2-135m", 135e6, base)]) == []
 
 
+def test_judge_trials_show_within_item_aucs_and_the_held_out_set_each_kind_of_judge_has(tmp_path):
+    from results import judge_trial_table
+
+    def trial(overrides, held_out, within=None):
+        return {"backbone": "mf", "overrides": overrides, "pairs": 100, "real": 10,
+                "auc": {"llm": 0.5, "filter_score": 0.6, "cosine": 0.4}, "accept_rate_llm": 0.2,
+                "precision_all": 0.1, "precision_at_llm_accept_rate": {"llm": 0.1, "filter_score": 0.2, "cosine": 0.05},
+                "held_out": {"after": held_out}, "tune_seconds": 12.0, "pairs_per_second": 2.0, "commit": "abcdef",
+                **({"auc_within_item": within} if within else {})}
+
+    rows = [trial(["--refiner.train_users=8"], {"hard": {"auc": 0.7}, "random": {"auc": 0.8}}),
+            trial(["--refiner.examples=per_item"], {"candidates": {"auc": 0.55}},
+                  {"llm": 0.51, "filter_score": 0.52, "cosine": 0.4, "activity": 0.78})]
+    (tmp_path / "judge-trials.json").write_text(json.dumps({"rows": rows}))
+    lines = judge_trial_table(tmp_path)
+    older, per_item = lines[-2], lines[-1]
+    assert "| 0.5000 / 0.6000 / 0.4000 | - | 0.2000 |" in older and "| 0.7000 | 12 |" in older
+    assert "| 0.5100 / 0.5200 / 0.7800 |" in per_item and "| 0.5500 | 12 |" in per_item
+
+
 def test_the_split_profile_names_the_items_most_users_hold():
     import scipy.sparse as sp
     from split_profile import part_profile
