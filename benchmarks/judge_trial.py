@@ -39,7 +39,7 @@ from coldllm.llm.lora import load_adapter
 from coldllm.llm.models import load_llm
 from coldllm.llm.prompts import PromptEncoder
 from coldllm.pipeline import Run, content_vectors
-from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging
+from coldllm.utils import git_commit, now_iso, resolve_device, setup_logging, write_json
 
 from names import preset_for, run_name
 from results import results_dir, write_results
@@ -87,10 +87,16 @@ def main() -> None:
     model = load_adapter(model, run.layout.adapter)
     prompts = PromptEncoder(tokenizer, prompt_template(run.cfg))
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
+    # judging resumes from its shards, so its time is summed over the calls that judged (a file beside them)
+    trial = run.dir / f"trial-{args.items}"
+    timing = trial / "judge_seconds.json"
+    resumed = timing.exists() and any((trial / "shards").rglob("*.parquet"))
+    earlier = json.loads(timing.read_text())["seconds"] if resumed else 0.0
     start = time.perf_counter()
     verdicts = simulate(Judge(model, prompts, cfg.refiner.batch_size), candidates, histories, data.item_text,
-                        run.dir / f"trial-{args.items}" / "shards", 0.5, cfg.refiner.shard_users)
-    judge_seconds = time.perf_counter() - start
+                        trial / "shards", 0.5, cfg.refiner.shard_users)
+    judge_seconds = earlier + time.perf_counter() - start
+    write_json(timing, {"seconds": judge_seconds})
     pairs = verdicts.merge(candidates[["user", "item", "score"]], on=["user", "item"])
     labels = is_real(pairs, truth)
     cosine = cosine_judge(pairs["user"].to_numpy(), pairs["item"].to_numpy(), histories, content_vectors(run))
