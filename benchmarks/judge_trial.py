@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from coldllm.config import load_config, to_dict
@@ -87,16 +88,19 @@ def main() -> None:
     model = load_adapter(model, run.layout.adapter)
     prompts = PromptEncoder(tokenizer, prompt_template(run.cfg))
     histories = user_histories(data.matrix("train"), prompts.template.max_history, cfg.seed)
-    # judging resumes from its shards, so its time is summed over the calls that judged (a file beside them)
+    # judging resumes from its shards, so the speed is that of the pairs this call judged itself; a
+    # call that found every pair judged keeps the speed the call that judged them measured
     trial = run.dir / f"trial-{args.items}"
-    timing = trial / "judge_seconds.json"
-    resumed = timing.exists() and any((trial / "shards").rglob("*.parquet"))
-    earlier = json.loads(timing.read_text())["seconds"] if resumed else 0.0
+    timing = trial / "judge_speed.json"
+    resumed = sum(pq.ParquetFile(p).metadata.num_rows for p in (trial / "shards").glob("shard-*.parquet"))
     start = time.perf_counter()
     verdicts = simulate(Judge(model, prompts, cfg.refiner.batch_size), candidates, histories, data.item_text,
                         trial / "shards", 0.5, cfg.refiner.shard_users)
-    judge_seconds = earlier + time.perf_counter() - start
-    write_json(timing, {"seconds": judge_seconds})
+    judged = len(verdicts) - resumed
+    if judged > 0 or not timing.exists():
+        write_json(timing, {"pairs_per_second": judged / max(time.perf_counter() - start, 1e-9), "pairs": judged})
+    speed = json.loads(timing.read_text())["pairs_per_second"]
+    judge_seconds = len(verdicts) / max(speed, 1e-9)  # all the trial's pairs at that speed
     pairs = verdicts.merge(candidates[["user", "item", "score"]], on=["user", "item"])
     labels = is_real(pairs, truth)
     cosine = cosine_judge(pairs["user"].to_numpy(), pairs["item"].to_numpy(), histories, content_vectors(run))
@@ -114,7 +118,7 @@ def main() -> None:
                                          "filter_score": precision_at(labels, pairs["score"].to_numpy(), accept)},
         "held_out": {"before": refiner["before"], "after": refiner["after"]}, "train_examples": refiner["train_examples"],
         "tune_seconds": round(tune_seconds, 1), "judge_seconds": round(judge_seconds, 1),
-        "pairs_per_second": round(len(pairs) / max(judge_seconds, 1e-9), 2),
+        "pairs_per_second": round(speed, 2),
         "seconds_per_1000_pairs": round(1000 * judge_seconds / max(len(pairs), 1), 1),
         "model": cfg.refiner.model, "parameters": parameters, "threads": torch.get_num_threads(),
         "overrides": overrides, "refiner": dataclasses.asdict(cfg.refiner), "config": to_dict(cfg),
