@@ -74,8 +74,7 @@ def main() -> None:
     run = Run(cfg)
     # the fine-tune's own time, also when an earlier call of the same trial made it (this call then
     # only found it done)
-    finetune = json.loads(run.layout.manifest.read_text())["stages"].get("finetune", {})
-    tune_seconds = finetune.get("seconds", tune_seconds)
+    tune_seconds = run.manifest["stages"].get("finetune", {}).get("seconds", tune_seconds)
     data = run.data
     truth = data.parts["cold_val"]
     rng = np.random.default_rng(cfg.seed)

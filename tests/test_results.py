@@ -258,8 +258,8 @@ def test_the_text_readers_table_shows_a_new_items_seconds_where_the_service_was_
     assert row["`onepass-minilm-tuned`"].endswith("| 0.07 |") and row["`onepass`"].endswith("| - |")
 
 
-def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model():
-    from judge_size import size_rows
+def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model(tmp_path):
+    from judge_size import plot, size_rows
 
     def trial(model, parameters, overrides, auc=0.6):
         return {"backbone": "mf", "items": 10, "pairs": 1000, "real": 250, "model": model, "parameters": parameters,
@@ -268,13 +268,24 @@ def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model():
                 "precision_all": 0.25, "held_out": {"after": {"random": {"auc": 0.6}}}, "seconds_per_1000_pairs": 900.0,
                 "tune_seconds": 600.0, "config": {}, "commit": "c", "created": "d"}
 
-    base = ["--refiner.train_users=100"]
+    base, more = ["--refiner.train_users=100"], ["--refiner.train_users=800"]
+    within = {"llm": 0.52, "cosine": 0.55, "activity": 0.78}
     rows = size_rows([trial("gemma3-270m", 268e6, [*base, "--refiner.model=gemma3-270m"], auc=0.7),
                       trial("smollm2-135m", 135e6, base),
-                      trial("smollm2-135m", 135e6, ["--refiner.train_users=500"])])  # no partner: left out
-    assert [r["model"] for r in rows] == ["smollm2-135m", "gemma3-270m"]
-    assert [r["auc"] for r in rows] == [0.6, 0.7] and rows[0]["held_out_auc"] == {"random": 0.6}
+                      trial("smollm2-135m", 135e6, ["--refiner.train_users=500"]),  # no partner: left out
+                      {**trial("gemma3-270m", 268e6, ["--refiner.model=gemma3-270m", *more]), "auc_within_item": within},
+                      {**trial("smollm2-135m", 135e6, more, auc=0.55), "auc_within_item": within}])
+    # two curves, each its own settings, each smallest model first
+    assert [(r["curve"], r["model"]) for r in rows] == [
+        ("mf, 10 items, train_users=100", "smollm2-135m"), ("mf, 10 items, train_users=100", "gemma3-270m"),
+        ("mf, 10 items, train_users=800", "smollm2-135m"), ("mf, 10 items, train_users=800", "gemma3-270m")]
+    assert [r["auc"] for r in rows] == [0.6, 0.7, 0.55, 0.6] and rows[0]["held_out_auc"] == {"random": 0.6}
+    # trials from before the within-item AUC was measured have none; later ones carry every judge's
+    assert rows[0]["auc_within_item"] is None
+    assert (rows[2]["auc_within_item"], rows[2]["auc_within_item_activity"]) == (0.52, 0.78)
     assert size_rows([trial("smollm2-135m", 135e6, base)]) == []
+    plot(rows, tmp_path / "size.png", "toy")  # a curve without the within-item AUC leaves its panel blank
+    assert (tmp_path / "size.png").stat().st_size > 0
 
 
 def test_judge_trials_show_within_item_aucs_and_the_held_out_set_each_kind_of_judge_has(tmp_path):
