@@ -69,6 +69,33 @@ def size_rows(trials: list[dict]) -> list[dict]:
     return out
 
 
+# LLaMA-7B's parameter count as its paper states it (Touvron et al., 2023: 6.7B)
+PAPER_JUDGE = ("llama-7b (the paper's verdicts)", 6.7e9)
+
+
+def reference_rows(folder, backbone: str = "mf") -> list[dict]:
+    """The paper's own 7B verdicts on its own filter candidates of the cold validation items
+    (the ``paper-refiner`` row's candidate measures, where that row was recorded): a reference
+    point on other pairs than the trials', never a trial. Its seconds were not measured here."""
+    path = folder / f"{backbone}.json"
+    row = json.loads(path.read_text())["methods"].get("paper-refiner") if path.exists() else None
+    judged = (row or {}).get("funnel", {}).get("candidate_judges", {}).get("val")
+    if not judged:
+        return []
+    model, parameters = PAPER_JUDGE
+    return [{
+        "model": model, "parameters": parameters, "curve": "reference: the paper's candidates and 7B verdicts",
+        "backbone": backbone, "items": None, "pairs": judged["pairs"], "real": judged["real"],
+        "auc": judged["auc_judge"], "auc_cosine": judged["auc_cosine"], "auc_filter_score": None,
+        "auc_within_item": judged.get("within_item", {}).get("judge"), "auc_within_item_cosine": None,
+        "auc_within_item_activity": None, "accept_rate": judged["accept_rate"],
+        "accepted_precision": judged["precision_accepted"], "cosine_precision_at_same_rate": None,
+        "precision_all": judged["precision_all"], "held_out_auc": None, "seconds_per_1000_pairs": None,
+        "threads": None, "tune_seconds": None, "settings": [], "source": f"{path.name}: paper-refiner",
+        "config": row.get("config"), "commit": row.get("commit"), "created": row.get("created"),
+    }]
+
+
 PANELS = (  # (row key, free judge's key, y label, what the free line is)
     ("auc", "auc_cosine", "AUC of P(Yes), all pairs", "cosine judge"),
     ("auc_within_item", "auc_within_item_activity", "AUC within items (the simulation's question)",
@@ -76,6 +103,9 @@ PANELS = (  # (row key, free judge's key, y label, what the free line is)
     ("accepted_precision", "cosine_precision_at_same_rate", "precision of accepted pairs",
      "cosine judge at the same acceptance rate"),
 )
+
+
+LOG_TICKS = (100, 300, 1000, 3000, 10000)  # millions of parameters
 
 
 def plot(rows: list[dict], path, title: str) -> None:
@@ -91,6 +121,7 @@ def plot(rows: list[dict], path, title: str) -> None:
     curves: dict[str, list[dict]] = {}
     for r in rows:
         curves.setdefault(r["curve"], []).append(r)
+    widest = max(r["parameters"] for r in rows) / 1e6
     fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.6))
     for ax, (key, free, label, free_label) in zip(axes, PANELS):
         for colour, curve in enumerate(curves.values()):
@@ -102,7 +133,9 @@ def plot(rows: list[dict], path, title: str) -> None:
             if all(r.get(free) is not None for r in shown):
                 ax.plot(params, [r[free] for r in shown], "s--", color=f"C{colour}", alpha=0.6)
             for x, r in zip(params, shown):
-                ax.annotate(r["model"], (x, r[key]), textcoords="offset points", xytext=(4, 6), fontsize=7)
+                right = x == widest  # the rightmost labels go left of their point, inside the axes
+                ax.annotate(r["model"], (x, r[key]), textcoords="offset points", xytext=(-4 if right else 4, 6),
+                            ha="right" if right else "left", fontsize=7)
         if not ax.lines:
             ax.text(0.5, 0.5, "not measured in these trials", ha="center", va="center", transform=ax.transAxes)
         elif key == "accepted_precision":
@@ -110,9 +143,14 @@ def plot(rows: list[dict], path, title: str) -> None:
                 ax.axhline(curve[0]["precision_all"], ls=":", color=f"C{colour}", lw=1)
         else:
             ax.axhline(0.5, color="lightgrey", lw=1)  # chance
+        if ax.lines and widest > 10 * min(r["parameters"] for r in rows) / 1e6:
+            ax.set_xscale("log")
+            ax.set_xticks(LOG_TICKS, [f"{t:,}" for t in LOG_TICKS])
+            ax.minorticks_off()
         ax.set_xlabel("judge parameters (millions)")
         ax.set_title(f"{label}\n(dashed: {free_label}, same pairs)", fontsize=9)
-    handles = [Line2D([], [], color=f"C{c}", marker="o", label=f"LoRA judge: {name}") for c, name in enumerate(curves)]
+    handles = [Line2D([], [], color=f"C{c}", marker="o", label=name if name.startswith("reference") else
+                      f"LoRA judge: {name}") for c, name in enumerate(curves)]
     handles.append(Line2D([], [], color="grey", ls=":", label="precision of every candidate"))
     fig.legend(handles=handles, loc="lower center", ncol=1, fontsize=7, frameon=False)
     fig.suptitle(title)
@@ -130,14 +168,16 @@ def main() -> None:
     rows = size_rows(trials)
     if not rows:
         raise SystemExit(f"{folder / 'judge-trials.json'}: no two models tried under the same settings")
+    rows += reference_rows(folder)
     write_results(folder / "judge-size.json", {"rows": rows})
     plot(rows, folder / "judge-size.png", f"{args.dataset}: the judge's size curve on cold-validation candidates")
     for r in rows:
         within = "-" if r["auc_within_item"] is None else f"{r['auc_within_item']:.3f}"
+        speed = "-" if r["seconds_per_1000_pairs"] is None else f"{r['seconds_per_1000_pairs']:.0f}"
         print(f"{r['curve']}: {r['model']:<14} {r['parameters'] / 1e6:6.0f}M  AUC {r['auc']:.3f} "
               f"(cosine {r['auc_cosine']:.3f}), within items {within}  "
               f"accepted precision {r['accepted_precision']:.3f} at accept rate {r['accept_rate']:.3f}  "
-              f"{r['seconds_per_1000_pairs']:.0f} s / 1,000 pairs")
+              f"{speed} s / 1,000 pairs")
 
 
 if __name__ == "__main__":

@@ -259,7 +259,7 @@ def test_the_text_readers_table_shows_a_new_items_seconds_where_the_service_was_
 
 
 def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model(tmp_path):
-    from judge_size import plot, size_rows
+    from judge_size import plot, reference_rows, size_rows
 
     def trial(model, parameters, overrides, auc=0.6):
         return {"backbone": "mf", "items": 10, "pairs": 1000, "real": 250, "model": model, "parameters": parameters,
@@ -284,7 +284,15 @@ def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model(tmp_pat
     assert rows[0]["auc_within_item"] is None
     assert (rows[2]["auc_within_item"], rows[2]["auc_within_item_activity"]) == (0.52, 0.78)
     assert size_rows([trial("smollm2-135m", 135e6, base)]) == []
-    plot(rows, tmp_path / "size.png", "toy")  # a curve without the within-item AUC leaves its panel blank
+    # the paper's verdicts join as a reference point of their own, read from the paper-refiner row
+    judged = {"pairs": 200, "real": 20, "auc_judge": 0.56, "auc_cosine": 0.64, "accept_rate": 0.86,
+              "precision_accepted": 0.12, "precision_all": 0.1}
+    (tmp_path / "mf.json").write_text(json.dumps({"methods": {"paper-refiner": {
+        "funnel": {"candidate_judges": {"val": judged}}, "config": {}, "commit": "p", "created": "d"}}}))
+    [paper] = reference_rows(tmp_path)
+    assert (paper["parameters"], paper["auc"], paper["accepted_precision"], paper["commit"]) == (6.7e9, 0.56, 0.12, "p")
+    assert reference_rows(tmp_path / "elsewhere") == []
+    plot(rows + [paper], tmp_path / "size.png", "toy")  # a curve without the within-item AUC leaves its panel blank
     assert (tmp_path / "size.png").stat().st_size > 0
 
 
