@@ -83,12 +83,13 @@ def reference_rows(folder, backbone: str = "mf") -> list[dict]:
     if not judged:
         return []
     model, parameters = PAPER_JUDGE
+    within = judged.get("within_item", {})  # keyed as judge_stats.judges_on_candidates writes it
     return [{
         "model": model, "parameters": parameters, "curve": "reference: the paper's candidates and 7B verdicts",
         "backbone": backbone, "items": None, "pairs": judged["pairs"], "real": judged["real"],
         "auc": judged["auc_judge"], "auc_cosine": judged["auc_cosine"], "auc_filter_score": None,
-        "auc_within_item": judged.get("within_item", {}).get("judge"), "auc_within_item_cosine": None,
-        "auc_within_item_activity": None, "accept_rate": judged["accept_rate"],
+        "auc_within_item": within.get("auc_judge"), "auc_within_item_cosine": within.get("auc_cosine"),
+        "auc_within_item_activity": within.get("auc_activity"), "accept_rate": judged["accept_rate"],
         "accepted_precision": judged["precision_accepted"], "cosine_precision_at_same_rate": None,
         "precision_all": judged["precision_all"], "held_out_auc": None, "seconds_per_1000_pairs": None,
         "threads": None, "tune_seconds": None, "settings": [], "source": f"{path.name}: paper-refiner",
@@ -122,6 +123,7 @@ def plot(rows: list[dict], path, title: str) -> None:
     for r in rows:
         curves.setdefault(r["curve"], []).append(r)
     widest = max(r["parameters"] for r in rows) / 1e6
+    log_axis = widest > 10 * min(r["parameters"] for r in rows) / 1e6  # the 7B reference beside ~100M trials
     fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.6))
     for ax, (key, free, label, free_label) in zip(axes, PANELS):
         for colour, curve in enumerate(curves.values()):
@@ -143,7 +145,7 @@ def plot(rows: list[dict], path, title: str) -> None:
                 ax.axhline(curve[0]["precision_all"], ls=":", color=f"C{colour}", lw=1)
         else:
             ax.axhline(0.5, color="lightgrey", lw=1)  # chance
-        if ax.lines and widest > 10 * min(r["parameters"] for r in rows) / 1e6:
+        if ax.lines and log_axis:
             ax.set_xscale("log")
             ax.set_xticks(LOG_TICKS, [f"{t:,}" for t in LOG_TICKS])
             ax.minorticks_off()

@@ -292,6 +292,13 @@ def test_the_size_curve_pairs_trials_that_differ_only_in_the_judge_model(tmp_pat
     [paper] = reference_rows(tmp_path)
     assert (paper["parameters"], paper["auc"], paper["accepted_precision"], paper["commit"]) == (6.7e9, 0.56, 0.12, "p")
     assert reference_rows(tmp_path / "elsewhere") == []
+    # a paper-refiner row recorded with the within-item AUCs carries them, under the funnel's own keys
+    judged["within_item"] = {"auc_judge": 0.53, "auc_cosine": 0.66, "auc_activity": 0.6}
+    (tmp_path / "mf.json").write_text(json.dumps({"methods": {"paper-refiner": {
+        "funnel": {"candidate_judges": {"val": judged}}, "config": {}, "commit": "p", "created": "d"}}}))
+    [within] = reference_rows(tmp_path)
+    assert (within["auc_within_item"], within["auc_within_item_cosine"], within["auc_within_item_activity"]) == \
+        (0.53, 0.66, 0.6)
     plot(rows + [paper], tmp_path / "size.png", "toy")  # a curve without the within-item AUC leaves its panel blank
     assert (tmp_path / "size.png").stat().st_size > 0
 
